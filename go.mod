@@ -1,0 +1,3 @@
+module github.com/edgeaudit/edgeaudit
+
+go 1.26.8

@@ -1,0 +1,100 @@
+package spool
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultMaxEvents    = 1000
+	DefaultMaxAge       = 2 * time.Second
+	DefaultHeartbeat    = time.Minute
+	DefaultRetention    = 7 * 24 * time.Hour
+	DefaultQueueSize    = 32768
+	DefaultCommitEvents = 8192
+	DefaultMinFreeBytes = 256 << 20
+	DefaultOpenTimeout  = 2 * time.Second
+)
+
+// Config tunes batching and limits. The daemon fills it from the `batch:` and `spool:`
+// sections of the config file.
+type Config struct {
+	// MaxEvents seals a batch when it holds this many events (batch.max_events; 1000).
+	MaxEvents int `yaml:"max_events"`
+	// MaxAge seals a non-empty batch this long after its first event (batch.max_age; 2s).
+	MaxAge time.Duration `yaml:"max_age"`
+	// Heartbeat seals an empty batch when nothing was sealed for this long, so that a
+	// silent or truncated chain shows (batch.heartbeat; 1m, at most 1m).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+
+	// MaxSizeBytes is the spool's size limit; above it Append refuses with ErrFull
+	// (spool.max_size_bytes; 0 = no limit but the disk).
+	MaxSizeBytes int64 `yaml:"max_size_bytes"`
+	// MinFreeBytes keeps this much of the file system free; below it Append refuses with
+	// ErrFull, long before bbolt meets ENOSPC (spool.min_free_bytes; 256 MiB).
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
+	// Retention is how long acknowledged batches stay on the appliance (spool.retention; 7 days).
+	Retention time.Duration `yaml:"retention"`
+
+	// QueueSize is how many events may wait for the writer (spool.queue_size; 32768).
+	QueueSize int `yaml:"queue_size"`
+	// CommitEvents caps the events of one transaction (spool.commit_events; 8192).
+	CommitEvents int `yaml:"commit_events"`
+}
+
+// SetDefaults fills zero values.
+func (c *Config) SetDefaults() {
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	def(&c.MaxEvents, DefaultMaxEvents)
+	def(&c.QueueSize, DefaultQueueSize)
+	def(&c.CommitEvents, DefaultCommitEvents)
+	if c.MaxAge == 0 {
+		c.MaxAge = DefaultMaxAge
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.MinFreeBytes == 0 {
+		c.MinFreeBytes = DefaultMinFreeBytes
+	}
+}
+
+// ConfigError names the bad field and its value.
+type ConfigError struct {
+	Field string
+	Value any
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("%s: %v: %s", e.Field, e.Value, e.Msg) }
+
+// Validate checks a config after SetDefaults.
+func (c *Config) Validate() error {
+	switch {
+	case c.MaxEvents < 1 || c.MaxEvents > 100000:
+		return &ConfigError{"batch.max_events", c.MaxEvents, "must be between 1 and 100000"}
+	case c.MaxAge < 10*time.Millisecond || c.MaxAge > time.Hour:
+		return &ConfigError{"batch.max_age", c.MaxAge, "must be between 10ms and 1h"}
+	case c.Heartbeat < time.Second || c.Heartbeat > time.Minute:
+		return &ConfigError{"batch.heartbeat", c.Heartbeat, "must be between 1s and 1m"}
+	case c.MaxSizeBytes < 0 || (c.MaxSizeBytes > 0 && c.MaxSizeBytes < 1<<20):
+		return &ConfigError{"spool.max_size_bytes", c.MaxSizeBytes, "must be 0 (no limit) or at least 1 MiB"}
+	case c.MinFreeBytes < 0:
+		return &ConfigError{"spool.min_free_bytes", c.MinFreeBytes, "must not be negative"}
+	case c.Retention < 0:
+		return &ConfigError{"spool.retention", c.Retention, "must not be negative"}
+	case c.QueueSize < 1:
+		return &ConfigError{"spool.queue_size", c.QueueSize, "must be at least 1"}
+	case c.CommitEvents < 1:
+		return &ConfigError{"spool.commit_events", c.CommitEvents, "must be at least 1"}
+	}
+	return nil
+}

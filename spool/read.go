@@ -1,0 +1,232 @@
+package spool
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/ledger"
+)
+
+var randRead = rand.Read
+
+// readBatch loads sealed batch seq: header, signature and its events in leaf order.
+func readBatch(tx *bolt.Tx, seq uint64) (*ledger.Batch, error) {
+	v := tx.Bucket(bucketBatches).Get(seqKey(seq))
+	if v == nil {
+		return nil, fmt.Errorf("batch %d: %w", seq, ErrNotFound)
+	}
+	hb, sig, err := decodeStored(v)
+	if err != nil {
+		return nil, fmt.Errorf("batch %d: %w", seq, err)
+	}
+	b := &ledger.Batch{Header: bytes.Clone(hb), Signature: bytes.Clone(sig)}
+	prefix := seqKey(seq)
+	c := tx.Bucket(bucketEvents).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if int(binary.BigEndian.Uint32(k[8:])) != len(b.Events) {
+			return nil, fmt.Errorf("batch %d: event %d missing", seq, len(b.Events))
+		}
+		b.Events = append(b.Events, bytes.Clone(v))
+	}
+	return b, nil
+}
+
+// ErrNotFound means a batch is not (or no longer) in the spool.
+var ErrNotFound = errors.New("not found")
+
+// Position is the spool's chain position, as readers see it.
+type Position struct {
+	Chain      string
+	HeadSeq    uint64 // last sealed batch
+	HeadHash   string
+	AckedSeq   uint64 // central acknowledged up to here
+	PrunedSeq  uint64 // batches up to here were deleted (acked and past retention)
+	PrunedHash string // header hash of batch PrunedSeq: the anchor for verifying the rest
+	OpenEvents int    // committed events not yet sealed
+}
+
+func position(tx *bolt.Tx) Position {
+	m := tx.Bucket(bucketMeta)
+	if m == nil {
+		return Position{}
+	}
+	p := Position{
+		Chain: string(m.Get(keyChain)), HeadSeq: getU64(m, keyHeadSeq),
+		HeadHash: hex.EncodeToString(m.Get(keyHeadHash)), AckedSeq: getU64(m, keyAckedSeq),
+		PrunedSeq: getU64(m, keyPrunedSeq), PrunedHash: hex.EncodeToString(m.Get(keyPrunedHash)),
+	}
+	prefix := seqKey(p.HeadSeq + 1)
+	c := tx.Bucket(bucketEvents).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		p.OpenEvents++
+	}
+	return p
+}
+
+// Position returns the chain position.
+func (s *Spool) Position() (p Position, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error { p = position(tx); return nil })
+	return p, err
+}
+
+// Batches calls fn for each sealed batch with seq >= from, in order, until fn returns an
+// error. A batch passed to fn stays valid after fn returns.
+func (s *Spool) Batches(from uint64, fn func(*ledger.Batch) error) error {
+	return batches(s.db, from, fn)
+}
+
+func batches(db *bolt.DB, from uint64, fn func(*ledger.Batch) error) error {
+	// One read transaction per batch: a long export must not pin old pages (and so grow
+	// the file) while the writer keeps committing.
+	for seq := max(from, 1); ; seq++ {
+		var b *ledger.Batch
+		err := db.View(func(tx *bolt.Tx) error {
+			var err error
+			if p := position(tx); seq <= p.PrunedSeq {
+				seq = p.PrunedSeq + 1
+			}
+			b, err = readBatch(tx, seq)
+			return err
+		})
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(b); err != nil {
+			return err
+		}
+	}
+}
+
+// Ack records that central verified and stored every batch up to seq. It never moves
+// backwards and never past the head.
+func (s *Spool) Ack(seq uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		seq = min(seq, getU64(m, keyHeadSeq))
+		if seq <= getU64(m, keyAckedSeq) {
+			return nil
+		}
+		return m.Put(keyAckedSeq, u64(seq))
+	})
+}
+
+// Prune deletes batches that central acknowledged and that were sealed more than the
+// retention ago, oldest first, in transactions of at most 64 batches. It returns how many
+// it deleted. Nothing unacknowledged is ever deleted (invariant 2).
+func (s *Spool) Prune(now time.Time) (int, error) {
+	total := 0
+	for {
+		n, err := s.pruneSome(now, 64)
+		total += n
+		if err != nil || n < 64 {
+			if total > 0 {
+				s.stats.pruned.Add(uint64(total))
+				s.updateFull()
+			}
+			return total, err
+		}
+	}
+}
+
+func (s *Spool) pruneSome(now time.Time, limit int) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		acked, pruned := getU64(m, keyAckedSeq), getU64(m, keyPrunedSeq)
+		bb, eb := tx.Bucket(bucketBatches), tx.Bucket(bucketEvents)
+		for seq := pruned + 1; seq <= acked && n < limit; seq++ {
+			v := bb.Get(seqKey(seq))
+			if v == nil {
+				return fmt.Errorf("prune: batch %d missing", seq)
+			}
+			hb, _, err := decodeStored(v)
+			if err != nil {
+				return err
+			}
+			h, err := ledger.ParseHeader(hb)
+			if err != nil {
+				return fmt.Errorf("prune batch %d: %w", seq, err)
+			}
+			sealed, err := time.Parse(audit.TimeFormat, h.Sealed)
+			if err != nil || now.Sub(sealed) < s.cfg.Retention {
+				break
+			}
+			hh := ledger.HeaderHash(hb)
+			prefix := seqKey(seq)
+			c := eb.Cursor()
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+			if err := bb.Delete(prefix); err != nil {
+				return err
+			}
+			if err := m.Put(keyPrunedSeq, u64(seq)); err != nil {
+				return err
+			}
+			if err := m.Put(keyPrunedHash, hh[:]); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// Reader is read-only access to a spool file that no daemon holds, for the CLI's
+// verify and export.
+type Reader struct{ db *bolt.DB }
+
+// OpenReader opens a spool file read-only. It fails with ErrLocked while a daemon runs.
+func OpenReader(path string) (*Reader, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("open spool %s: %w (stop the daemon first)", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	return &Reader{db: db}, nil
+}
+
+// Position returns the chain position.
+func (r *Reader) Position() (p Position, err error) {
+	err = r.db.View(func(tx *bolt.Tx) error { p = position(tx); return nil })
+	return p, err
+}
+
+// Batches is Spool.Batches for a read-only spool.
+func (r *Reader) Batches(from uint64, fn func(*ledger.Batch) error) error {
+	return batches(r.db, from, fn)
+}
+
+// OpenEvents returns the committed events of the open (not yet sealed) batch.
+func (r *Reader) OpenEvents() ([][]byte, error) {
+	var out [][]byte
+	err := r.db.View(func(tx *bolt.Tx) error {
+		prefix := seqKey(position(tx).HeadSeq + 1)
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			out = append(out, bytes.Clone(v))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Close closes the file.
+func (r *Reader) Close() error { return r.db.Close() }

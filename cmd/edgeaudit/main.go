@@ -1,0 +1,118 @@
+// Command edgeaudit is the imaging-center audit appliance: one binary for the daemon,
+// the field checks and the offline tools.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set with -ldflags "-X main.version=..."; otherwise the module version.
+var version = ""
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the command ran and found a problem (bad chain, daemon error)
+	exitUsage   = 2 // wrong flags or arguments
+)
+
+// usageError marks errors that are the caller's to fix; main prints usage for them.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], stop)
+	var ue *usageError
+	switch {
+	case err == nil:
+		os.Exit(exitOK)
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(exitOK)
+	case errors.As(err, &ue):
+		fmt.Fprintln(os.Stderr, "edgeaudit:", err)
+		os.Exit(exitUsage)
+	default:
+		fmt.Fprintln(os.Stderr, "edgeaudit:", err)
+		os.Exit(exitFailure)
+	}
+}
+
+// run dispatches to the subcommand. stop releases the signal handler, so that a second
+// SIGTERM during an orderly shutdown kills the process at once.
+func run(ctx context.Context, args []string, stop func()) error {
+	if len(args) == 0 {
+		usage()
+		return &usageError{"no command"}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return (&RunCommand{stopSignals: stop}).Run(ctx, rest)
+	case "verify":
+		return (&VerifyCommand{}).Run(ctx, rest)
+	case "export":
+		return (&ExportCommand{}).Run(ctx, rest)
+	case "config":
+		return (&ConfigCommand{}).Run(ctx, rest)
+	case "version":
+		fmt.Println("edgeaudit", buildVersion())
+		return nil
+	case "help", "-h", "--help":
+		usage()
+		return nil
+	default:
+		usage()
+		return &usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `edgeaudit is the audit-trail appliance of an imaging center: it collects audit
+messages, seals them into signed, hash-chained batches and keeps them until central
+has them.
+
+Usage:
+
+	edgeaudit <command> [arguments]
+
+The commands are:
+
+	run       run the daemon in the foreground
+	verify    check a spool or exported batches: chain, signatures, Merkle roots
+	export    write sealed batches (or their events as JSON lines) to a file
+	config    print a commented sample config
+	version   print the version
+
+Use "edgeaudit <command> -h" for more information about a command.
+`)
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// newLogger builds the root logger: text to stderr, which journald captures.
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}

@@ -1,0 +1,210 @@
+// Package daemon wires the appliance together: it loads and validates the config, opens
+// keys and spool, runs the collectors, records self-audit events, serves the admin
+// endpoint, and shuts everything down in order.
+package daemon
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/edgeaudit/edgeaudit/collectors/syslog"
+	"github.com/edgeaudit/edgeaudit/spool"
+)
+
+// Defaults of the zero-config daemon (`edgeaudit run` with no flags): unprivileged
+// loopback ports and a data folder in the working directory, so it runs anywhere without
+// root. Packaged installs ship a config that points at /var/lib/edgeaudit.
+const (
+	DefaultSite            = "site"
+	DefaultDataDir         = "edgeaudit-data"
+	DefaultSyslogUDP       = "127.0.0.1:5514"
+	DefaultSyslogTCP       = "127.0.0.1:5514"
+	DefaultAdmin           = "127.0.0.1:9780"
+	DefaultShutdownTimeout = 8 * time.Second // below systemd's TimeoutStopSec (packaging sets 15s)
+)
+
+// SampleConfig is the commented sample `edgeaudit config` prints.
+//
+//go:embed sample.yaml
+var SampleConfig string
+
+// Config is the whole config file.
+type Config struct {
+	// Site and Device name this appliance in every batch header and MQTT topic.
+	Site   string `yaml:"site"`
+	Device string `yaml:"device"` // default: the host name
+	// DataDir holds the spool and the software keys (mode 0700).
+	DataDir string `yaml:"data_dir"`
+
+	Syslog syslog.Config `yaml:"syslog"`
+	Batch  BatchConfig   `yaml:"batch"`
+	Spool  SpoolConfig   `yaml:"spool"`
+
+	// Admin is the loopback HTTP address of /metrics and /healthz; "" disables it.
+	Admin string `yaml:"admin"`
+	// ShutdownTimeout bounds the orderly stop (collectors, seal, close).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// LogLevel is debug|info|warn|error.
+	LogLevel string `yaml:"log_level"`
+}
+
+// BatchConfig is the `batch:` section.
+type BatchConfig struct {
+	MaxEvents int           `yaml:"max_events"`
+	MaxAge    time.Duration `yaml:"max_age"`
+	Heartbeat time.Duration `yaml:"heartbeat"`
+}
+
+// SpoolConfig is the `spool:` section.
+type SpoolConfig struct {
+	MaxSizeBytes int64         `yaml:"max_size_bytes"`
+	MinFreeBytes int64         `yaml:"min_free_bytes"`
+	Retention    time.Duration `yaml:"retention"`
+	QueueSize    int           `yaml:"queue_size"`
+	CommitEvents int           `yaml:"commit_events"`
+}
+
+// SpoolConfig returns the spool package's config.
+func (c *Config) SpoolConfig() spool.Config {
+	return spool.Config{
+		MaxEvents: c.Batch.MaxEvents, MaxAge: c.Batch.MaxAge, Heartbeat: c.Batch.Heartbeat,
+		MaxSizeBytes: c.Spool.MaxSizeBytes, MinFreeBytes: c.Spool.MinFreeBytes, Retention: c.Spool.Retention,
+		QueueSize: c.Spool.QueueSize, CommitEvents: c.Spool.CommitEvents,
+	}
+}
+
+// SpoolPath is the bbolt file.
+func (c *Config) SpoolPath() string { return filepath.Join(c.DataDir, "spool.db") }
+
+// KeyPath is the software signing key.
+func (c *Config) KeyPath() string { return filepath.Join(c.DataDir, "keys", "signing.key") }
+
+// PublicKeyPath is the public half, the trust anchor for verify.
+func (c *Config) PublicKeyPath() string { return filepath.Join(c.DataDir, "keys", "signing.pub") }
+
+// DefaultConfig is the zero-config daemon.
+func DefaultConfig() Config {
+	c := Config{
+		Site:    DefaultSite,
+		DataDir: DefaultDataDir,
+		Syslog:  syslog.Config{UDP: DefaultSyslogUDP, TCP: DefaultSyslogTCP},
+		Admin:   DefaultAdmin,
+	}
+	return c
+}
+
+// LoadConfig reads path (strict: unknown keys are errors, so a typo never silently
+// disables a listener) over the defaults. An empty path gives the defaults.
+func LoadConfig(path string) (Config, error) {
+	c := DefaultConfig()
+	if path == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("load config: %w", err)
+	}
+	// A file that names syslog replaces the default listeners entirely: an admin who
+	// configures only TLS must not get plain TCP too.
+	c.Syslog = syslog.Config{}
+	c.Admin = ""
+	var probe map[string]any
+	if err := yaml.Unmarshal(b, &probe); err != nil {
+		return c, fmt.Errorf("load config %s: %w", path, err)
+	}
+	if _, ok := probe["syslog"]; !ok {
+		c.Syslog = syslog.Config{UDP: DefaultSyslogUDP, TCP: DefaultSyslogTCP}
+	}
+	if _, ok := probe["admin"]; !ok {
+		c.Admin = DefaultAdmin
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file is all defaults
+		return c, fmt.Errorf("load config %s: %w", path, err)
+	}
+	// Relative paths in the file are relative to the file, not to wherever the daemon
+	// was started from.
+	base := filepath.Dir(path)
+	for _, p := range []*string{&c.DataDir, &c.Syslog.TLSCert, &c.Syslog.TLSKey, &c.Syslog.TLSClientCA} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	return c, nil
+}
+
+// ConfigError names the bad field and value.
+type ConfigError struct {
+	Field string
+	Value any
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("%s: %q: %s", e.Field, fmt.Sprint(e.Value), e.Msg) }
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// SetDefaults fills what the file left empty.
+func (c *Config) SetDefaults() {
+	if c.Device == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Device = strings.Split(h, ".")[0]
+		}
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	c.Syslog.SetDefaults()
+}
+
+// Validate checks everything before anything starts; every problem is reported.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field string, v any, msg string) { errs = append(errs, &ConfigError{field, v, msg}) }
+	// Site and device become MQTT topic levels and file names: keep them plain.
+	if !nameRE.MatchString(c.Site) {
+		bad("site", c.Site, "must be 1-64 letters, digits, '.', '_' or '-'")
+	}
+	if !nameRE.MatchString(c.Device) {
+		bad("device", c.Device, "must be 1-64 letters, digits, '.', '_' or '-'")
+	}
+	if c.DataDir == "" {
+		bad("data_dir", c.DataDir, "must not be empty")
+	}
+	if c.Admin != "" {
+		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+			bad("admin", c.Admin, err.Error())
+		}
+	}
+	if c.ShutdownTimeout < time.Second || c.ShutdownTimeout > 5*time.Minute {
+		bad("shutdown_timeout", c.ShutdownTimeout, "must be between 1s and 5m")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", c.LogLevel, "must be debug, info, warn or error")
+	}
+	if err := c.Syslog.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	sc := c.SpoolConfig()
+	sc.SetDefaults()
+	if err := sc.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

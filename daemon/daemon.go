@@ -1,0 +1,293 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/audit"
+	eacollectors "github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/collectors/syslog"
+	"github.com/edgeaudit/edgeaudit/spool"
+)
+
+// Compile-time checks of the wiring: only this package joins concrete types.
+var (
+	_ eacollectors.Sink = (*spool.Spool)(nil)
+	_ spool.Signer      = (*attest.SoftwareSigner)(nil)
+)
+
+// pruneEvery is how often acknowledged batches past retention are deleted.
+const pruneEvery = time.Minute
+
+// Daemon is the appliance. New starts nothing; Run does everything.
+type Daemon struct {
+	cfg     Config
+	version string
+	log     *slog.Logger
+
+	ready  chan struct{}
+	mu     sync.Mutex
+	syslog *syslog.Collector
+	admin  net.Addr
+}
+
+// New validates cfg (after applying defaults) and returns a daemon that has not started.
+func New(cfg Config, version string, logger *slog.Logger) (*Daemon, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	return &Daemon{cfg: cfg, version: version, log: logger, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once every listener is bound.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Run opens keys and spool, starts the collectors last, and on ctx's end stops in the
+// opposite order within the shutdown budget: collectors, self-audit flush, stop event,
+// seal of the open batch, admin endpoint, spool close. It returns after all of its
+// goroutines have exited.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	cfg := &d.cfg
+	signer, created, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
+	if err != nil {
+		return err
+	}
+	if created {
+		d.log.Info("created software signing key (no TPM support in this version)", "key_id", signer.KeyID(), "path", cfg.KeyPath())
+	}
+	if err := attest.WritePublicPEM(cfg.PublicKeyPath(), signer.Public()); err != nil {
+		return err
+	}
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{
+		Site: cfg.Site, Device: cfg.Device, Signer: signer,
+		Logger: d.log.With("component", "spool"),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := sp.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	self := newSelfAudit(sp, reg, d.log.With("component", "selfaudit"))
+	sl, err := syslog.New(cfg.Syslog, sp, self, d.log.With("component", "collector.syslog"))
+	if err != nil {
+		return err
+	}
+	registerMetrics(reg, sp, sl)
+	d.mu.Lock()
+	d.syslog = sl
+	d.mu.Unlock()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	selfCtx, stopSelf := context.WithCancel(context.Background())
+	defer stopSelf()
+	selfDone := make(chan struct{})
+	wg.Go(func() { self.run(selfCtx); close(selfDone) })
+
+	pruneCtx, stopPrune := context.WithCancel(context.Background())
+	defer stopPrune()
+	wg.Go(func() { d.pruneLoop(pruneCtx, sp) })
+
+	var adminSrv *http.Server
+	if cfg.Admin != "" {
+		ln, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			return fmt.Errorf("listen admin %s: %w", cfg.Admin, err)
+		}
+		d.mu.Lock()
+		d.admin = ln.Addr()
+		d.mu.Unlock()
+		adminSrv = &http.Server{Handler: d.adminHandler(reg, sp, signer), ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() {
+			if err := adminSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("admin endpoint", "err", err)
+			}
+		})
+	}
+
+	start := self.event(ActionStart, audit.OutcomeSuccess, "")
+	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind()}
+	if err := self.record(ctx, start); err != nil {
+		return fmt.Errorf("record start: %w", err)
+	}
+
+	collCtx, stopColl := context.WithCancel(context.Background())
+	defer stopColl()
+	collErr := make(chan error, 1)
+	wg.Go(func() { collErr <- sl.Run(collCtx) })
+	go func() {
+		select {
+		case <-sl.Ready():
+			close(d.ready)
+		case <-collCtx.Done():
+		}
+	}()
+	d.log.Info("edgeaudit running", "site", cfg.Site, "device", cfg.Device, "data_dir", cfg.DataDir,
+		"syslog_udp", cfg.Syslog.UDP, "syslog_tcp", cfg.Syslog.TCP, "syslog_tls", cfg.Syslog.TLS, "admin", cfg.Admin)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-collErr:
+		collErr <- runErr // for the wait below
+	}
+
+	// Orderly stop, with the data flow, inside the budget.
+	begin := time.Now()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	stopColl()
+	select {
+	case err := <-collErr:
+		if runErr == nil && err != nil {
+			runErr = err
+		}
+	case <-sctx.Done():
+		d.log.Error("collectors did not stop within the shutdown budget")
+	}
+	stopSelf()
+	<-selfDone // its flush must land before the stop event and the final seal
+	stop := self.event(ActionStop, audit.OutcomeSuccess, "")
+	if runErr != nil {
+		stop.Outcome, stop.Reason = audit.OutcomeSeriousFailure, runErr.Error()
+	}
+	if err := self.record(sctx, stop); err != nil {
+		d.log.Error("record stop", "err", err)
+	}
+	if err := sp.Seal(sctx); err != nil {
+		d.log.Error("seal open batch at shutdown", "err", err)
+	}
+	if adminSrv != nil {
+		adminSrv.Shutdown(sctx)
+	}
+	stopPrune()
+	pos, _ := sp.Position()
+	d.log.Info("edgeaudit stopped", "head_seq", pos.HeadSeq, "took", time.Since(begin).Round(time.Millisecond))
+	return runErr
+}
+
+func (d *Daemon) pruneLoop(ctx context.Context, sp *spool.Spool) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if n, err := sp.Prune(now); err != nil {
+				d.log.Error("prune", "err", err)
+			} else if n > 0 {
+				d.log.Info("pruned acknowledged batches", "batches", n)
+			}
+		}
+	}
+}
+
+// SyslogAddrs returns the bound syslog addresses (nil when disabled) after Ready.
+func (d *Daemon) SyslogAddrs() (udp, tcp, tls net.Addr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.syslog == nil {
+		return nil, nil, nil
+	}
+	return d.syslog.UDPAddr(), d.syslog.TCPAddr(), d.syslog.TLSAddr()
+}
+
+// AdminAddr returns the bound admin address after Ready.
+func (d *Daemon) AdminAddr() net.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.admin
+}
+
+// Health is what /healthz answers.
+type Health struct {
+	Status     string `json:"status"` // ok|warning
+	Version    string `json:"version"`
+	Site       string `json:"site"`
+	Device     string `json:"device"`
+	Chain      string `json:"chain"`
+	HeadSeq    uint64 `json:"head_seq"`
+	AckedSeq   uint64 `json:"acked_seq"`
+	OpenEvents int    `json:"open_events"`
+	SpoolFull  bool   `json:"spool_full"`
+	Signer     string `json:"signer"`
+	KeyID      string `json:"key_id"`
+	Committed  uint64 `json:"events_committed"`
+	Warnings   []string `json:"warnings,omitempty"`
+}
+
+func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		pos, err := sp.Position()
+		if err != nil {
+			http.Error(w, "spool unreadable", http.StatusServiceUnavailable)
+			return
+		}
+		st := sp.Stats()
+		h := Health{Status: "ok", Version: d.version, Site: d.cfg.Site, Device: d.cfg.Device, Chain: pos.Chain,
+			HeadSeq: pos.HeadSeq, AckedSeq: pos.AckedSeq, OpenEvents: pos.OpenEvents, SpoolFull: st.Full,
+			Signer: signer.Kind(), KeyID: signer.KeyID(), Committed: st.Committed}
+		if signer.Kind() == "software" {
+			h.Warnings = append(h.Warnings, "signing key is a software key, not sealed by a TPM")
+		}
+		if st.Full {
+			h.Status = "warning"
+			h.Warnings = append(h.Warnings, "spool full: senders get backpressure")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(h)
+	})
+	return mux
+}
+
+func registerMetrics(reg *prometheus.Registry, sp *spool.Spool, sl *syslog.Collector) {
+	counter := func(name, help string, f func() uint64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f()) }))
+	}
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter("edgeaudit_spool_events_committed_total", "Events committed (fsync'd) to the spool.", func() uint64 { return sp.Stats().Committed })
+	counter("edgeaudit_spool_commits_total", "Spool transactions committed.", func() uint64 { return sp.Stats().Commits })
+	counter("edgeaudit_spool_batches_sealed_total", "Batches sealed.", func() uint64 { return sp.Stats().Sealed })
+	counter("edgeaudit_spool_refused_full_total", "Appends refused because the spool was full (backpressure).", func() uint64 { return sp.Stats().RefusedFull })
+	counter("edgeaudit_spool_commit_errors_total", "Spool transactions that failed.", func() uint64 { return sp.Stats().CommitErrors })
+	counter("edgeaudit_spool_batches_pruned_total", "Acknowledged batches deleted after retention.", func() uint64 { return sp.Stats().Pruned })
+	gauge("edgeaudit_spool_head_seq", "Seq of the last sealed batch.", func() float64 { return float64(sp.Stats().HeadSeq) })
+	gauge("edgeaudit_spool_acked_seq", "Seq up to which central acknowledged.", func() float64 { return float64(sp.Stats().AckedSeq) })
+	gauge("edgeaudit_spool_full", "1 while the spool refuses events.", func() float64 {
+		if sp.Stats().Full {
+			return 1
+		}
+		return 0
+	})
+	for _, t := range []string{"udp", "tcp", "tls"} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgeaudit_syslog_received_total", Help: "Syslog messages handed to the spool.", ConstLabels: prometheus.Labels{"transport": t},
+		}, func() float64 { return float64(sl.Stats().Received[t]) }))
+	}
+	counter("edgeaudit_syslog_malformed_total", "Syslog messages kept although they did not parse.", func() uint64 { return sl.Stats().Malformed })
+	gauge("edgeaudit_syslog_connections_open", "Open syslog TCP and TLS connections.", func() float64 { return float64(sl.Stats().ConnsOpen) })
+}

@@ -151,7 +151,9 @@ type ConfigError struct {
 	Msg   string
 }
 
-func (e *ConfigError) Error() string { return fmt.Sprintf("%s: %q: %s", e.Field, fmt.Sprint(e.Value), e.Msg) }
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s: %q: %s", e.Field, fmt.Sprint(e.Value), e.Msg)
+}
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 

@@ -221,18 +221,18 @@ func (d *Daemon) AdminAddr() net.Addr {
 
 // Health is what /healthz answers.
 type Health struct {
-	Status     string `json:"status"` // ok|warning
-	Version    string `json:"version"`
-	Site       string `json:"site"`
-	Device     string `json:"device"`
-	Chain      string `json:"chain"`
-	HeadSeq    uint64 `json:"head_seq"`
-	AckedSeq   uint64 `json:"acked_seq"`
-	OpenEvents int    `json:"open_events"`
-	SpoolFull  bool   `json:"spool_full"`
-	Signer     string `json:"signer"`
-	KeyID      string `json:"key_id"`
-	Committed  uint64 `json:"events_committed"`
+	Status     string   `json:"status"` // ok|warning
+	Version    string   `json:"version"`
+	Site       string   `json:"site"`
+	Device     string   `json:"device"`
+	Chain      string   `json:"chain"`
+	HeadSeq    uint64   `json:"head_seq"`
+	AckedSeq   uint64   `json:"acked_seq"`
+	OpenEvents int      `json:"open_events"`
+	SpoolFull  bool     `json:"spool_full"`
+	Signer     string   `json:"signer"`
+	KeyID      string   `json:"key_id"`
+	Committed  uint64   `json:"events_committed"`
 	Warnings   []string `json:"warnings,omitempty"`
 }
 

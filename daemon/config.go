@@ -131,7 +131,7 @@ func LoadConfig(path string) (Config, error) {
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file is all defaults
-		return c, fmt.Errorf("load config %s: %w", path, err)
+		return c, fmt.Errorf("load config %s: %w", path, nameFields(b, err))
 	}
 	// Relative paths in the file are relative to the file, not to wherever the daemon
 	// was started from.
@@ -142,6 +142,66 @@ func LoadConfig(path string) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// lineRE finds the line numbers in yaml.v3's type errors ("line 2: cannot unmarshal ...").
+var lineRE = regexp.MustCompile(`line (\d+): (.*)`)
+
+// nameFields rewrites yaml.v3's type errors, which give only a line number, to name the
+// dotted field path too ("batch.max_age"), so a site admin sees which key is wrong.
+func nameFields(src []byte, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	var root yaml.Node
+	if yaml.Unmarshal(src, &root) != nil {
+		return err
+	}
+	var errs []error
+	for _, msg := range te.Errors {
+		m := lineRE.FindStringSubmatch(msg)
+		if m == nil {
+			errs = append(errs, errors.New(msg))
+			continue
+		}
+		var line int
+		fmt.Sscan(m[1], &line)
+		if path := fieldAtLine(&root, "", line, m[2]); path != "" {
+			errs = append(errs, fmt.Errorf("%s (line %d): %s", path, line, m[2]))
+		} else {
+			errs = append(errs, errors.New(msg))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fieldAtLine returns the dotted path of the mapping value on line whose text appears in
+// msg, or the first key on that line.
+func fieldAtLine(n *yaml.Node, prefix string, line int, msg string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if p := fieldAtLine(c, prefix, line, msg); p != "" {
+				return p
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			path := k.Value
+			if prefix != "" {
+				path = prefix + "." + k.Value
+			}
+			if v.Kind == yaml.ScalarNode && v.Line == line && strings.Contains(msg, "`"+v.Value+"`") {
+				return path
+			}
+			if p := fieldAtLine(v, path, line, msg); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
 }
 
 // ConfigError names the bad field and value.

@@ -1,0 +1,137 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/ledger"
+	"github.com/edgeaudit/edgeaudit/spool"
+)
+
+func testConfig(t *testing.T) Config {
+	c := DefaultConfig()
+	c.Site, c.Device = "s1", "d1"
+	c.DataDir = filepath.Join(t.TempDir(), "data")
+	c.Syslog.UDP, c.Syslog.TCP = "127.0.0.1:0", "127.0.0.1:0"
+	c.Admin = "127.0.0.1:0"
+	c.Spool.MinFreeBytes = 1
+	return c
+}
+
+// TestRunLifecycle starts the whole daemon in-process, sends syslog, stops it, and checks
+// the chain: start event, the message, stop event, all sealed and verifying, and no
+// goroutine left behind.
+func TestRunLifecycle(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	cfg := testConfig(t)
+	d, err := New(cfg, "test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case <-d.Ready():
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon not ready after 10s")
+	}
+	_, tcpAddr, _ := d.SyslogAddrs()
+	conn, err := net.Dial("tcp", tcpAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		fmt.Fprintf(conn, "<38>1 2026-11-27T08:00:00Z pacs1 viewer - - - lifecycle-%d\n", i)
+	}
+	conn.Close()
+	// Wait (bounded) until all ten are committed, through the admin endpoint.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + d.AdminAddr().String() + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), `edgeaudit_syslog_received_total{transport="tcp"} 10`) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("messages not received within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+
+	r, err := spool.OpenReader(cfg.SpoolPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	keys, err := attest.ReadPublicPEM(cfg.PublicKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := ledger.NewVerifier(keys...)
+	var actions []string
+	err = r.Batches(1, func(b *ledger.Batch) error {
+		if _, err := v.Verify(b); err != nil {
+			return err
+		}
+		for _, raw := range b.Events {
+			e, err := audit.Decode(raw)
+			if err != nil {
+				return err
+			}
+			actions = append(actions, e.Action)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	got := strings.Join(actions, ",")
+	want := "audit.start," + strings.Repeat("system.log,", 10) + "audit.stop"
+	if got != want {
+		t.Fatalf("actions=%s\nwant %s", got, want)
+	}
+	if open, _ := r.OpenEvents(); len(open) != 0 {
+		t.Fatalf("%d events left unsealed after shutdown, want 0", len(open))
+	}
+}
+
+func TestRunFailsOnBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := testConfig(t)
+	cfg.Syslog.TCP = ln.Addr().String()
+	d, err := New(cfg, "test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := d.Run(ctx); err == nil || !strings.Contains(err.Error(), ln.Addr().String()) {
+		t.Fatalf("err=%v, want a bind error naming %s", err, ln.Addr())
+	}
+}

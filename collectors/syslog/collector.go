@@ -1,0 +1,612 @@
+// Package syslog receives syslog messages (RFC 5424 and RFC 3164, over UDP, TCP and TLS)
+// and turns each into an audit.Event for the spool.
+package syslog
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/collectors"
+)
+
+const (
+	// readBufferSize is the bufio buffer of each connection: large enough that a burst of
+	// small messages costs one read system call per 64 KiB, and that most ATNA XML
+	// messages are framed without a copy.
+	readBufferSize = 64 << 10
+	// udpBufferSize holds any UDP datagram (the IPv4 payload maximum is 65507 bytes).
+	udpBufferSize = 64 << 10
+	// maxHandshake bounds the TLS handshake, so that idle half-open connections cannot
+	// hold connection slots for the whole idle timeout.
+	maxHandshake = 30 * time.Second
+	// Backoff while the sink refuses events: short at first, because a full commit
+	// queue drains in milliseconds, and capped so a full disk is polled once a second.
+	minBackoff = 2 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// Collector listens for syslog messages and appends them to a sink. Create it with New
+// and start it with Run.
+type Collector struct {
+	cfg    Config
+	sink   collectors.Sink
+	rep    collectors.Reporter
+	log    *slog.Logger
+	tlsCfg *tls.Config
+	loc    *time.Location
+	now    func() time.Time // tests pin the clock
+
+	started atomic.Bool
+	ready   chan struct{}
+
+	mu      sync.Mutex
+	addrs   [numTransports]net.Addr
+	conns   map[net.Conn]struct{}
+	closing bool
+
+	stats counters
+	limit limiter
+}
+
+// New validates cfg (after applying defaults), loads the TLS material, and returns a
+// collector that has not started anything yet. sink and rep must not be nil. logger may
+// be nil to discard logs; the caller tags it (component=collector.syslog), as the daemon
+// does for every component.
+func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, logger *slog.Logger) (*Collector, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if sink == nil || rep == nil {
+		return nil, errors.New("syslog: New needs a sink and a reporter")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	loc := time.Local
+	if cfg.RFC3164TimeZone != "" {
+		l, err := time.LoadLocation(cfg.RFC3164TimeZone)
+		if err != nil {
+			return nil, &ConfigError{Field: "syslog.rfc3164_timezone", Value: cfg.RFC3164TimeZone, Err: err}
+		}
+		loc = l
+	}
+	c := &Collector{
+		cfg:   cfg,
+		sink:  sink,
+		rep:   rep,
+		log:   logger,
+		loc:   loc,
+		now:   time.Now,
+		ready: make(chan struct{}),
+		conns: make(map[net.Conn]struct{}),
+	}
+	if cfg.TLS != "" {
+		tc, err := loadTLS(cfg)
+		if err != nil {
+			return nil, err
+		}
+		c.tlsCfg = tc
+	}
+	return c, nil
+}
+
+func loadTLS(cfg Config) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("load syslog.tls_cert %s and syslog.tls_key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if cfg.TLSClientCA != "" {
+		pem, err := os.ReadFile(cfg.TLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("load syslog.tls_client_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("load syslog.tls_client_ca %s: no PEM certificate found", cfg.TLSClientCA)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// Ready is closed once Run has bound every configured listener; the addresses are then
+// available from UDPAddr, TCPAddr and TLSAddr.
+func (c *Collector) Ready() <-chan struct{} { return c.ready }
+
+// UDPAddr returns the bound UDP address, or nil if UDP is disabled or not yet bound.
+func (c *Collector) UDPAddr() net.Addr { return c.addr(transportUDP) }
+
+// TCPAddr returns the bound TCP address, or nil if TCP is disabled or not yet bound.
+func (c *Collector) TCPAddr() net.Addr { return c.addr(transportTCP) }
+
+// TLSAddr returns the bound TLS address, or nil if TLS is disabled or not yet bound.
+func (c *Collector) TLSAddr() net.Addr { return c.addr(transportTLS) }
+
+func (c *Collector) addr(t transport) net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrs[t]
+}
+
+// Run binds the configured listeners and serves them until ctx is done. A bind error is
+// returned at once and names the address. Run returns nil after a clean cancellation,
+// and only once every goroutine it started has exited, so no Append happens after it
+// returns. It may be called once.
+func (c *Collector) Run(ctx context.Context) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return errors.New("syslog: Run called twice")
+	}
+	if ctx.Err() != nil {
+		return nil // cancelled before it started: nothing to bind, nothing to report
+	}
+	udp, tcpLn, tlsLn, err := c.listen(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var (
+		wg      sync.WaitGroup
+		failMu  sync.Mutex
+		failErr error // the first error that ended a serving loop early
+	)
+	fail := func(err error) {
+		if err == nil {
+			return
+		}
+		failMu.Lock()
+		if failErr == nil {
+			failErr = err
+		}
+		failMu.Unlock()
+		cancel()
+	}
+	if udp != nil {
+		wg.Go(func() { fail(c.serveUDP(ctx, udp)) })
+	}
+	if tcpLn != nil {
+		wg.Go(func() { fail(c.serveStream(ctx, &wg, tcpLn, transportTCP)) })
+	}
+	if tlsLn != nil {
+		wg.Go(func() { fail(c.serveStream(ctx, &wg, tlsLn, transportTLS)) })
+	}
+	close(c.ready)
+
+	<-ctx.Done()
+	// Closing the listeners ends the accept and read loops; closing the connections
+	// ends their readers, which may be blocked in Read for the whole idle timeout.
+	var closers []io.Closer
+	if udp != nil {
+		closers = append(closers, udp)
+	}
+	if tcpLn != nil {
+		closers = append(closers, tcpLn)
+	}
+	if tlsLn != nil {
+		closers = append(closers, tlsLn)
+	}
+	var errs []error
+	for _, cl := range closers {
+		if err := cl.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	c.closeConns()
+	wg.Wait()
+	return errors.Join(append([]error{failErr}, errs...)...)
+}
+
+// listen binds every configured address, or none: on an error it closes what it opened.
+func (c *Collector) listen(ctx context.Context) (udp *net.UDPConn, tcpLn, tlsLn net.Listener, err error) {
+	var lc net.ListenConfig
+	defer func() {
+		if err == nil {
+			return
+		}
+		if udp != nil {
+			udp.Close()
+		}
+		if tcpLn != nil {
+			tcpLn.Close()
+		}
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
+		udp, tcpLn, tlsLn = nil, nil, nil
+	}()
+	if c.cfg.UDP != "" {
+		pc, err := lc.ListenPacket(ctx, "udp", c.cfg.UDP)
+		if err != nil {
+			return nil, nil, nil, listenErr(transportUDP, c.cfg.UDP, err)
+		}
+		udp = pc.(*net.UDPConn)
+		effective, err := setupUDP(udp, c.cfg.UDPReadBuffer)
+		if err != nil {
+			return udp, nil, nil, fmt.Errorf("set up udp socket %s: %w", c.cfg.UDP, err)
+		}
+		if effective < c.cfg.UDPReadBuffer {
+			c.log.Warn("udp receive buffer is smaller than configured; raise net.core.rmem_max or run with CAP_NET_ADMIN",
+				attrAddr, c.cfg.UDP, attrRequested, c.cfg.UDPReadBuffer, attrEffective, effective)
+		}
+	}
+	if c.cfg.TCP != "" {
+		if tcpLn, err = lc.Listen(ctx, "tcp", c.cfg.TCP); err != nil {
+			return udp, nil, nil, listenErr(transportTCP, c.cfg.TCP, err)
+		}
+	}
+	if c.cfg.TLS != "" {
+		if tlsLn, err = lc.Listen(ctx, "tcp", c.cfg.TLS); err != nil {
+			return udp, tcpLn, nil, listenErr(transportTLS, c.cfg.TLS, err)
+		}
+	}
+	c.mu.Lock()
+	if udp != nil {
+		c.addrs[transportUDP] = udp.LocalAddr()
+	}
+	if tcpLn != nil {
+		c.addrs[transportTCP] = tcpLn.Addr()
+	}
+	if tlsLn != nil {
+		c.addrs[transportTLS] = tlsLn.Addr()
+	}
+	c.mu.Unlock()
+	for _, a := range []net.Addr{c.addrs[transportUDP], c.addrs[transportTCP], c.addrs[transportTLS]} {
+		if a != nil {
+			c.log.Info("listening", attrAddr, a.String())
+		}
+	}
+	return udp, tcpLn, tlsLn, nil
+}
+
+// listenErr names the transport and the configured address once: net.OpError would
+// repeat the address.
+func listenErr(t transport, addr string, err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		err = op.Err
+	}
+	return fmt.Errorf("listen %s %s: %w", t, addr, err)
+}
+
+// serveStream accepts TCP or TLS connections and serves each in its own goroutine,
+// counted in wg so that Run waits for it.
+func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.Listener, t transport) error {
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accept %s %s: %w", t, ln.Addr(), err)
+			}
+			// Out of file descriptors and the like: wait and retry, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), maxBackoff)
+			if ok, n := c.limit.allow("accept "+t.String(), time.Now()); ok {
+				c.log.Warn("accept failed; retrying", attrTransport, t.String(), attrErr, err, attrSuppressed, n)
+			}
+			if !sleep(ctx, delay) {
+				return nil
+			}
+			continue
+		}
+		delay = 0
+		ip := peerIP(conn.RemoteAddr())
+		switch c.track(conn) {
+		case trackClosing:
+			conn.Close()
+			return nil
+		case trackFull:
+			conn.Close()
+			c.stats.refused.Add(1)
+			c.reject(t, ip, ReasonTooManyConnections, "", 0)
+			continue
+		}
+		c.stats.accepted.Add(1)
+		wg.Go(func() {
+			defer c.untrack(conn)
+			c.handleConn(ctx, conn, t, ip)
+		})
+	}
+}
+
+type trackResult int
+
+const (
+	trackOK trackResult = iota
+	trackFull
+	trackClosing
+)
+
+// track registers conn so that shutdown can close it, enforcing MaxConnections over TCP
+// and TLS together.
+func (c *Collector) track(conn net.Conn) trackResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return trackClosing
+	}
+	if len(c.conns) >= c.cfg.MaxConnections {
+		return trackFull
+	}
+	c.conns[conn] = struct{}{}
+	c.stats.connsOpen.Add(1)
+	return trackOK
+}
+
+func (c *Collector) untrack(conn net.Conn) {
+	conn.Close()
+	c.mu.Lock()
+	delete(c.conns, conn)
+	c.mu.Unlock()
+	c.stats.connsOpen.Add(-1)
+}
+
+func (c *Collector) closeConns() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closing = true
+	for conn := range c.conns {
+		// The raw TCP connection, also under TLS: no close_notify that could block on
+		// a peer that does not read.
+		conn.Close()
+	}
+}
+
+// handleConn reads frames from one connection until it ends, is rejected, or ctx is done.
+func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, ip string) {
+	var rd net.Conn = conn
+	if t == transportTLS {
+		tc := tls.Server(conn, c.tlsCfg)
+		_ = conn.SetDeadline(time.Now().Add(min(c.cfg.IdleTimeout, maxHandshake)))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			if ctx.Err() == nil {
+				// Evidence of a peer that could not authenticate; TLS alerts carry no
+				// message content, so the error is safe to log.
+				c.reject(t, ip, ReasonTLSHandshake, "", 0)
+				c.logConn("tls handshake failed", t, ip, err)
+			}
+			return
+		}
+		_ = conn.SetDeadline(time.Time{})
+		rd = tc
+	}
+	br := bufio.NewReaderSize(&deadlineReader{conn: rd, timeout: c.cfg.IdleTimeout}, readBufferSize)
+	fr := NewFramer(br, c.cfg.MaxMessageSize)
+	p := newParser(c.loc)
+	name := t.String()
+	var ev audit.Event
+	for {
+		frame, err := fr.Next()
+		if err != nil {
+			var fe *FrameError
+			if errors.As(err, &fe) {
+				c.reject(t, ip, fe.Reason.Error(), fe.SHA256, fe.Size)
+				if !fe.Fatal() {
+					continue
+				}
+				if err = fe.Err; err == nil {
+					return // bad octet count: the stream cannot be resynchronized
+				}
+			}
+			if err != io.EOF && ctx.Err() == nil {
+				c.logConn("connection ended", t, ip, err)
+			}
+			return
+		}
+		resetEvent(&ev, name, ip)
+		if !p.parse(&ev, frame, c.now().UTC()) {
+			c.stats.empty.Add(1)
+			continue
+		}
+		if ev.Malformed {
+			c.stats.malformed.Add(1)
+		}
+		if err := c.appendStream(ctx, &ev, t); err != nil {
+			return
+		}
+		c.stats.received[t].Add(1)
+	}
+}
+
+// appendStream appends ev, and while the sink refuses, stops reading this connection
+// (TCP flow control then slows the sender) and retries: a stream never drops an event.
+func (c *Collector) appendStream(ctx context.Context, ev *audit.Event, t transport) error {
+	err := c.sink.Append(ctx, ev, nil)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		c.lost(t, LossShutdown)
+		return err
+	}
+	start := time.Now()
+	if ok, n := c.limit.allow("backpressure", start); ok {
+		c.log.Warn("sink refused an event; pausing reads until it accepts", attrTransport, t.String(), attrErr, err, attrSuppressed, n)
+	}
+	delay := minBackoff
+	for tries := 1; ; tries++ {
+		c.stats.waits.Add(1)
+		if !sleep(ctx, delay) {
+			c.lost(t, LossShutdown)
+			return ctx.Err()
+		}
+		if err = c.sink.Append(ctx, ev, nil); err == nil {
+			if ok, _ := c.limit.allow("backpressure end", time.Now()); ok {
+				c.log.Info("sink accepts events again", attrTransport, t.String(), attrCount, tries, attrDuration, time.Since(start))
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			c.lost(t, LossShutdown)
+			return err
+		}
+		delay = min(2*delay, maxBackoff)
+	}
+}
+
+// serveUDP reads datagrams until the socket is closed. One goroutine, one parser.
+func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
+	buf := make([]byte, udpBufferSize)
+	oob := make([]byte, oobSize)
+	p := newParser(c.loc)
+	var (
+		ev       audit.Event
+		drops    uint32
+		lastAddr netip.Addr
+		lastIP   string
+		delay    time.Duration
+	)
+	for {
+		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("read udp %s: %w", conn.LocalAddr(), err)
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), maxBackoff)
+			if ok, k := c.limit.allow("read udp", time.Now()); ok {
+				c.log.Warn("udp read failed; retrying", attrErr, err, attrSuppressed, k)
+			}
+			if !sleep(ctx, delay) {
+				return nil
+			}
+			continue
+		}
+		delay = 0
+		if total, ok := kernelDrops(oob[:oobn]); ok && total != drops {
+			// The counter is cumulative per socket; uint32 subtraction survives a wrap.
+			d := uint64(total - drops)
+			drops = total
+			c.stats.kernelDrop.Add(d)
+			c.rep.Lost(audit.KindSyslog, transportUDP.String(), LossKernelDrop, d)
+		}
+		c.stats.datagrams.Add(1)
+		if a := from.Addr(); a != lastAddr || lastIP == "" {
+			lastAddr, lastIP = a, a.Unmap().String()
+		}
+		if n > c.cfg.MaxMessageSize {
+			sum := sha256.Sum256(buf[:n])
+			c.reject(transportUDP, lastIP, ReasonOversize, hex.EncodeToString(sum[:]), int64(n))
+			continue
+		}
+		resetEvent(&ev, "udp", lastIP)
+		if !p.parse(&ev, buf[:n], c.now().UTC()) {
+			c.stats.empty.Add(1)
+			continue
+		}
+		if ev.Malformed {
+			c.stats.malformed.Add(1)
+		}
+		if err := c.sink.Append(ctx, &ev, nil); err == nil {
+			c.stats.received[transportUDP].Add(1)
+		} else {
+			if ctx.Err() != nil {
+				c.lost(transportUDP, LossShutdown)
+				return nil
+			}
+			// UDP cannot push back on the sender: the datagram is lost, and says so.
+			c.lost(transportUDP, LossSpoolFull)
+			if ok, k := c.limit.allow("udp spool full", time.Now()); ok {
+				c.log.Warn("sink refused a udp message; counted as lost", attrErr, err, attrSuppressed, k)
+			}
+		}
+	}
+}
+
+func (c *Collector) lost(t transport, reason string) {
+	switch reason {
+	case LossSpoolFull:
+		c.stats.spoolFull.Add(1)
+	case LossShutdown:
+		c.stats.shutdown.Add(1)
+	}
+	c.rep.Lost(audit.KindSyslog, t.String(), reason, 1)
+}
+
+// reject counts and reports refused input, and logs it without content, rate-limited
+// per reason and peer.
+func (c *Collector) reject(t transport, ip, reason, sum string, size int64) {
+	if i := reasonIndex(reason); i >= 0 {
+		c.stats.rejects[i].Add(1)
+	}
+	c.rep.Reject(audit.KindSyslog, t.String(), ip, reason, sum, size)
+	if ok, n := c.limit.allow("reject "+reason+" "+ip, time.Now()); ok {
+		c.log.Warn("syslog input rejected", attrTransport, t.String(), attrPeer, ip, attrReason, reason, attrSize, size, attrSuppressed, n)
+	}
+}
+
+func (c *Collector) logConn(msg string, t transport, ip string, err error) {
+	level := slog.LevelInfo
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		level = slog.LevelDebug // idle senders are normal; they reconnect when needed
+	}
+	if ok, n := c.limit.allow(msg+" "+ip, time.Now()); ok {
+		c.log.Log(context.Background(), level, msg, attrTransport, t.String(), attrPeer, ip, attrErr, err, attrSuppressed, n)
+	}
+}
+
+// deadlineReader renews the read deadline before each read of the connection, which
+// bufio does once per buffer fill rather than once per message.
+type deadlineReader struct {
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if err := d.conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
+		return 0, err
+	}
+	return d.conn.Read(p)
+}
+
+func peerIP(a net.Addr) string {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap().String()
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap().String()
+	case nil:
+		return ""
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// sleep waits d or until ctx is done; it reports whether the full wait happened.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,174 @@
+package syslog
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied by SetDefaults to zero fields.
+const (
+	// DefaultMaxMessageSize is 64 KiB: twice what DICOM PS3.15 A.6 requires of TLS
+	// receivers (32 KiB), so a large ATNA XML message fits with room to spare.
+	DefaultMaxMessageSize = 64 << 10
+	// DefaultMaxConnections bounds the TCP and TLS connections open at once, together.
+	DefaultMaxConnections = 256
+	// DefaultIdleTimeout closes a connection that sent nothing for this long.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultUDPReadBuffer is the SO_RCVBUF asked for the UDP socket. The kernel caps it at
+	// net.core.rmem_max unless the process has CAP_NET_ADMIN.
+	DefaultUDPReadBuffer = 4 << 20
+)
+
+// Bounds checked by Validate.
+const (
+	// MinMaxMessageSize is the smallest allowed max_message_size: RFC 5424 §6.1 says
+	// receivers SHOULD accept 2048 octets.
+	MinMaxMessageSize = 2048
+	// MaxMaxMessageSize caps max_message_size so one sender cannot make a connection hold
+	// an arbitrarily large buffer.
+	MaxMaxMessageSize = 16 << 20
+	// maxUDPReadBuffer is a sanity cap; nobody needs a 1 GiB socket buffer.
+	maxUDPReadBuffer = 1 << 30
+)
+
+// Config is the syslog collector's part of the daemon config (key `syslog`).
+type Config struct {
+	// UDP is the RFC 5426 listen address, e.g. "127.0.0.1:5514". Empty disables it.
+	UDP string `yaml:"udp"`
+	// TCP is the RFC 6587 listen address (octet counting or LF framing). Empty disables it.
+	TCP string `yaml:"tcp"`
+	// TLS is the RFC 5425 listen address. Empty disables it; when set, TLSCert and TLSKey
+	// are required.
+	TLS string `yaml:"tls"`
+	// TLSCert and TLSKey are PEM files with the server certificate (chain) and its key.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// TLSClientCA is a PEM file of CAs. When set, clients must present a certificate that
+	// chains to one of them (mutual authentication as IHE ATNA asks); when empty, any
+	// client may connect.
+	TLSClientCA string `yaml:"tls_client_ca"`
+
+	// MaxMessageSize is the largest frame kept, in bytes; larger ones are rejected and
+	// reported. Zero means DefaultMaxMessageSize. DICOM PS3.15 needs at least 32768.
+	MaxMessageSize int `yaml:"max_message_size"`
+	// MaxConnections bounds open TCP+TLS connections; over it a new connection is closed
+	// at once and reported. Zero means DefaultMaxConnections.
+	MaxConnections int `yaml:"max_connections"`
+	// IdleTimeout is the read deadline of each connection. Zero means DefaultIdleTimeout.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// UDPReadBuffer is the SO_RCVBUF size in bytes. Zero means DefaultUDPReadBuffer.
+	UDPReadBuffer int `yaml:"udp_read_buffer"`
+	// RFC3164TimeZone is the IANA zone that BSD-syslog timestamps (which carry none) are
+	// read in, e.g. "Europe/Berlin" or "UTC". Empty means the appliance's local zone,
+	// which is what rsyslog assumes too.
+	RFC3164TimeZone string `yaml:"rfc3164_timezone"`
+}
+
+// SetDefaults fills zero fields with the Default* values.
+func (c *Config) SetDefaults() {
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.UDPReadBuffer == 0 {
+		c.UDPReadBuffer = DefaultUDPReadBuffer
+	}
+}
+
+// Enabled reports whether at least one listener is configured.
+func (c Config) Enabled() bool { return c.UDP != "" || c.TCP != "" || c.TLS != "" }
+
+// ConfigError is one invalid config value. Field is the YAML path, e.g. "syslog.tls_cert".
+type ConfigError struct {
+	Field string
+	Value string
+	Err   error
+}
+
+func (e *ConfigError) Error() string {
+	if e.Value == "" {
+		return e.Field + ": " + e.Err.Error()
+	}
+	return e.Field + ": " + strconv.Quote(e.Value) + ": " + e.Err.Error()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Validate checks the config as it will be used (call SetDefaults first; zero sizes are
+// refused here). It returns every problem found, joined, each a *ConfigError.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, value, msg string) {
+		errs = append(errs, &ConfigError{Field: "syslog." + field, Value: value, Err: errors.New(msg)})
+	}
+	for _, a := range []struct{ field, addr string }{{"udp", c.UDP}, {"tcp", c.TCP}, {"tls", c.TLS}} {
+		if a.addr == "" {
+			continue
+		}
+		if err := checkAddr(a.addr); err != nil {
+			errs = append(errs, &ConfigError{Field: "syslog." + a.field, Value: a.addr, Err: err})
+		}
+	}
+	if c.TLS != "" {
+		if c.TLSCert == "" {
+			bad("tls_cert", "", "required when syslog.tls is set")
+		}
+		if c.TLSKey == "" {
+			bad("tls_key", "", "required when syslog.tls is set")
+		}
+	}
+	if c.MaxMessageSize < MinMaxMessageSize || c.MaxMessageSize > MaxMaxMessageSize {
+		bad("max_message_size", strconv.Itoa(c.MaxMessageSize),
+			"must be between "+strconv.Itoa(MinMaxMessageSize)+" and "+strconv.Itoa(MaxMaxMessageSize))
+	}
+	if c.MaxConnections < 1 {
+		bad("max_connections", strconv.Itoa(c.MaxConnections), "must be at least 1")
+	}
+	if c.IdleTimeout <= 0 {
+		bad("idle_timeout", c.IdleTimeout.String(), "must be positive")
+	}
+	if c.UDPReadBuffer < 1 || c.UDPReadBuffer > maxUDPReadBuffer {
+		bad("udp_read_buffer", strconv.Itoa(c.UDPReadBuffer), "must be between 1 and "+strconv.Itoa(maxUDPReadBuffer))
+	}
+	if c.RFC3164TimeZone != "" {
+		if _, err := time.LoadLocation(c.RFC3164TimeZone); err != nil {
+			bad("rfc3164_timezone", c.RFC3164TimeZone, "unknown time zone")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddr accepts host:port with a numeric port and a host that is empty, an IP
+// address or a DNS name, so typos fail at config load rather than at bind time.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if len(host) > 253 || strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" {
+		return errors.New("host must be an IP address or a DNS name")
+	}
+	return nil
+}

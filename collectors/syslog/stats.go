@@ -1,0 +1,97 @@
+package syslog
+
+import "sync/atomic"
+
+type transport uint8
+
+const (
+	transportUDP transport = iota
+	transportTCP
+	transportTLS
+	numTransports
+)
+
+var transportNames = [numTransports]string{"udp", "tcp", "tls"}
+
+func (t transport) String() string { return transportNames[t] }
+
+// rejectReasons are the reasons counted in Stats.Rejects, in a fixed order.
+var rejectReasons = [...]string{ReasonOversize, ReasonBadOctetCount, ReasonTruncated, ReasonTooManyConnections, ReasonTLSHandshake}
+
+func reasonIndex(reason string) int {
+	for i, r := range rejectReasons {
+		if r == reason {
+			return i
+		}
+	}
+	return -1
+}
+
+// Loss reasons, reported through collectors.Reporter.Lost.
+const (
+	LossKernelDrop = "kernel_drop" // UDP datagrams the kernel dropped (socket buffer full)
+	LossSpoolFull  = "spool_full"  // UDP datagrams the sink refused
+	LossShutdown   = "shutdown"    // messages read but not appended when Run stopped
+)
+
+// counters are updated on the hot path with atomics; Stats copies them.
+type counters struct {
+	received   [numTransports]atomic.Uint64
+	malformed  atomic.Uint64
+	empty      atomic.Uint64
+	rejects    [len(rejectReasons)]atomic.Uint64
+	kernelDrop atomic.Uint64
+	spoolFull  atomic.Uint64
+	shutdown   atomic.Uint64
+	waits      atomic.Uint64
+	connsOpen  atomic.Int64
+	accepted   atomic.Uint64
+	refused    atomic.Uint64
+	datagrams  atomic.Uint64
+}
+
+// Stats is a snapshot of the collector's counters, for metrics and health checks.
+type Stats struct {
+	// Received counts events the sink accepted, per transport ("udp", "tcp", "tls").
+	Received map[string]uint64
+	// Malformed counts events marked Malformed (kept although they did not parse).
+	Malformed uint64
+	// Empty counts frames skipped because they held nothing (blank lines).
+	Empty uint64
+	// Rejects counts refused input per reason (the Reason* constants).
+	Rejects map[string]uint64
+	// Lost counts input lost per reason (the Loss* constants).
+	Lost map[string]uint64
+	// BackpressureWaits counts appends the sink refused and that were retried.
+	BackpressureWaits uint64
+	// Datagrams counts UDP datagrams read, whatever became of them.
+	Datagrams uint64
+	// ConnsOpen, ConnsAccepted and ConnsRefused describe TCP and TLS connections.
+	ConnsOpen     int64
+	ConnsAccepted uint64
+	ConnsRefused  uint64
+}
+
+// Stats returns a snapshot of the counters. It is safe to call at any time.
+func (c *Collector) Stats() Stats {
+	s := &c.stats
+	st := Stats{
+		Received:          make(map[string]uint64, numTransports),
+		Malformed:         s.malformed.Load(),
+		Empty:             s.empty.Load(),
+		Rejects:           make(map[string]uint64, len(rejectReasons)),
+		Lost:              map[string]uint64{LossKernelDrop: s.kernelDrop.Load(), LossSpoolFull: s.spoolFull.Load(), LossShutdown: s.shutdown.Load()},
+		BackpressureWaits: s.waits.Load(),
+		Datagrams:         s.datagrams.Load(),
+		ConnsOpen:         s.connsOpen.Load(),
+		ConnsAccepted:     s.accepted.Load(),
+		ConnsRefused:      s.refused.Load(),
+	}
+	for i, name := range transportNames {
+		st.Received[name] = s.received[i].Load()
+	}
+	for i, r := range rejectReasons {
+		st.Rejects[r] = s.rejects[i].Load()
+	}
+	return st
+}

@@ -127,6 +127,18 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	return append(dst, '}')
 }
 
+// SizeHint estimates the encoded size, so that one allocation usually fits the encoding.
+func (e *Event) SizeHint() int {
+	n := 448 + len(e.Message) + len(e.Reason) + len(e.Source.Host) + len(e.Source.App)
+	for k, v := range e.Detail {
+		n += len(k) + len(v) + 6
+	}
+	for _, c := range e.Codes {
+		n += len(c.System) + len(c.Code) + len(c.Text) + 32
+	}
+	return n + n/16 // escapes
+}
+
 // Decode parses event bytes as stored in a batch.
 func Decode(b []byte) (Event, error) {
 	var e Event
@@ -156,6 +168,15 @@ func appendOpt(dst []byte, name, v string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// plain marks the ASCII bytes that a JSON string takes as they are; the table keeps the
+// per-byte test of the hot loop to one load.
+var plain = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
 // appendString writes s as a JSON string the way encoding/json does (HTML-safe escapes,
 // U+2028/U+2029 escaped), except that invalid UTF-8 becomes a literal U+FFFD.
 func appendString(dst []byte, s string) []byte {
@@ -163,7 +184,7 @@ func appendString(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		if b := s[i]; b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if plain[b] {
 				i++
 				continue
 			}

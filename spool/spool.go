@@ -419,7 +419,7 @@ func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) er
 	}
 	// Encode behind a 0x00 byte so that the RFC 6962 leaf hash, SHA-256(0x00 || event),
 	// is one allocation-free Sum256 over the buffer.
-	buf := e.AppendJSON(append(make([]byte, 0, 512), 0))
+	buf := e.AppendJSON(append(make([]byte, 0, e.SizeHint()+1), 0))
 	it := item{data: buf[1:], leaf: sha256.Sum256(buf), received: e.Received, done: done}
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -240,6 +240,14 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-d.ready:
+		default:
+			// Listeners are not bound yet: a health check must not pass before the
+			// appliance can take messages.
+			http.Error(w, `{"status":"starting"}`, http.StatusServiceUnavailable)
+			return
+		}
 		pos, err := sp.Position()
 		if err != nil {
 			http.Error(w, "spool unreadable", http.StatusServiceUnavailable)

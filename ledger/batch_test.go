@@ -210,10 +210,7 @@ func TestVectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var events [][]byte
-	for _, l := range bytes.Split(bytes.TrimSuffix(evb, []byte("\n")), []byte("\n")) {
-		events = append(events, l)
-	}
+	events := bytes.Split(bytes.TrimSuffix(evb, []byte("\n")), []byte("\n"))
 	h := ledger.Header{Site: "s1", Device: "d1", Chain: "00112233445566778899aabbccddeeff", Seq: 1, Prev: ledger.ZeroHash,
 		First: "2026-11-27T08:00:00Z", Last: "2026-11-27T08:00:02.5Z", Sealed: "2026-11-27T08:00:03Z",
 		TimeSync: ledger.TimeSync{State: "synced", Server: "127.0.0.1:11123", OffsetNS: 1500000, MaxOffset: 500000000, Checked: "2026-11-27T07:59:50Z"},

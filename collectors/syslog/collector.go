@@ -317,9 +317,10 @@ func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.
 			conn.Close()
 			return nil
 		case trackFull:
-			conn.Close()
+			// Count before closing: whoever sees the close may look at the counters.
 			c.stats.refused.Add(1)
 			c.reject(t, ip, ReasonTooManyConnections, "", 0)
+			conn.Close()
 			continue
 		}
 		c.stats.accepted.Add(1)

@@ -270,32 +270,67 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 	return mux
 }
 
+// metrics exports the spool's and the syslog collector's counters. It is one
+// prometheus.Collector so that a scrape takes one snapshot of each (Stats of the spool
+// opens a bbolt read transaction) instead of one per metric.
+type metrics struct {
+	sp *spool.Spool
+	sl *syslog.Collector
+}
+
+var (
+	mCommitted   = prometheus.NewDesc("edgeaudit_spool_events_committed_total", "Events committed (fsync'd) to the spool.", nil, nil)
+	mCommits     = prometheus.NewDesc("edgeaudit_spool_commits_total", "Spool transactions committed.", nil, nil)
+	mSealed      = prometheus.NewDesc("edgeaudit_spool_batches_sealed_total", "Batches sealed.", nil, nil)
+	mRefused     = prometheus.NewDesc("edgeaudit_spool_refused_full_total", "Appends refused because the spool was full (backpressure).", nil, nil)
+	mCommitErrs  = prometheus.NewDesc("edgeaudit_spool_commit_errors_total", "Spool transactions that failed.", nil, nil)
+	mPruned      = prometheus.NewDesc("edgeaudit_spool_batches_pruned_total", "Acknowledged batches deleted after retention.", nil, nil)
+	mHead        = prometheus.NewDesc("edgeaudit_spool_head_seq", "Seq of the last sealed batch.", nil, nil)
+	mAcked       = prometheus.NewDesc("edgeaudit_spool_acked_seq", "Seq up to which central acknowledged.", nil, nil)
+	mFull        = prometheus.NewDesc("edgeaudit_spool_full", "1 while the spool refuses events.", nil, nil)
+	mReceived    = prometheus.NewDesc("edgeaudit_syslog_received_total", "Syslog messages handed to the spool.", []string{"transport"}, nil)
+	mMalformed   = prometheus.NewDesc("edgeaudit_syslog_malformed_total", "Syslog messages kept although they did not parse.", nil, nil)
+	mConnsOpen   = prometheus.NewDesc("edgeaudit_syslog_connections_open", "Open syslog TCP and TLS connections.", nil, nil)
+	mConnsRefuse = prometheus.NewDesc("edgeaudit_syslog_connections_refused_total", "Syslog connections closed at once because of the connection limit.", nil, nil)
+	mWaits       = prometheus.NewDesc("edgeaudit_syslog_backpressure_waits_total", "Times a syslog connection paused because the spool refused an event.", nil, nil)
+)
+
 func registerMetrics(reg *prometheus.Registry, sp *spool.Spool, sl *syslog.Collector) {
-	counter := func(name, help string, f func() uint64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f()) }))
+	reg.MustRegister(&metrics{sp: sp, sl: sl})
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
+		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits} {
+		ch <- d
 	}
-	gauge := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	st := m.sp.Stats()
+	c := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
-	counter("edgeaudit_spool_events_committed_total", "Events committed (fsync'd) to the spool.", func() uint64 { return sp.Stats().Committed })
-	counter("edgeaudit_spool_commits_total", "Spool transactions committed.", func() uint64 { return sp.Stats().Commits })
-	counter("edgeaudit_spool_batches_sealed_total", "Batches sealed.", func() uint64 { return sp.Stats().Sealed })
-	counter("edgeaudit_spool_refused_full_total", "Appends refused because the spool was full (backpressure).", func() uint64 { return sp.Stats().RefusedFull })
-	counter("edgeaudit_spool_commit_errors_total", "Spool transactions that failed.", func() uint64 { return sp.Stats().CommitErrors })
-	counter("edgeaudit_spool_batches_pruned_total", "Acknowledged batches deleted after retention.", func() uint64 { return sp.Stats().Pruned })
-	gauge("edgeaudit_spool_head_seq", "Seq of the last sealed batch.", func() float64 { return float64(sp.Stats().HeadSeq) })
-	gauge("edgeaudit_spool_acked_seq", "Seq up to which central acknowledged.", func() float64 { return float64(sp.Stats().AckedSeq) })
-	gauge("edgeaudit_spool_full", "1 while the spool refuses events.", func() float64 {
-		if sp.Stats().Full {
-			return 1
-		}
-		return 0
-	})
+	g := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	c(mCommitted, st.Committed)
+	c(mCommits, st.Commits)
+	c(mSealed, st.Sealed)
+	c(mRefused, st.RefusedFull)
+	c(mCommitErrs, st.CommitErrors)
+	c(mPruned, st.Pruned)
+	g(mHead, float64(st.HeadSeq))
+	g(mAcked, float64(st.AckedSeq))
+	full := 0.0
+	if st.Full {
+		full = 1
+	}
+	g(mFull, full)
+	ss := m.sl.Stats()
 	for _, t := range []string{"udp", "tcp", "tls"} {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "edgeaudit_syslog_received_total", Help: "Syslog messages handed to the spool.", ConstLabels: prometheus.Labels{"transport": t},
-		}, func() float64 { return float64(sl.Stats().Received[t]) }))
+		ch <- prometheus.MustNewConstMetric(mReceived, prometheus.CounterValue, float64(ss.Received[t]), t)
 	}
-	counter("edgeaudit_syslog_malformed_total", "Syslog messages kept although they did not parse.", func() uint64 { return sl.Stats().Malformed })
-	gauge("edgeaudit_syslog_connections_open", "Open syslog TCP and TLS connections.", func() float64 { return float64(sl.Stats().ConnsOpen) })
+	c(mMalformed, ss.Malformed)
+	g(mConnsOpen, float64(ss.ConnsOpen))
+	c(mConnsRefuse, ss.ConnsRefused)
+	c(mWaits, ss.BackpressureWaits)
 }

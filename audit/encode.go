@@ -69,6 +69,7 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, '}')
 
 	dst = appendOpt(dst, `,"patient":`, e.Patient)
+	dst = appendOpt(dst, `,"patient_age":`, e.PatientAge)
 	if len(e.Study) > 0 {
 		dst = append(dst, `,"study":[`...)
 		for i, v := range e.Study {

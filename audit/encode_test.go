@@ -16,7 +16,7 @@ func sampleEvents() []Event {
 		{ID: "x", Time: t0, Received: t0.Add(time.Second), Source: Source{Kind: KindSyslog, Host: "h", IP: "127.0.0.1", App: "sshd", Transport: "tcp", Facility: "authpriv", Severity: "info"},
 			Action: "system.log", Outcome: OutcomeUnknown, Message: "line <1> & \"q\" \\ \n\t\x01 \xff end \u2028", RawSHA256: "ab"},
 		{ID: "y", Time: t0.In(time.FixedZone("x", 3600)), Source: Source{Kind: KindDICOM, AETitle: "PACS"}, Action: "dicom.query", ActionCode: "E",
-			Outcome: OutcomeSuccess, Actor: Actor{User: "u", Role: "r", Session: "s", Requestor: true}, Patient: "tok", Study: []string{"a", "b"},
+			Outcome: OutcomeSuccess, Actor: Actor{User: "u", Role: "r", Session: "s", Requestor: true}, Patient: "tok", PatientAge: "40-64", Study: []string{"a", "b"},
 			Accession: "acc", Reason: "why", Count: 3, CorrelationID: "c", Codes: []Code{{System: "DCM", Code: "110112", Text: "Query"}, {System: "x", Code: "y"}},
 			Malformed: true, Detail: map[string]string{"z": "1", "a": "2"}},
 		{Actor: Actor{Requestor: true}, Count: -2},

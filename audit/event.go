@@ -42,9 +42,10 @@ type Event struct {
 	Outcome    string `json:"outcome"`
 
 	Actor         Actor    `json:"actor"`
-	Patient       string   `json:"patient,omitempty"`   // token, never a raw identifier
-	Study         []string `json:"study,omitempty"`     // tokens
-	Accession     string   `json:"accession,omitempty"` // token
+	Patient       string   `json:"patient,omitempty"`     // token, never a raw identifier
+	PatientAge    string   `json:"patient_age,omitempty"` // age band (AgeBand), never a birth date
+	Study         []string `json:"study,omitempty"`       // tokens
+	Accession     string   `json:"accession,omitempty"`   // token
 	Reason        string   `json:"reason,omitempty"`
 	Count         int      `json:"count,omitempty"`
 	CorrelationID string   `json:"correlation_id,omitempty"`

@@ -60,3 +60,22 @@ func TestLoadCorruptKeyFails(t *testing.T) {
 		t.Fatal("corrupt key file was overwritten")
 	}
 }
+
+func TestDataKey(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "keys", "data.key")
+	k, created, err := LoadOrCreateDataKey(p)
+	if err != nil || !created || len(k) != DataKeySize {
+		t.Fatalf("create: len=%d created=%v err=%v", len(k), created, err)
+	}
+	k2, created, err := LoadOrCreateDataKey(p)
+	if err != nil || created || string(k2) != string(k) {
+		t.Fatalf("reload: created=%v err=%v same=%v", created, err, string(k2) == string(k))
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	os.WriteFile(p, []byte("short"), 0o600)
+	if _, _, err := LoadOrCreateDataKey(p); err == nil {
+		t.Fatal("a truncated data key was accepted")
+	}
+}

@@ -32,7 +32,13 @@ const TokenLen = 32
 // concurrent use.
 type Tokenizer struct {
 	pool sync.Pool
+	// observe, when set, sees every (token, value) pair: the vault keeps them so that a
+	// privacy officer can reveal a token. It must not block.
+	observe func(token, value string)
 }
+
+// Observe registers fn to see every token made, before the tokenizer is shared.
+func (t *Tokenizer) Observe(fn func(token, value string)) { t.observe = fn }
 
 // NewTokenizer uses key (at least 32 bytes) as the data key.
 func NewTokenizer(key []byte) (*Tokenizer, error) {
@@ -62,7 +68,11 @@ func (t *Tokenizer) Token(kind, value string) string {
 	var sum [sha256.Size]byte
 	m.Sum(sum[:0])
 	t.pool.Put(m)
-	return kind + "_" + hex.EncodeToString(sum[:TokenLen/2])
+	tok := kind + "_" + hex.EncodeToString(sum[:TokenLen/2])
+	if t.observe != nil {
+		t.observe(tok, value)
+	}
+	return tok
 }
 
 // IsToken reports whether s has the shape of a token of kind.

@@ -46,9 +46,10 @@ type Config struct {
 	// DataDir holds the spool and the software keys (mode 0700).
 	DataDir string `yaml:"data_dir"`
 
-	Syslog syslog.Config `yaml:"syslog"`
-	Batch  BatchConfig   `yaml:"batch"`
-	Spool  SpoolConfig   `yaml:"spool"`
+	Syslog  syslog.Config `yaml:"syslog"`
+	Batch   BatchConfig   `yaml:"batch"`
+	Spool   SpoolConfig   `yaml:"spool"`
+	Privacy PrivacyConfig `yaml:"privacy"`
 
 	// Admin is the loopback HTTP address of /metrics and /healthz; "" disables it.
 	Admin string `yaml:"admin"`

@@ -84,6 +84,20 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}()
 
+	priv, err := openPrivacy(cfg, d.log.With("component", "privacy"))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := priv.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	adminToken, err := ensureAdminToken(cfg.AdminTokenPath())
+	if err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	self := newSelfAudit(sp, reg, d.log.With("component", "selfaudit"))
@@ -103,6 +117,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	selfDone := make(chan struct{})
 	wg.Go(func() { self.run(selfCtx); close(selfDone) })
 
+	vaultCtx, stopVault := context.WithCancel(context.Background())
+	defer stopVault()
+	wg.Go(func() { priv.runVault(vaultCtx) })
+
 	pruneCtx, stopPrune := context.WithCancel(context.Background())
 	defer stopPrune()
 	wg.Go(func() { d.pruneLoop(pruneCtx, sp) })
@@ -116,7 +134,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		d.mu.Lock()
 		d.admin = ln.Addr()
 		d.mu.Unlock()
-		adminSrv = &http.Server{Handler: d.adminHandler(reg, sp, signer), ReadHeaderTimeout: 5 * time.Second}
+		mux := d.adminHandler(reg, sp, signer)
+		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken, func() audit.Event { return self.event("", "", "") }))
+		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {
 			if err := adminSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("admin endpoint", "err", err)
@@ -180,6 +200,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		adminSrv.Shutdown(sctx)
 	}
 	stopPrune()
+	stopVault()
 	pos, _ := sp.Position()
 	d.log.Info("edgeaudit stopped", "head_seq", pos.HeadSeq, "took", time.Since(begin).Round(time.Millisecond))
 	return runErr
@@ -236,7 +257,7 @@ type Health struct {
 	Warnings   []string `json:"warnings,omitempty"`
 }
 
-func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) http.Handler {
+func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/daemon"
+	"github.com/edgeaudit/edgeaudit/spool"
+	"github.com/edgeaudit/edgeaudit/vault"
+)
+
+// TokenCommand reveals the identifier behind a patient token; every reveal is written
+// into the chain before the value is shown.
+type TokenCommand struct{}
+
+// Run implements the command.
+func (c *TokenCommand) Run(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "reveal" {
+		c.Usage()
+		return &usageError{"token: the only subcommand is reveal"}
+	}
+	fs := flag.NewFlagSet("edgeaudit token reveal", flag.ContinueOnError)
+	configPath := fs.String("config", "", "config file")
+	dataDir := fs.String("data", "", "data folder (overrides data_dir)")
+	reason := fs.String("reason", "", "why the token is revealed (recorded in the chain)")
+	fs.Usage = c.Usage
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return &usageError{"token reveal: need exactly one TOKEN"}
+	}
+	if *reason == "" {
+		return &usageError{"token reveal: -reason is required; it is recorded in the audit chain"}
+	}
+	cfg, err := daemon.LoadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	cfg.SetDefaults()
+	req := daemon.RevealRequest{Token: fs.Arg(0), By: whoami(), Reason: *reason}
+
+	value, err := revealOnline(ctx, &cfg, req)
+	if errors.Is(err, errDaemonDown) {
+		value, err = revealOffline(ctx, &cfg, req)
+	}
+	if err != nil {
+		return fmt.Errorf("token reveal: %w", err)
+	}
+	fmt.Println(value)
+	return nil
+}
+
+var errDaemonDown = errors.New("daemon not running")
+
+// revealOnline asks the running daemon, which holds the spool and the vault.
+func revealOnline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequest) (string, error) {
+	if cfg.Admin == "" {
+		return "", errDaemonDown
+	}
+	secret, err := os.ReadFile(cfg.AdminTokenPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return "", errDaemonDown
+	}
+	if err != nil {
+		return "", fmt.Errorf("read admin token (run as root or the service user): %w", err)
+	}
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Admin+"/v1/token/reveal", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	hreq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(secret)))
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(hreq)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return "", errDaemonDown
+		}
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	var out struct{ Value string }
+	if err := json.Unmarshal(b, &out); err != nil {
+		return "", err
+	}
+	return out.Value, nil
+}
+
+// revealOffline works on a stopped daemon's files: it records the reveal in the spool
+// (sealing it) before it prints anything.
+func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequest) (string, error) {
+	if _, err := os.Stat(cfg.KeyPath()); err != nil {
+		return "", fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)
+	}
+	signer, _, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
+	if err != nil {
+		return "", err
+	}
+	key, _, err := attest.LoadOrCreateDataKey(cfg.DataKeyPath())
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(cfg.VaultPath()); err != nil {
+		return "", errors.New("the token vault is off or empty (privacy.vault: false)")
+	}
+	v, err := vault.Open(cfg.VaultPath(), key, true)
+	if err != nil {
+		return "", err
+	}
+	defer v.Close()
+	value, gerr := v.Get(req.Token)
+	if gerr != nil && !errors.Is(gerr, vault.ErrNotFound) {
+		return "", gerr
+	}
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
+	if err != nil {
+		return "", err
+	}
+	now := time.Now().UTC()
+	ev := daemon.RevealEvent(req, gerr == nil)
+	ev.Time, ev.Received = now, now
+	err = appendAndSeal(ctx, sp, &ev)
+	if cerr := sp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("could not record the reveal; nothing revealed: %w", err)
+	}
+	if gerr != nil {
+		return "", gerr
+	}
+	return value, nil
+}
+
+func appendAndSeal(ctx context.Context, sp *spool.Spool, ev *audit.Event) error {
+	ch := make(chan error, 1)
+	if err := sp.Append(ctx, ev, func(err error) { ch <- err }); err != nil {
+		return err
+	}
+	if err := <-ch; err != nil {
+		return err
+	}
+	return sp.Seal(ctx)
+}
+
+func whoami() string {
+	if s := os.Getenv("SUDO_USER"); s != "" {
+		return s
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+// Usage prints the man page.
+func (c *TokenCommand) Usage() {
+	fmt.Fprint(os.Stderr, `The token reveal command prints the identifier behind a patient token, for a privacy
+officer on the appliance. It needs the token vault (privacy.vault: true) and read access
+to the data folder's keys (root or the service user). Every reveal, found or not, is
+written into the audit chain as an audit.token_reveal event naming the token, who asked
+(the login name) and why, before anything is printed.
+
+With the daemon running, the request goes to its admin endpoint with the secret in
+keys/admin.token; with the daemon stopped, the command records the event in the spool
+itself.
+
+Usage:
+
+	edgeaudit token reveal -reason TEXT [-config FILE] [-data DIR] TOKEN
+`)
+}

@@ -1,0 +1,238 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/vault"
+)
+
+// PrivacyConfig is the `privacy:` section.
+type PrivacyConfig struct {
+	// Vault keeps token → identifier pairs (encrypted) so that `edgeaudit token reveal`
+	// can answer; off by default (minimum necessary).
+	Vault bool `yaml:"vault"`
+	// Redact turns the redaction of free text (syslog MSG) on; default true.
+	Redact *bool `yaml:"redact"`
+	// RedactRules replace the default rules when set.
+	RedactRules []audit.RedactRule `yaml:"redact_rules"`
+}
+
+// RedactEnabled reports the effective setting.
+func (p PrivacyConfig) RedactEnabled() bool { return p.Redact == nil || *p.Redact }
+
+// Rules returns the configured or default rules.
+func (p PrivacyConfig) Rules() []audit.RedactRule {
+	if len(p.RedactRules) > 0 {
+		return p.RedactRules
+	}
+	return audit.DefaultRedactRules
+}
+
+// DataKeyPath is the tokenizer's key.
+func (c *Config) DataKeyPath() string { return filepath.Join(c.DataDir, "keys", "data.key") }
+
+// VaultPath is the token vault.
+func (c *Config) VaultPath() string { return filepath.Join(c.DataDir, "vault.db") }
+
+// AdminTokenPath is the secret a local CLI presents to the admin endpoint for privileged
+// calls (token reveal). Who can read it (root, the service user) is who is privileged.
+func (c *Config) AdminTokenPath() string { return filepath.Join(c.DataDir, "keys", "admin.token") }
+
+// ActionTokenReveal is the self-audit action of a reveal.
+const ActionTokenReveal = "audit.token_reveal"
+
+// privacy holds the tokenizer, the redactor and the optional vault.
+type privacy struct {
+	tok    *audit.Tokenizer
+	redact *audit.Redactor
+	vault  *vault.Vault
+	log    *slog.Logger
+
+	seen sync.Map // tokens known to be in the vault
+	ch   chan vault.Entry
+}
+
+func openPrivacy(cfg *Config, log *slog.Logger) (*privacy, error) {
+	key, created, err := attest.LoadOrCreateDataKey(cfg.DataKeyPath())
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created data key for patient tokens (software key; no TPM support in this version)", "path", cfg.DataKeyPath())
+	}
+	tok, err := audit.NewTokenizer(key)
+	if err != nil {
+		return nil, err
+	}
+	p := &privacy{tok: tok, log: log}
+	if cfg.Privacy.RedactEnabled() {
+		if p.redact, err = audit.NewRedactor(tok, cfg.Privacy.Rules()); err != nil {
+			return nil, fmt.Errorf("privacy.redact_rules: %w", err)
+		}
+	}
+	if cfg.Privacy.Vault {
+		if p.vault, err = vault.Open(cfg.VaultPath(), key, false); err != nil {
+			return nil, err
+		}
+		p.ch = make(chan vault.Entry, 4096)
+		tok.Observe(p.observe)
+	}
+	return p, nil
+}
+
+// observe queues a new (token, value) pair for the vault without blocking; a pair that
+// does not fit is simply offered again the next time the identifier is seen.
+func (p *privacy) observe(token, value string) {
+	if _, ok := p.seen.Load(token); ok {
+		return
+	}
+	select {
+	case p.ch <- vault.Entry{Token: token, Value: value}:
+	default:
+	}
+}
+
+// runVault writes queued pairs in batches until ctx is done.
+func (p *privacy) runVault(ctx context.Context) {
+	if p.vault == nil {
+		return
+	}
+	for {
+		var batch []vault.Entry
+		select {
+		case e := <-p.ch:
+			batch = append(batch, e)
+		case <-ctx.Done():
+			return
+		}
+	more:
+		for len(batch) < 1024 {
+			select {
+			case e := <-p.ch:
+				batch = append(batch, e)
+			default:
+				break more
+			}
+		}
+		if err := p.vault.Put(batch); err != nil {
+			p.log.Error("write token vault", "entries", len(batch), "err", err)
+			continue
+		}
+		for _, e := range batch {
+			p.seen.Store(e.Token, struct{}{})
+		}
+	}
+}
+
+func (p *privacy) close() error {
+	if p.vault != nil {
+		return p.vault.Close()
+	}
+	return nil
+}
+
+// ensureAdminToken creates the admin secret (0600) if missing and returns it.
+func ensureAdminToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	t := hex.EncodeToString(raw[:])
+	if err := atomicfile.WriteFile(path, []byte(t+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return t, nil
+}
+
+// RevealRequest is the body of POST /v1/token/reveal.
+type RevealRequest struct {
+	Token string `json:"token"`
+	// By names the person asking (the CLI sends the login name); recorded in the chain.
+	By string `json:"by"`
+	// Reason is why (recorded in the chain).
+	Reason string `json:"reason"`
+}
+
+// RevealEvent is the self-audit event of a reveal: who, why, which token; never the value.
+func RevealEvent(req RevealRequest, found bool) audit.Event {
+	e := audit.Event{
+		Source:  audit.Source{Kind: audit.KindSelf, Transport: "internal", App: "edgeaudit"},
+		Action:  ActionTokenReveal,
+		Outcome: audit.OutcomeSuccess,
+		Actor:   audit.Actor{User: req.By, Requestor: true},
+		Reason:  req.Reason,
+		Detail:  map[string]string{"token": req.Token},
+	}
+	if !found {
+		e.Outcome = audit.OutcomeMinorFailure
+		e.Detail["result"] = "not_found"
+	}
+	if strings.HasPrefix(req.Token, audit.IDPatient+"_") {
+		e.Patient = req.Token
+	}
+	return e
+}
+
+// revealHandler answers privileged reveals: the caller must present the admin token; the
+// reveal is committed to the chain before the value is returned.
+func revealHandler(p *privacy, sink collectors.Sink, adminToken string, now func() audit.Event) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
+			http.Error(w, "admin token required", http.StatusUnauthorized)
+			return
+		}
+		if p.vault == nil {
+			http.Error(w, "the token vault is off (privacy.vault: false)", http.StatusNotFound)
+			return
+		}
+		var req RevealRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil || req.Token == "" {
+			http.Error(w, "body must be {\"token\":...,\"by\":...,\"reason\":...}", http.StatusBadRequest)
+			return
+		}
+		value, err := p.vault.Get(req.Token)
+		found := err == nil
+		if err != nil && !errors.Is(err, vault.ErrNotFound) {
+			http.Error(w, "vault: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		base := now()
+		ev := RevealEvent(req, found)
+		ev.Time, ev.Received = base.Time, base.Received
+		if err := collectors.AppendSync(r.Context(), sink, &ev); err != nil {
+			http.Error(w, "could not record the reveal; nothing revealed", http.StatusServiceUnavailable)
+			return
+		}
+		if !found {
+			http.Error(w, "token not in the vault", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]string{"token": req.Token, "value": value, "event_id": ev.ID})
+	}
+}

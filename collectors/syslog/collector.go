@@ -49,7 +49,8 @@ type Collector struct {
 	log    *slog.Logger
 	tlsCfg *tls.Config
 	loc    *time.Location
-	now    func() time.Time // tests pin the clock
+	now    func() time.Time                // tests pin the clock
+	tok    atomic.Pointer[audit.Tokenizer] // SetTokenizer (dicom.go)
 
 	started atomic.Bool
 	ready   chan struct{}
@@ -394,7 +395,7 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, 
 	}
 	br := bufio.NewReaderSize(&deadlineReader{conn: rd, timeout: c.cfg.IdleTimeout}, readBufferSize)
 	fr := NewFramer(br, c.cfg.MaxMessageSize)
-	p := newParser(c.loc)
+	p := c.newParserFor()
 	name := t.String()
 	var ev audit.Event
 	for {
@@ -419,6 +420,9 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, 
 		if !p.parse(&ev, frame, c.now().UTC()) {
 			c.stats.empty.Add(1)
 			continue
+		}
+		if p.dicomErr != "" {
+			c.reject(t, ip, p.dicomErr, ev.RawSHA256, int64(len(frame)))
 		}
 		if ev.Malformed {
 			c.stats.malformed.Add(1)
@@ -470,7 +474,7 @@ func (c *Collector) appendStream(ctx context.Context, ev *audit.Event, t transpo
 func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 	buf := make([]byte, udpBufferSize)
 	oob := make([]byte, oobSize)
-	p := newParser(c.loc)
+	p := c.newParserFor()
 	var (
 		ev       audit.Event
 		drops    uint32
@@ -517,6 +521,9 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 		if !p.parse(&ev, buf[:n], c.now().UTC()) {
 			c.stats.empty.Add(1)
 			continue
+		}
+		if p.dicomErr != "" {
+			c.reject(transportUDP, lastIP, p.dicomErr, ev.RawSHA256, int64(n))
 		}
 		if ev.Malformed {
 			c.stats.malformed.Add(1)

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/edgeaudit/edgeaudit/audit"
 )
@@ -61,7 +60,7 @@ func runStream(t testing.TB, b []byte, maxSize int) corpusResult {
 	t.Helper()
 	var res corpusResult
 	f := NewFramer(bufio.NewReader(bytes.NewReader(b)), maxSize)
-	p := newParser(time.UTC)
+	p := newTestParser(t)
 	for i := 0; ; i++ {
 		if i > len(b)+1 {
 			t.Fatal("framer does not terminate")
@@ -90,7 +89,7 @@ func runStream(t testing.TB, b []byte, maxSize int) corpusResult {
 // runDatagram parses b as one UDP datagram.
 func runDatagram(t testing.TB, b []byte) (audit.Event, bool) {
 	t.Helper()
-	return parseOne(t, newParser(time.UTC), b)
+	return parseOne(t, newTestParser(t), b)
 }
 
 func parseOne(t testing.TB, p *parser, frame []byte) (audit.Event, bool) {
@@ -132,8 +131,9 @@ func TestCorpus(t *testing.T) {
 				}
 				for i, ev := range res.events {
 					if strings.Contains(filepath.Base(path), "octet") && ev.Malformed {
-						t.Errorf("event %d of an octet-counted stream is malformed: %q", i, ev.Message)
+						t.Errorf("event %d of an octet-counted stream is malformed: %q (%s)", i, ev.Message, ev.Detail[DetailDICOMError])
 					}
+					checkATNA(t, path, ev)
 				}
 				return
 			}
@@ -141,6 +141,7 @@ func TestCorpus(t *testing.T) {
 			if !ok {
 				t.Fatal("valid sample produced no event")
 			}
+			checkATNA(t, path, ev)
 			// The RFC 5424 samples are valid messages: none may come out malformed but
 			// the one with an SD-ID repeated, which RFC 5424 §6.3.2 forbids.
 			if strings.Contains(path, "rfc5424") && ev.Malformed && !strings.Contains(path, "duplicate-sd-ids") {

@@ -26,7 +26,8 @@ type golden struct {
 
 // TestGolden sends each testdata/<case>/input.txt over a real socket and compares the
 // events and rejects with expected.json. A case folder may hold `transport` (udp, tcp or
-// tls; tcp if absent) and `config.yaml` (the `syslog` config keys). Run with -update to
+// tls; tcp if absent), `config.yaml` (the `syslog` config keys) and `no_tokenizer` (no
+// SetTokenizer call). Run with -update to
 // rewrite the expected files, then review the diff.
 func TestGolden(t *testing.T) {
 	dirs, err := filepath.Glob(filepath.Join("testdata", "*", "input.txt"))
@@ -76,7 +77,13 @@ func runGolden(t *testing.T, dir string) {
 		t.Fatalf("unknown transport %q", tr)
 	}
 	sink, rep := &fakeSink{}, &fakeReporter{}
-	c := startCollector(t, cfg, sink, rep, func() time.Time { return fixedNow })
+	// DICOM audit messages are parsed with the test tokenizer, unless the case has a
+	// no_tokenizer file (the collector as deployed without a data key).
+	var setup []func(*Collector)
+	if _, err := os.Stat(filepath.Join(dir, "no_tokenizer")); err != nil {
+		setup = append(setup, func(c *Collector) { c.SetTokenizer(testTokenizer(t)) })
+	}
+	c := startCollector(t, cfg, sink, rep, func() time.Time { return fixedNow }, setup...)
 
 	switch tr {
 	case "udp":

@@ -142,8 +142,9 @@ func (r *fakeReporter) getLost(key string) uint64 {
 var fixedNow = time.Date(2026, 3, 15, 12, 0, 0, 500_000_000, time.UTC)
 
 // startCollector runs a collector for the test's duration and returns it once it is
-// ready. The cleanup cancels it and checks that Run returned nil.
-func startCollector(t testing.TB, cfg Config, sink collectors.Sink, rep collectors.Reporter, now func() time.Time) *Collector {
+// ready. Each setup function is applied before Run (e.g. SetTokenizer). The cleanup
+// cancels it and checks that Run returned nil.
+func startCollector(t testing.TB, cfg Config, sink collectors.Sink, rep collectors.Reporter, now func() time.Time, setup ...func(*Collector)) *Collector {
 	t.Helper()
 	c, err := New(cfg, sink, rep, nil)
 	if err != nil {
@@ -151,6 +152,9 @@ func startCollector(t testing.TB, cfg Config, sink collectors.Sink, rep collecto
 	}
 	if now != nil {
 		c.now = now
+	}
+	for _, f := range setup {
+		f(c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)

@@ -35,6 +35,9 @@ type parser struct {
 	rfc5424 gosyslog.Machine
 	rfc3164 gosyslog.Machine
 	loc     *time.Location // the zone RFC 3164 timestamps are read in
+
+	tok      *audit.Tokenizer // for DICOM audit messages (dicom.go); may be nil
+	dicomErr string           // reason of the last frame's DICOM failure, "" if none
 }
 
 func newParser(loc *time.Location) *parser {
@@ -74,6 +77,7 @@ func resetEvent(ev *audit.Event, transport, ip string) {
 // parse fills ev (already reset) from one frame. It reports false for a frame that is
 // empty once trailers are trimmed; such frames are skipped, not kept.
 func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
+	p.dicomErr = ""
 	msg := trimFrame(frame)
 	if len(msg) == 0 {
 		return false
@@ -136,6 +140,7 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 		ev.Malformed = true
 		ev.Message = string(msg)
 		classify(ev)
+		p.redactMalformedDICOM(ev, msg)
 		return true
 	}
 	if base.Timestamp != nil {
@@ -163,6 +168,7 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 		}
 	}
 	classify(ev)
+	p.parseDICOM(ev)
 	return true
 }
 

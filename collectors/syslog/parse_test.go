@@ -113,19 +113,21 @@ func TestParse(t *testing.T) {
 			name: "rfc5424 BOM stripped, nil timestamp uses receive time",
 			in:   "<85>1 - host app - IHE+RFC-3881 - \ufeff<AuditMessage/>\n",
 			want: audit.Event{
-				Time:    recv,
-				Source:  audit.Source{Host: "host", App: "app", MsgID: "IHE+RFC-3881", Facility: "authpriv", Severity: "notice"},
-				Message: "<AuditMessage/>",
+				Time:      recv,
+				Source:    audit.Source{Host: "host", App: "app", MsgID: "IHE+RFC-3881", Facility: "authpriv", Severity: "notice"},
+				Malformed: true, // DICOM audit XML without a tokenizer: kept without its body
 			},
+			detail: map[string]string{DetailDICOMError: "dicom_no_tokenizer"},
 		},
 		{
 			name: "rfc5424 multi-line XML message",
 			in:   "<85>1 2025-04-18T09:04:00.603Z matchbox.test - - IHE+RFC-3881 - <?xml version=\"1.0\"?>\n<AuditMessage>\n</AuditMessage>\n",
 			want: audit.Event{
-				Time:    time.Date(2025, 4, 18, 9, 4, 0, 603_000_000, time.UTC),
-				Source:  audit.Source{Host: "matchbox.test", MsgID: "IHE+RFC-3881", Facility: "authpriv", Severity: "notice"},
-				Message: "<?xml version=\"1.0\"?>\n<AuditMessage>\n</AuditMessage>",
+				Time:      time.Date(2025, 4, 18, 9, 4, 0, 603_000_000, time.UTC),
+				Source:    audit.Source{Host: "matchbox.test", MsgID: "IHE+RFC-3881", Facility: "authpriv", Severity: "notice"},
+				Malformed: true,
 			},
+			detail: map[string]string{DetailDICOMError: "dicom_no_tokenizer"},
 		},
 		{
 			name: "rfc3164 year inferred",

@@ -1,0 +1,667 @@
+package dicom
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/edgeaudit/edgeaudit/audit"
+)
+
+// Actions this package produces (docs: README.md "Taxonomy mapping").
+const (
+	ActionAppStart       = "system.app_start"
+	ActionAppStop        = "system.app_stop"
+	ActionAppActivity    = "system.app_activity"
+	ActionAuditLogUsed   = "audit.log_used"
+	ActionStore          = "dicom.store"
+	ActionMove           = "dicom.move"
+	ActionPHIView        = "phi.view"
+	ActionPHICreate      = "phi.create"
+	ActionPHIUpdate      = "phi.update"
+	ActionPHIDelete      = "phi.delete"
+	ActionStudyDelete    = "dicom.delete"
+	ActionExport         = "phi.export"
+	ActionImport         = "phi.import"
+	ActionNetworkAttach  = "network.attach"
+	ActionNetworkDetach  = "network.detach"
+	ActionNetworkEntry   = "network.entry"
+	ActionOrderCreate    = "order.create"
+	ActionOrderView      = "order.view"
+	ActionOrderUpdate    = "order.update"
+	ActionOrderDelete    = "order.delete"
+	ActionOrderRecord    = "order.record"
+	ActionPatientRecord  = "patient.record"
+	ActionProcedure      = "procedure.record"
+	ActionQuery          = "dicom.query"
+	ActionSecurityAlert  = "security.alert"
+	ActionRBACChange     = "admin.rbac_change"
+	ActionLogin          = "auth.login"
+	ActionLogout         = "auth.logout"
+	ActionAuthentication = "auth.authenticate"
+	ActionOther          = "dicom.other"
+)
+
+// MaxReason is the most bytes of EventOutcomeDescription kept in Event.Reason.
+const MaxReason = 256
+
+// Bounds on what one document can put into an event; a document over them is still
+// parsed, the rest is left out and detail "dicom.truncated" is "true".
+const (
+	maxKeyPart     = 64  // sender-chosen strings inside Detail keys (detail types, SOP class UIDs)
+	maxValue       = 256 // any other sender string kept (user ids, code texts, ...)
+	maxParticipant = 32  // participants listed in Detail
+	maxObjects     = 64  // participant objects listed in Detail
+	maxObjDetails  = 16  // ParticipantObjectDetail digests per object
+	maxList        = 64  // codes, study tokens
+)
+
+// Parse fills ev from one DICOM audit message. ev keeps what the caller set (transport,
+// peer, syslog header, received time, raw_sha256); Parse sets Source.Kind to "dicom", the
+// taxonomy fields, tokens and details, and clears Message (the XML is never stored). On
+// error ev is left untouched; Reason(err) gives the reject keyword. tok must not be nil.
+func Parse(xmlBytes []byte, tok *audit.Tokenizer, ev *audit.Event) error {
+	if tok == nil {
+		return fmt.Errorf("parse dicom audit: %w", ErrNoTokenizer)
+	}
+	root, err := readTree(xmlBytes)
+	if err != nil {
+		return err
+	}
+	m := mapper{tok: tok, outcome: audit.OutcomeUnknown, detail: make(map[string]string, 16)}
+	m.run(root)
+	m.apply(ev)
+	return nil
+}
+
+// coded is a DICOM coded value in either attribute style.
+type coded struct{ system, code, text string }
+
+func codedOf(n *node) coded {
+	if n == nil {
+		return coded{}
+	}
+	c := coded{
+		system: clip(n.attr("codeSystemName")),
+		code:   clip(n.attr("csd-code")),
+		text:   clip(n.attr("originalText")),
+	}
+	if c.code == "" {
+		c.code = clip(n.attr("code")) // RFC 3881 / Supplement 95 style
+	}
+	if c.text == "" {
+		c.text = clip(n.attr("displayName"))
+	}
+	return c
+}
+
+func (c coded) toCode() audit.Code {
+	sys := c.system
+	if sys == "" {
+		sys = "DCM"
+	}
+	return audit.Code{System: sys, Code: c.code, Text: c.text}
+}
+
+type participant struct {
+	user, alt, nap, role, roleCode string
+	requestor                      bool
+	aeTitleType                    bool // UserIDTypeCode 110119 Station AE Title
+}
+
+// mapper collects the facts of one document, then writes them into an event.
+type mapper struct {
+	tok *audit.Tokenizer
+
+	eventID    coded
+	types      []coded
+	actionCode string
+	outcome    string
+	when       time.Time
+	timeBad    bool
+	reason     string
+	codes      []audit.Code
+
+	parts     []participant
+	truncated bool
+
+	patient    string
+	study      []string
+	accession  string
+	count      int
+	sopClasses int
+	detail     map[string]string
+}
+
+func (m *mapper) run(root *node) {
+	var objects int
+	for _, n := range root.children {
+		switch n.name {
+		case "EventIdentification":
+			m.event(n)
+		case "ActiveParticipant":
+			m.participant(n)
+		case "AuditSourceIdentification":
+			m.source(n)
+		case "ParticipantObjectIdentification":
+			m.object(n, objects)
+			objects++
+		}
+	}
+}
+
+func (m *mapper) event(n *node) {
+	switch ac := strings.TrimSpace(n.attr("EventActionCode")); ac {
+	case "C", "R", "U", "D", "E":
+		m.actionCode = ac
+	}
+	switch strings.TrimSpace(n.attr("EventOutcomeIndicator")) {
+	case "0":
+		m.outcome = audit.OutcomeSuccess
+	case "4":
+		m.outcome = audit.OutcomeMinorFailure
+	case "8":
+		m.outcome = audit.OutcomeSeriousFailure
+	case "12":
+		m.outcome = audit.OutcomeMajorFailure
+	default:
+		m.outcome = audit.OutcomeUnknown
+	}
+	if s := strings.TrimSpace(n.attr("EventDateTime")); s != "" {
+		if t, ok := parseDateTime(s); ok {
+			m.when = t
+		} else {
+			m.timeBad = true
+		}
+	}
+	for _, c := range n.children {
+		switch c.name {
+		case "EventID":
+			m.eventID = codedOf(c)
+		case "EventTypeCode":
+			if len(m.types) < maxList {
+				m.types = append(m.types, codedOf(c))
+			} else {
+				m.truncated = true
+			}
+		case "EventOutcomeDescription":
+			m.reason = truncate(strings.TrimSpace(string(c.text)), MaxReason)
+		case "PurposeOfUse":
+			if pc := codedOf(c); pc.code != "" {
+				m.addCode(pc.toCode())
+			}
+		}
+	}
+}
+
+// parseDateTime reads xsd:dateTime; without a zone the time is taken as UTC.
+func parseDateTime(s string) (time.Time, bool) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999Z0700", "2006-01-02T15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), true
+		}
+	}
+	return time.Time{}, false
+}
+
+func (m *mapper) participant(n *node) {
+	p := participant{
+		user:      clip(stripQuery(strings.TrimSpace(n.attr("UserID")))),
+		alt:       clip(n.attr("AlternativeUserID")),
+		nap:       clip(stripQuery(strings.TrimSpace(n.attr("NetworkAccessPointID")))),
+		requestor: strings.EqualFold(strings.TrimSpace(n.attr("UserIsRequestor")), "true"),
+	}
+	for _, c := range n.children {
+		switch c.name {
+		case "RoleIDCode":
+			if p.role == "" {
+				rc := codedOf(c)
+				p.roleCode = rc.code
+				p.role = rc.text
+				if p.role == "" {
+					p.role = rc.code
+				}
+			}
+		case "UserIDTypeCode":
+			if codedOf(c).code == "110119" {
+				p.aeTitleType = true
+			}
+		}
+	}
+	if len(m.parts) >= maxParticipant {
+		// Not listed, but kept (a few) as candidate requestor / source AE title.
+		m.truncated = true
+		if (p.requestor || p.roleCode == "110153") && len(m.parts) < maxParticipant+4 {
+			m.parts = append(m.parts, p)
+		}
+		return
+	}
+	i := strconv.Itoa(len(m.parts))
+	m.setDetail("participant."+i+".user", p.user)
+	m.setDetail("participant."+i+".nap", p.nap)
+	m.setDetail("participant."+i+".role", p.role)
+	m.detail["participant."+i+".requestor"] = strconv.FormatBool(p.requestor)
+	m.parts = append(m.parts, p)
+}
+
+// idSegments are URL path segments (lower case) followed by that many identifier
+// segments: DICOMweb, dcm4chee REST and FHIR paths put patient ids, Study/Series/SOP
+// Instance UIDs and worklist ids there.
+var idSegments = map[string]int{
+	"patients": 1, "patient": 1, "studies": 1, "series": 1, "instances": 1, "frames": 1,
+	"mwlitems": 2, "workitems": 1, "mpps": 1, "imagingstudy": 1, "servicerequest": 1,
+	"documentreference": 1, "accessions": 1,
+}
+
+// stripQuery cleans a URL-like id (a participant's UserID or network access point):
+// it drops the query and fragment (REST and WADO URLs carry patient ids and accession
+// numbers there), user:password@ in the authority, and replaces identifier path
+// segments (after "patients", "studies", ...) by "*". Other values are returned as is.
+func stripQuery(s string) string {
+	if !strings.Contains(s, "://") && !strings.HasPrefix(s, "/") {
+		return s
+	}
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		s = s[:i]
+	}
+	prefix, rest := "", s
+	if i := strings.Index(s, "://"); i >= 0 {
+		prefix, rest = s[:i+3], s[i+3:]
+		auth, path, hasPath := strings.Cut(rest, "/")
+		if at := strings.LastIndexByte(auth, '@'); at >= 0 {
+			auth = auth[at+1:]
+		}
+		if !hasPath {
+			return prefix + auth
+		}
+		prefix, rest = prefix+auth+"/", path
+	}
+	segs := strings.Split(rest, "/")
+	for i := 0; i < len(segs); i++ {
+		n := idSegments[strings.ToLower(segs[i])]
+		for ; n > 0 && i+1 < len(segs); n-- {
+			i++
+			if segs[i] != "" {
+				segs[i] = "*"
+			}
+		}
+	}
+	return prefix + strings.Join(segs, "/")
+}
+
+// aeTitle returns the AE title a participant names: "AETITLE=X" or "AETITLES=X;Y" in
+// AlternativeUserID, or the UserID when its type is Station AE Title.
+func (p participant) aeTitle() string {
+	for _, pre := range []string{"AETITLE=", "AETITLES="} {
+		if rest, ok := strings.CutPrefix(p.alt, pre); ok {
+			rest, _, _ = strings.Cut(rest, ";")
+			return strings.TrimSpace(rest)
+		}
+	}
+	if p.aeTitleType {
+		return p.user
+	}
+	return ""
+}
+
+func (m *mapper) source(n *node) {
+	if _, ok := m.detail["audit_source.id"]; ok {
+		return // the first one names the source
+	}
+	m.detail["audit_source.id"] = clip(n.attr("AuditSourceID"))
+	m.setDetail("audit_source.site", clip(n.attr("AuditEnterpriseSiteID")))
+	typ := codedOf(n.child("AuditSourceTypeCode")).code
+	if typ == "" {
+		typ = clip(n.attr("code")) // non-schema attribute seen in the wild
+	}
+	m.setDetail("audit_source.type", typ)
+}
+
+func (m *mapper) object(n *node, idx int) {
+	id := strings.TrimSpace(n.attr("ParticipantObjectID"))
+	typ := clip(n.attr("ParticipantObjectTypeCode"))
+	role := clip(n.attr("ParticipantObjectTypeCodeRole"))
+	idType := codedOf(n.child("ParticipantObjectIDTypeCode"))
+	listed := idx < maxObjects
+	if !listed {
+		m.truncated = true
+	}
+	pre := "object." + strconv.Itoa(idx) + "."
+	if listed {
+		m.setDetail(pre+"type", typ)
+		m.setDetail(pre+"role", role)
+		m.setDetail(pre+"id_type", idType.code)
+		m.setDetail(pre+"lifecycle", clip(n.attr("ParticipantObjectDataLifeCycle")))
+	}
+	if strings.EqualFold(idType.system, "IHE Transactions") && idType.code != "" {
+		m.addCode(idType.toCode())
+	}
+
+	// Patient: person/patient, or an RFC 3881 patient number or medical record number.
+	rfc3881 := idType.system == "" || strings.EqualFold(idType.system, "RFC-3881")
+	isPatient := (typ == "1" && role == "1") ||
+		(rfc3881 && (idType.code == "1" || idType.code == "2")) ||
+		strings.EqualFold(idType.text, "Patient Number")
+	switch {
+	case isPatient:
+		if t := m.tok.Token(audit.IDPatient, id); t != "" {
+			if m.patient == "" {
+				m.patient = t
+			} else if t != m.patient && listed {
+				m.detail[pre+"patient"] = t
+			}
+		}
+		// ParticipantObjectName (the patient's name) is not stored, not even as a token.
+	case idType.code == "110180":
+		m.addStudy(id)
+	case role == "24":
+		if idType.code == "110181" {
+			m.setDetail("query.sop_class", limit(id))
+		}
+		if q := n.child("ParticipantObjectQuery"); q != nil {
+			if _, ok := m.detail["query.digest"]; !ok {
+				m.setDetail("query.digest", m.digest(q.text))
+			}
+		}
+	}
+
+	details := 0
+	var walk func(n *node, depth int)
+	walk = func(n *node, depth int) {
+		for _, c := range n.children {
+			switch c.name {
+			case "ParticipantObjectDetail":
+				if depth == 0 && listed && details >= maxObjDetails {
+					m.truncated = true
+				} else if depth == 0 && listed {
+					k := pre + "detail." + strconv.Itoa(details) + "."
+					m.setDetail(k+"type", limit(strings.TrimSpace(c.attr("type"))))
+					m.setDetail(k+"digest", m.digest([]byte(c.attr("value"))))
+					details++
+				}
+			case "Accession":
+				if t := m.tok.Token(audit.IDAccession, c.attr("Number")); t != "" {
+					if m.accession == "" {
+						m.accession = t
+					} else if t != m.accession && listed {
+						m.detail[pre+"accession"] = t
+					}
+				}
+			case "SOPClass":
+				uid := limit(strings.TrimSpace(c.attr("UID")))
+				n, err := strconv.Atoi(strings.TrimSpace(c.attr("NumberOfInstances")))
+				if err != nil || n <= 0 || n > 1<<30 || uid == "" {
+					break
+				}
+				m.count = min(m.count+n, 1<<30)
+				if prev, ok := m.detail["sop_class."+uid]; ok || m.sopClasses < maxList {
+					if !ok {
+						m.sopClasses++
+					}
+					p, _ := strconv.Atoi(prev)
+					m.detail["sop_class."+uid] = strconv.Itoa(min(p+n, 1<<30))
+				} else {
+					m.truncated = true
+				}
+			case "StudyIDs":
+				m.addStudy(c.attr("UID"))
+			case "ParticipantObjectDescription", "ParticipantObjectContainsStudy":
+				walk(c, depth+1)
+			}
+		}
+	}
+	walk(n, 0)
+}
+
+func (m *mapper) addStudy(uid string) {
+	t := m.tok.Token(audit.IDStudy, uid)
+	if t == "" {
+		return
+	}
+	for _, s := range m.study {
+		if s == t {
+			return
+		}
+	}
+	if len(m.study) >= maxList {
+		m.truncated = true
+		return
+	}
+	m.study = append(m.study, t)
+}
+
+func (m *mapper) addCode(c audit.Code) {
+	for _, have := range m.codes {
+		if have.System == c.System && have.Code == c.Code {
+			return
+		}
+	}
+	if len(m.codes) >= maxList {
+		m.truncated = true
+		return
+	}
+	m.codes = append(m.codes, c)
+}
+
+func (m *mapper) setDetail(k, v string) {
+	if v != "" {
+		m.detail[k] = v
+	}
+}
+
+// KindDigest is the tokenizer namespace of the digests of query and detail values.
+const KindDigest = "dig"
+
+// digest returns a keyed digest of a base64 value (white space ignored; the raw text when
+// it is not base64): the Tokenizer's HMAC-SHA-256 under the site data key. A plain
+// SHA-256 would give away short values (study dates, message ids, patient ids in a
+// query) to anyone who hashes candidates.
+func (m *mapper) digest(b []byte) string {
+	clean := bytes.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, b)
+	data := clean
+	if dec, err := base64.StdEncoding.DecodeString(string(clean)); err == nil {
+		data = dec
+	} else if dec, err := base64.RawStdEncoding.DecodeString(string(clean)); err == nil {
+		data = dec
+	}
+	return m.tok.Token(KindDigest, string(data))
+}
+
+func limit(s string) string { return truncate(s, maxKeyPart) }
+
+// clip trims a sender string and bounds its length.
+func clip(s string) string { return truncate(strings.TrimSpace(s), maxValue) }
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func (m *mapper) typeCode(codes ...string) string {
+	for _, t := range m.types {
+		for _, c := range codes {
+			if t.code == c {
+				return c
+			}
+		}
+	}
+	return ""
+}
+
+// action applies the taxonomy mapping (README.md "Taxonomy mapping").
+func (m *mapper) action() string {
+	ac := m.actionCode
+	switch m.eventID.code {
+	case "110100":
+		switch m.typeCode("110120", "110121") {
+		case "110120":
+			return ActionAppStart
+		case "110121":
+			return ActionAppStop
+		}
+		return ActionAppActivity
+	case "110101":
+		return ActionAuditLogUsed
+	case "110102", "110104":
+		if ac == "C" {
+			return ActionStore
+		}
+		return ActionMove
+	case "110103":
+		switch ac {
+		case "C":
+			return ActionPHICreate
+		case "U":
+			return ActionPHIUpdate
+		case "D":
+			return ActionPHIDelete
+		}
+		return ActionPHIView
+	case "110105":
+		return ActionStudyDelete
+	case "110106":
+		return ActionExport
+	case "110107":
+		return ActionImport
+	case "110108":
+		switch m.typeCode("110124", "110125") {
+		case "110124":
+			return ActionNetworkAttach
+		case "110125":
+			return ActionNetworkDetach
+		}
+		return ActionNetworkEntry
+	case "110109":
+		switch ac {
+		case "C":
+			return ActionOrderCreate
+		case "R":
+			return ActionOrderView
+		case "U":
+			return ActionOrderUpdate
+		case "D":
+			return ActionOrderDelete
+		}
+		return ActionOrderRecord
+	case "110110":
+		return ActionPatientRecord
+	case "110111":
+		return ActionProcedure
+	case "110112":
+		return ActionQuery
+	case "110113":
+		if m.typeCode("110136", "110137") != "" {
+			return ActionRBACChange
+		}
+		return ActionSecurityAlert
+	case "110114":
+		switch m.typeCode("110122", "110123") {
+		case "110122":
+			return ActionLogin
+		case "110123":
+			return ActionLogout
+		}
+		return ActionAuthentication
+	case "110122": // a type code used as EventID (dcm4chee)
+		if m.typeCode("110123") != "" {
+			return ActionLogout
+		}
+		return ActionLogin
+	case "110123":
+		return ActionLogout
+	}
+	return ActionOther
+}
+
+func (m *mapper) apply(ev *audit.Event) {
+	ev.Source.Kind = audit.KindDICOM
+	ev.Message = ""
+	ev.Malformed = false
+	ev.Action = m.action()
+	ev.ActionCode = m.actionCode
+	ev.Outcome = m.outcome
+	if !m.when.IsZero() {
+		ev.Time = m.when
+	}
+	if m.timeBad {
+		m.detail["dicom.time_invalid"] = "true"
+	}
+	if m.truncated {
+		m.detail["dicom.truncated"] = "true"
+	}
+	ev.Reason = m.reason
+	ev.Patient = m.patient
+	ev.Study = m.study
+	ev.Accession = m.accession
+	ev.Count = m.count
+
+	codes := make([]audit.Code, 0, 1+len(m.types)+len(m.codes))
+	if m.eventID.code != "" {
+		codes = append(codes, m.eventID.toCode())
+	}
+	for _, t := range m.types {
+		if t.code != "" {
+			codes = append(codes, t.toCode())
+		}
+	}
+	for _, c := range m.codes {
+		dup := false
+		for _, have := range codes {
+			if have.System == c.System && have.Code == c.Code {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			codes = append(codes, c)
+		}
+	}
+	ev.Codes = codes
+
+	var req *participant
+	for i := range m.parts {
+		if m.parts[i].requestor {
+			req = &m.parts[i]
+			break
+		}
+	}
+	if req != nil {
+		ev.Actor.User = req.user
+		ev.Actor.Role = req.role
+		ev.Actor.Requestor = true
+		ev.Source.AETitle = req.aeTitle()
+	}
+	if ev.Source.AETitle == "" {
+		for _, p := range m.parts {
+			if p.roleCode == "110153" { // Source Role ID
+				if ae := p.aeTitle(); ae != "" {
+					ev.Source.AETitle = ae
+					break
+				}
+			}
+		}
+	}
+
+	if ev.Detail == nil {
+		ev.Detail = make(map[string]string, len(m.detail))
+	}
+	for k, v := range m.detail {
+		ev.Detail[k] = v
+	}
+}

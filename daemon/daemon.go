@@ -105,6 +105,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	sl.SetTokenizer(priv.tok)
+	if priv.redact != nil {
+		sl.SetRedactor(priv.redact)
+	}
 	registerMetrics(reg, sp, sl)
 	d.mu.Lock()
 	d.syslog = sl

@@ -51,6 +51,7 @@ type Collector struct {
 	loc    *time.Location
 	now    func() time.Time                // tests pin the clock
 	tok    atomic.Pointer[audit.Tokenizer] // SetTokenizer (dicom.go)
+	redact atomic.Pointer[audit.Redactor]  // SetRedactor (dicom.go)
 
 	started atomic.Bool
 	ready   chan struct{}

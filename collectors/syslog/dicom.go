@@ -5,6 +5,7 @@ package syslog
 
 import (
 	"bytes"
+	"strings"
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors/dicom"
@@ -29,7 +30,27 @@ func (c *Collector) SetTokenizer(t *audit.Tokenizer) { c.tok.Store(t) }
 func (c *Collector) newParserFor() *parser {
 	p := newParser(c.loc)
 	p.tok = c.tok.Load()
+	p.redact = c.redact.Load()
 	return p
+}
+
+// SetRedactor gives the collector the redaction rules for free text. Call it before Run.
+func (c *Collector) SetRedactor(r *audit.Redactor) { c.redact.Store(r) }
+
+// maybeXML reports whether s, after an optional BOM and white space, starts with '<'.
+func maybeXML(s string) bool {
+	s = strings.TrimPrefix(s, "\uFEFF")
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '<':
+			return true
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // parseDICOM is called with every well-formed syslog message. When its MSG looks like XML
@@ -38,6 +59,10 @@ func (c *Collector) newParserFor() *parser {
 // marked malformed and the reason is kept in Detail and in p.dicomErr for the reject
 // report; raw_sha256 still evidences the bytes.
 func (p *parser) parseDICOM(ev *audit.Event) {
+	// Most messages are not XML: decide on the string before copying it to bytes.
+	if !maybeXML(ev.Message) {
+		return
+	}
 	msg := []byte(ev.Message)
 	if !dicom.Looks(msg) {
 		return

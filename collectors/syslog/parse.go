@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +39,7 @@ type parser struct {
 
 	tok      *audit.Tokenizer // for DICOM audit messages (dicom.go); may be nil
 	dicomErr string           // reason of the last frame's DICOM failure, "" if none
+	redact   *audit.Redactor  // free-text redaction rules; nil = off
 }
 
 func newParser(loc *time.Location) *parser {
@@ -141,6 +143,7 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 		ev.Message = string(msg)
 		classify(ev)
 		p.redactMalformedDICOM(ev, msg)
+		p.redactText(ev)
 		return true
 	}
 	if base.Timestamp != nil {
@@ -169,6 +172,7 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 	}
 	classify(ev)
 	p.parseDICOM(ev)
+	p.redactText(ev)
 	return true
 }
 
@@ -261,4 +265,25 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// DetailRedacted counts the identifiers that redaction replaced by tokens in Message.
+const DetailRedacted = "redacted"
+
+// redactText runs the site's redaction rules over the text of a syslog event: generic
+// syslog text is evidence and stays, but identifiers in it become tokens before the
+// event is stored.
+func (p *parser) redactText(ev *audit.Event) {
+	if p.redact == nil || ev.Source.Kind != audit.KindSyslog || ev.Message == "" {
+		return
+	}
+	msg, n := p.redact.Redact(ev.Message)
+	if n == 0 {
+		return
+	}
+	ev.Message = msg
+	if ev.Detail == nil {
+		ev.Detail = make(map[string]string, 1)
+	}
+	ev.Detail[DetailRedacted] = strconv.Itoa(n)
 }

@@ -1,0 +1,46 @@
+package syslog
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeaudit/edgeaudit/audit"
+)
+
+func TestRedactSyslogText(t *testing.T) {
+	tok, _ := audit.NewTokenizer(bytes.Repeat([]byte{9}, 32))
+	red, err := audit.NewRedactor(tok, audit.DefaultRedactRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, frame, gone, detail string
+	}{
+		{"rfc5424", "<38>1 2026-11-27T08:00:00Z ris1 ris - - - order placed for MRN: 99881 by tech7", "99881", "1"},
+		{"rfc3164", "<38>Nov 27 08:00:00 pacs1 viewer: opened DOB=1950-02-03 study", "1950-02-03", "1"},
+		{"malformed kept", "garbage PatientID=XYZ-77 end", "XYZ-77", "1"},
+		{"nothing to redact", "<38>1 2026-11-27T08:00:00Z h a - - - Accepted publickey for tech", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newParser(time.UTC)
+			p.redact = red
+			var ev audit.Event
+			resetEvent(&ev, "tcp", "127.0.0.1")
+			if !p.parse(&ev, []byte(tt.frame), time.Now()) {
+				t.Fatal("frame not kept")
+			}
+			if tt.gone != "" && strings.Contains(ev.Message, tt.gone) {
+				t.Fatalf("message %q still holds %q", ev.Message, tt.gone)
+			}
+			if got := ev.Detail[DetailRedacted]; got != tt.detail {
+				t.Fatalf("detail redacted=%q, want %q", got, tt.detail)
+			}
+			if tt.gone != "" && !strings.Contains(ev.Message, "_") {
+				t.Fatalf("message %q has no token", ev.Message)
+			}
+		})
+	}
+}

@@ -1,0 +1,152 @@
+package fhir
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied by SetDefaults to zero fields.
+const (
+	// DefaultMaxBodyBytes is 4 MiB: a Bundle of a few hundred AuditEvents, far more than
+	// one ITI-20 feed request normally carries.
+	DefaultMaxBodyBytes = 4 << 20
+	// DefaultReadTimeout bounds reading one whole request (headers and body).
+	DefaultReadTimeout = 30 * time.Second
+	// DefaultBasePath is where the FHIR base URL is mounted.
+	DefaultBasePath = "/"
+)
+
+// Bounds checked by Validate.
+const (
+	// MinMaxBodyBytes keeps room for one ordinary AuditEvent.
+	MinMaxBodyBytes = 4 << 10
+	// MaxMaxBodyBytes caps max_body_bytes: the whole body is held in memory.
+	MaxMaxBodyBytes = 64 << 20
+)
+
+// Config is the FHIR collector's part of the daemon config (key `fhir`).
+type Config struct {
+	// HTTP is the listen address, e.g. "127.0.0.1:8443". Empty disables the collector (the
+	// daemon fills in "127.0.0.1:8443" when it enables it).
+	HTTP string `yaml:"http"`
+	// TLSCert and TLSKey are PEM files with the server certificate (chain) and its key.
+	// When both are set the listener speaks HTTPS; when both are empty, plain HTTP.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// TLSClientCA is a PEM file of CAs. When set (HTTPS only), clients must present a
+	// certificate that chains to one of them (mutual TLS as IHE ATNA asks).
+	TLSClientCA string `yaml:"tls_client_ca"`
+	// BearerTokensFile is a file of accepted bearer tokens, one per line (blank lines and
+	// lines starting with '#' are skipped). When set, every request needs
+	// "Authorization: Bearer <token>". Empty means no token is asked for.
+	BearerTokensFile string `yaml:"bearer_tokens_file"`
+	// MaxBodyBytes is the largest request body accepted; larger ones get 413. Zero means
+	// DefaultMaxBodyBytes.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// ReadTimeout bounds reading one request, headers and body. Zero means
+	// DefaultReadTimeout.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// BasePath is the FHIR base path; it must start and end with '/'. Empty means "/".
+	BasePath string `yaml:"base_path"`
+}
+
+// SetDefaults fills zero fields with the Default* values.
+func (c *Config) SetDefaults() {
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.BasePath == "" {
+		c.BasePath = DefaultBasePath
+	}
+}
+
+// Enabled reports whether the listener is configured.
+func (c Config) Enabled() bool { return c.HTTP != "" }
+
+// TLS reports whether the listener speaks HTTPS.
+func (c Config) TLS() bool { return c.TLSCert != "" || c.TLSKey != "" }
+
+// ConfigError is one invalid config value. Field is the YAML path, e.g. "fhir.tls_cert".
+type ConfigError struct {
+	Field string
+	Value string
+	Err   error
+}
+
+func (e *ConfigError) Error() string {
+	if e.Value == "" {
+		return e.Field + ": " + e.Err.Error()
+	}
+	return e.Field + ": " + strconv.Quote(e.Value) + ": " + e.Err.Error()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Validate checks the config as it will be used (call SetDefaults first; zero sizes are
+// refused here). It returns every problem found, joined, each a *ConfigError.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, value, msg string) {
+		errs = append(errs, &ConfigError{Field: "fhir." + field, Value: value, Err: errors.New(msg)})
+	}
+	if c.HTTP != "" {
+		if err := checkAddr(c.HTTP); err != nil {
+			errs = append(errs, &ConfigError{Field: "fhir.http", Value: c.HTTP, Err: err})
+		}
+	}
+	if c.TLSCert != "" && c.TLSKey == "" {
+		bad("tls_key", "", "required when fhir.tls_cert is set")
+	}
+	if c.TLSKey != "" && c.TLSCert == "" {
+		bad("tls_cert", "", "required when fhir.tls_key is set")
+	}
+	if c.TLSClientCA != "" && !c.TLS() {
+		bad("tls_client_ca", c.TLSClientCA, "needs fhir.tls_cert and fhir.tls_key (mutual TLS is HTTPS only)")
+	}
+	if c.MaxBodyBytes < MinMaxBodyBytes || c.MaxBodyBytes > MaxMaxBodyBytes {
+		bad("max_body_bytes", strconv.FormatInt(c.MaxBodyBytes, 10),
+			"must be between "+strconv.Itoa(MinMaxBodyBytes)+" and "+strconv.Itoa(MaxMaxBodyBytes))
+	}
+	if c.ReadTimeout <= 0 {
+		bad("read_timeout", c.ReadTimeout.String(), "must be positive")
+	}
+	if !strings.HasPrefix(c.BasePath, "/") || !strings.HasSuffix(c.BasePath, "/") {
+		bad("base_path", c.BasePath, "must start and end with '/'")
+	} else if strings.ContainsAny(c.BasePath, "?#% \t") {
+		bad("base_path", c.BasePath, "must be a plain path without query, fragment, escapes or spaces")
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddr accepts host:port with a numeric port and a host that is empty, an IP
+// address or a DNS name, so typos fail at config load rather than at bind time.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if len(host) > 253 || strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" {
+		return errors.New("host must be an IP address or a DNS name")
+	}
+	return nil
+}

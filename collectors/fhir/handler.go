@@ -1,0 +1,333 @@
+package fhir
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"hash"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/collectors"
+)
+
+// request is the per-request state the handler passes around.
+type request struct {
+	w         http.ResponseWriter
+	r         *http.Request
+	ip        string
+	transport string
+	resp      format // response format
+	body      []byte
+	sum       string // hex SHA-256 of body
+}
+
+func (c *Collector) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	c.inflight.Add(1)
+	defer c.inflight.Done()
+	c.stats.requests.Add(1)
+	q := &request{w: w, r: r, ip: peerIP(r.RemoteAddr), transport: "http"}
+	if r.TLS != nil {
+		q.transport = "https"
+	}
+	reqFmt := mediaFormat(r.Header.Get("Content-Type"))
+	q.resp = acceptFormat(r.Header.Get("Accept"), reqFmt)
+
+	if !c.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="edgeaudit"`)
+		c.fail(q, http.StatusUnauthorized, ReasonUnauthorized, issue{"error", "security", "a valid bearer token is required"})
+		return
+	}
+	rel, ok := strings.CutPrefix(r.URL.Path, c.cfg.BasePath)
+	if !ok || (rel != "" && rel != "AuditEvent" && !strings.HasPrefix(rel, "AuditEvent/")) {
+		c.fail(q, http.StatusNotFound, ReasonNotFound, issue{"error", "not-found", "no such endpoint; POST AuditEvent or a batch/transaction Bundle to the base"})
+		return
+	}
+	if r.Method != http.MethodPost || strings.HasPrefix(rel, "AuditEvent/") {
+		w.Header().Set("Allow", http.MethodPost)
+		c.fail(q, http.StatusMethodNotAllowed, ReasonMethodNotAllowed, issue{"error", "not-supported", "this is a write-only audit feed: only POST [base]AuditEvent and POST [base] with a Bundle are supported"})
+		return
+	}
+	if reqFmt == formatNone {
+		c.fail(q, http.StatusUnsupportedMediaType, ReasonUnsupportedMediaType, issue{"error", "not-supported", "Content-Type must be application/fhir+json, application/json, application/fhir+xml or application/xml"})
+		return
+	}
+	if !c.readBody(q) {
+		return
+	}
+	if !utf8.Valid(q.body) {
+		c.fail(q, http.StatusBadRequest, ReasonInvalidUTF8, issue{"error", "invalid", "body is not valid UTF-8"})
+		return
+	}
+	root, err := decode(q.body, reqFmt)
+	if err != nil {
+		var pe *parseError
+		if !errors.As(err, &pe) {
+			pe = &parseError{reason: ReasonBadJSON, msg: "body does not parse"}
+		}
+		c.fail(q, http.StatusBadRequest, pe.reason, issue{"error", "structure", pe.msg})
+		return
+	}
+	rt := root.str("resourceType")
+	switch {
+	case rel == "AuditEvent" && rt == "AuditEvent":
+		c.postOne(q, root)
+	case rel == "AuditEvent":
+		c.fail(q, http.StatusBadRequest, ReasonWrongResourceType, issue{"error", "invalid", "expected AuditEvent, got resourceType " + clipKey(rt)})
+	case rt == "Bundle":
+		c.postBundle(q, root)
+	default:
+		c.fail(q, http.StatusBadRequest, ReasonWrongResourceType, issue{"error", "invalid", "expected a Bundle at the base (or POST AuditEvent to [base]AuditEvent), got resourceType " + clipKey(rt)})
+	}
+}
+
+func decode(b []byte, f format) (*node, error) {
+	if f == formatXML {
+		return decodeXML(b)
+	}
+	return decodeJSON(b)
+}
+
+// readBody reads the whole body within MaxBodyBytes; on failure it has answered.
+func (c *Collector) readBody(q *request) bool {
+	limit := c.cfg.MaxBodyBytes
+	if q.r.ContentLength > limit {
+		c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooLarge, "", q.r.ContentLength,
+			issue{"error", "too-long", "body exceeds " + strconv.FormatInt(limit, 10) + " bytes"})
+		return false
+	}
+	h := sha256.New()
+	body, err := io.ReadAll(io.TeeReader(http.MaxBytesReader(q.w, q.r.Body, limit), h))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooLarge, hexSum(h), int64(len(body)),
+				issue{"error", "too-long", "body exceeds " + strconv.FormatInt(limit, 10) + " bytes"})
+			return false
+		}
+		c.rejectSized(q, http.StatusBadRequest, ReasonReadError, hexSum(h), int64(len(body)),
+			issue{"error", "incomplete", "body could not be read completely"})
+		return false
+	}
+	q.body = body
+	q.sum = hexSum(h)
+	return true
+}
+
+func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
+
+// fail answers with an OperationOutcome and reports the rejected request.
+func (c *Collector) fail(q *request, status int, reason string, is issue) {
+	sum := q.sum
+	if sum == "" && q.body != nil {
+		sum = sha256Hex(q.body)
+	}
+	c.rejectSized(q, status, reason, sum, int64(len(q.body)), is)
+}
+
+func (c *Collector) rejectSized(q *request, status int, reason, sum string, size int64, is issue) {
+	c.reject(q, reason, sum, size)
+	writeBody(q.w, q.resp, status, encodeOutcome(q.resp, is))
+}
+
+func (c *Collector) reject(q *request, reason, sum string, size int64) {
+	if i := reasonIndex(reason); i >= 0 {
+		c.stats.rejects[i].Add(1)
+	}
+	c.rep.Reject(audit.KindFHIR, q.transport, q.ip, reason, sum, size)
+	if ok, n := c.limit.allow("reject/"+reason, c.now()); ok {
+		c.log.Debug("fhir request rejected", attrPeer, q.ip, attrReason, reason, attrSize, size, attrSuppressed, n)
+	}
+}
+
+// newEvent maps one AuditEvent of the request.
+func (c *Collector) newEvent(q *request, res *node) *audit.Event {
+	ev := &audit.Event{Received: c.now().UTC()}
+	c.mapper.event(res, ev)
+	if ev.Time.IsZero() {
+		ev.Time = ev.Received
+	}
+	ev.Source.IP = q.ip
+	ev.Source.Transport = q.transport
+	ev.RawSHA256 = q.sum
+	return ev
+}
+
+// unavailable answers 503 because the sink refused the event.
+func (c *Collector) unavailable(q *request, n int, err error) {
+	if q.r.Context().Err() != nil {
+		// The client went away or Run is aborting: nobody reads this answer, and the
+		// sink did not refuse anything.
+		c.log.Debug("fhir request cancelled before its commit", attrPeer, q.ip, attrErr, err)
+	} else {
+		c.stats.unavailable.Add(uint64(n))
+		if ok, sup := c.limit.allow("unavailable", c.now()); ok {
+			c.log.Warn("fhir events refused: sink cannot store them now", attrPeer, q.ip, attrErr, err, attrSuppressed, sup)
+		}
+	}
+	q.w.Header().Set("Retry-After", retryAfter)
+	writeBody(q.w, q.resp, http.StatusServiceUnavailable,
+		encodeOutcome(q.resp, issue{"error", "transient", "audit store cannot accept events now; retry later"}))
+}
+
+// postOne handles POST [base]AuditEvent: 201 only after the commit.
+func (c *Collector) postOne(q *request, res *node) {
+	ev := c.newEvent(q, res)
+	ctx, cancel := context.WithTimeout(q.r.Context(), c.cfg.ReadTimeout)
+	defer cancel()
+	if err := collectors.AppendSync(ctx, c.sink, ev); err != nil {
+		c.unavailable(q, 1, err)
+		return
+	}
+	c.stats.events.Add(1)
+	q.w.Header().Set("Location", c.cfg.BasePath+"AuditEvent/"+ev.ID)
+	if strings.Contains(q.r.Header.Get("Prefer"), "return=minimal") {
+		q.w.WriteHeader(http.StatusCreated)
+		return
+	}
+	writeBody(q.w, q.resp, http.StatusCreated,
+		encodeOutcome(q.resp, issue{"information", "informational", "AuditEvent stored as " + ev.ID}))
+}
+
+// postBundle handles POST [base] with a batch or transaction Bundle of AuditEvents.
+func (c *Collector) postBundle(q *request, root *node) {
+	typ := root.str("type")
+	if typ != "batch" && typ != "transaction" {
+		c.fail(q, http.StatusBadRequest, ReasonUnsupportedBundle, issue{"error", "not-supported", "Bundle.type must be batch or transaction, got " + clipKey(typ)})
+		return
+	}
+	entries := root.all("entry")
+	resp := make([]respEntry, len(entries))
+	var evs []*audit.Event
+	var idx []int // entry index of each event
+	for i, e := range entries {
+		code, reason, is := checkEntry(e)
+		if code != 0 {
+			if typ == "transaction" {
+				is.diag = "entry " + strconv.Itoa(i) + ": " + is.diag + "; transaction not applied"
+				c.fail(q, http.StatusBadRequest, reason, is)
+				return
+			}
+			c.reject(q, reason, q.sum, int64(len(q.body)))
+			resp[i] = respEntry{status: statusLine(code), outcome: &is}
+			continue
+		}
+		ev := c.newEvent(q, e.get("resource"))
+		if ev.Detail == nil {
+			ev.Detail = make(map[string]string, 1)
+		}
+		ev.Detail["bundle.entry"] = strconv.Itoa(i)
+		evs = append(evs, ev)
+		idx = append(idx, i)
+	}
+	ctx, cancel := context.WithTimeout(q.r.Context(), c.cfg.ReadTimeout)
+	defer cancel()
+	errs := appendAll(ctx, c.sink, evs, typ == "transaction")
+	failed := 0
+	var firstErr error
+	for k, err := range errs {
+		i := idx[k]
+		if err != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = err
+			}
+			resp[i] = respEntry{status: statusLine(http.StatusServiceUnavailable),
+				outcome: &issue{"error", "transient", "audit store cannot accept events now; retry later"}}
+			continue
+		}
+		c.stats.events.Add(1)
+		resp[i] = respEntry{status: statusLine(http.StatusCreated), location: "AuditEvent/" + evs[k].ID}
+	}
+	if failed > 0 && (typ == "transaction" || failed == len(evs)) {
+		// Entries appended before the refusal may be stored; a resend duplicates them,
+		// which is safe (duplicates are cheaper than losses).
+		c.unavailable(q, failed, firstErr)
+		return
+	}
+	writeBody(q.w, q.resp, http.StatusOK, encodeBundle(q.resp, typ+"-response", resp))
+}
+
+// checkEntry validates one Bundle entry: an AuditEvent POSTed to AuditEvent.
+func checkEntry(e *node) (int, string, issue) {
+	res := e.get("resource")
+	if rt := res.str("resourceType"); rt != "AuditEvent" {
+		return http.StatusBadRequest, ReasonWrongResourceType, issue{"error", "invalid", "expected AuditEvent, got resourceType " + clipKey(rt)}
+	}
+	if req := e.get("request"); req != nil {
+		if m := req.str("method"); m != http.MethodPost {
+			return http.StatusMethodNotAllowed, ReasonMethodNotAllowed, issue{"error", "not-supported", "entry request.method must be POST"}
+		}
+		u := req.str("url")
+		if i := strings.IndexAny(u, "?#"); i >= 0 {
+			u = u[:i]
+		}
+		if u != "AuditEvent" && !strings.HasSuffix(u, "/AuditEvent") {
+			return http.StatusBadRequest, ReasonInvalidEntry, issue{"error", "invalid", "entry request.url must be AuditEvent"}
+		}
+	}
+	return 0, "", issue{}
+}
+
+// appendAll queues every event and waits for each commit. With stopOnError the first
+// refused Append ends the queuing (the rest get the same error).
+func appendAll(ctx context.Context, sink collectors.Sink, evs []*audit.Event, stopOnError bool) []error {
+	errs := make([]error, len(evs))
+	type result struct {
+		k   int
+		err error
+	}
+	ch := make(chan result, len(evs))
+	queued := make([]bool, len(evs))
+	pending := 0
+	var stop error
+	for k, ev := range evs {
+		if stop != nil {
+			errs[k] = stop
+			continue
+		}
+		if err := sink.Append(ctx, ev, func(err error) { ch <- result{k, err} }); err != nil {
+			errs[k] = err
+			if stopOnError || ctx.Err() != nil {
+				stop = err
+			}
+			continue
+		}
+		queued[k] = true
+		pending++
+	}
+	for ; pending > 0; pending-- {
+		select {
+		case r := <-ch:
+			errs[r.k] = r.err
+			queued[r.k] = false
+		case <-ctx.Done():
+			// Commits still outstanding may yet happen; the sender gets no 201 for them.
+			for k := range errs {
+				if queued[k] {
+					errs[k] = ctx.Err()
+				}
+			}
+			return errs
+		}
+	}
+	return errs
+}
+
+// peerIP is the IP of a "host:port" remote address, without zone.
+func peerIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i]
+	}
+	return host
+}

@@ -17,6 +17,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/edgeaudit/edgeaudit/collectors/fhir"
+	"github.com/edgeaudit/edgeaudit/collectors/hl7"
 	"github.com/edgeaudit/edgeaudit/collectors/syslog"
 	"github.com/edgeaudit/edgeaudit/spool"
 )
@@ -30,6 +32,8 @@ const (
 	DefaultSyslogUDP       = "127.0.0.1:5514"
 	DefaultSyslogTCP       = "127.0.0.1:5514"
 	DefaultAdmin           = "127.0.0.1:9780"
+	DefaultHL7MLLP         = "127.0.0.1:2575"
+	DefaultFHIRHTTP        = "127.0.0.1:8443"
 	DefaultShutdownTimeout = 8 * time.Second // below systemd's TimeoutStopSec (packaging sets 15s)
 )
 
@@ -47,6 +51,8 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 
 	Syslog  syslog.Config `yaml:"syslog"`
+	HL7     hl7.Config    `yaml:"hl7"`
+	FHIR    fhir.Config   `yaml:"fhir"`
 	Batch   BatchConfig   `yaml:"batch"`
 	Spool   SpoolConfig   `yaml:"spool"`
 	Privacy PrivacyConfig `yaml:"privacy"`
@@ -99,6 +105,8 @@ func DefaultConfig() Config {
 		Site:    DefaultSite,
 		DataDir: DefaultDataDir,
 		Syslog:  syslog.Config{UDP: DefaultSyslogUDP, TCP: DefaultSyslogTCP},
+		HL7:     hl7.Config{MLLP: DefaultHL7MLLP},
+		FHIR:    fhir.Config{HTTP: DefaultFHIRHTTP},
 		Admin:   DefaultAdmin,
 	}
 	return c
@@ -117,7 +125,8 @@ func LoadConfig(path string) (Config, error) {
 	}
 	// A file that names syslog replaces the default listeners entirely: an admin who
 	// configures only TLS must not get plain TCP too.
-	c.Syslog = syslog.Config{}
+	// The same holds for the clinical listeners: a config file opens only what it names.
+	c.Syslog, c.HL7, c.FHIR = syslog.Config{}, hl7.Config{}, fhir.Config{}
 	c.Admin = ""
 	var probe map[string]any
 	if err := yaml.Unmarshal(b, &probe); err != nil {
@@ -137,7 +146,9 @@ func LoadConfig(path string) (Config, error) {
 	// Relative paths in the file are relative to the file, not to wherever the daemon
 	// was started from.
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.DataDir, &c.Syslog.TLSCert, &c.Syslog.TLSKey, &c.Syslog.TLSClientCA} {
+	for _, p := range []*string{&c.DataDir, &c.Syslog.TLSCert, &c.Syslog.TLSKey, &c.Syslog.TLSClientCA,
+		&c.HL7.TLSCert, &c.HL7.TLSKey, &c.HL7.TLSClientCA,
+		&c.FHIR.TLSCert, &c.FHIR.TLSKey, &c.FHIR.TLSClientCA, &c.FHIR.BearerTokensFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -232,6 +243,8 @@ func (c *Config) SetDefaults() {
 		c.LogLevel = "info"
 	}
 	c.Syslog.SetDefaults()
+	c.HL7.SetDefaults()
+	c.FHIR.SetDefaults()
 }
 
 // Validate checks everything before anything starts; every problem is reported.
@@ -263,6 +276,16 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Syslog.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.HL7.Enabled() {
+		if err := c.HL7.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.FHIR.Enabled() {
+		if err := c.FHIR.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	sc := c.SpoolConfig()
 	sc.SetDefaults()

@@ -18,6 +18,8 @@ import (
 	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
 	eacollectors "github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/collectors/fhir"
+	"github.com/edgeaudit/edgeaudit/collectors/hl7"
 	"github.com/edgeaudit/edgeaudit/collectors/syslog"
 	"github.com/edgeaudit/edgeaudit/spool"
 )
@@ -27,6 +29,12 @@ var (
 	_ eacollectors.Sink = (*spool.Spool)(nil)
 	_ spool.Signer      = (*attest.SoftwareSigner)(nil)
 )
+
+// component is an active part the daemon runs: the collectors.
+type component interface {
+	Run(ctx context.Context) error
+	Ready() <-chan struct{}
+}
 
 // pruneEvery is how often acknowledged batches past retention are deleted.
 const pruneEvery = time.Minute
@@ -40,6 +48,8 @@ type Daemon struct {
 	ready  chan struct{}
 	mu     sync.Mutex
 	syslog *syslog.Collector
+	hl7    *hl7.Collector
+	fhir   *fhir.Collector
 	admin  net.Addr
 }
 
@@ -154,25 +164,54 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("record start: %w", err)
 	}
 
+	// Collectors start last, each in its goroutine; the first one to fail stops them all.
+	comps := []component{sl}
+	if cfg.HL7.Enabled() {
+		h, err := hl7.New(cfg.HL7, sp, self, priv.tok, d.log.With("component", "collector.hl7"))
+		if err != nil {
+			return err
+		}
+		comps = append(comps, h)
+		d.mu.Lock()
+		d.hl7 = h
+		d.mu.Unlock()
+	}
+	if cfg.FHIR.Enabled() {
+		f, err := fhir.New(cfg.FHIR, sp, self, priv.tok, d.log.With("component", "collector.fhir"))
+		if err != nil {
+			return err
+		}
+		comps = append(comps, f)
+		d.mu.Lock()
+		d.fhir = f
+		d.mu.Unlock()
+	}
 	collCtx, stopColl := context.WithCancel(context.Background())
 	defer stopColl()
-	collErr := make(chan error, 1)
-	wg.Go(func() { collErr <- sl.Run(collCtx) })
+	collErr := make(chan error, len(comps))
+	for _, c := range comps {
+		wg.Go(func() { collErr <- c.Run(collCtx) })
+	}
 	go func() {
-		select {
-		case <-sl.Ready():
-			close(d.ready)
-		case <-collCtx.Done():
+		for _, c := range comps {
+			select {
+			case <-c.Ready():
+			case <-collCtx.Done():
+				return
+			}
 		}
+		close(d.ready)
 	}()
 	d.log.Info("edgeaudit running", "site", cfg.Site, "device", cfg.Device, "data_dir", cfg.DataDir,
-		"syslog_udp", cfg.Syslog.UDP, "syslog_tcp", cfg.Syslog.TCP, "syslog_tls", cfg.Syslog.TLS, "admin", cfg.Admin)
+		"syslog_udp", cfg.Syslog.UDP, "syslog_tcp", cfg.Syslog.TCP, "syslog_tls", cfg.Syslog.TLS,
+		"hl7_mllp", cfg.HL7.MLLP, "fhir_http", cfg.FHIR.HTTP, "admin", cfg.Admin)
 
 	var runErr error
+	pending := len(comps)
 	select {
 	case <-ctx.Done():
 	case runErr = <-collErr:
-		collErr <- runErr // for the wait below
+		pending--
 	}
 
 	// Orderly stop, with the data flow, inside the budget.
@@ -180,13 +219,17 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	stopColl()
-	select {
-	case err := <-collErr:
-		if runErr == nil && err != nil {
-			runErr = err
+wait:
+	for ; pending > 0; pending-- {
+		select {
+		case err := <-collErr:
+			if runErr == nil && err != nil {
+				runErr = err
+			}
+		case <-sctx.Done():
+			d.log.Error("collectors did not stop within the shutdown budget")
+			break wait
 		}
-	case <-sctx.Done():
-		d.log.Error("collectors did not stop within the shutdown budget")
 	}
 	stopSelf()
 	<-selfDone // its flush must land before the stop event and the final seal
@@ -235,6 +278,19 @@ func (d *Daemon) SyslogAddrs() (udp, tcp, tls net.Addr) {
 		return nil, nil, nil
 	}
 	return d.syslog.UDPAddr(), d.syslog.TCPAddr(), d.syslog.TLSAddr()
+}
+
+// ClinicalAddrs returns the bound MLLP and FHIR addresses (nil when disabled) after Ready.
+func (d *Daemon) ClinicalAddrs() (mllp, fhirHTTP net.Addr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.hl7 != nil {
+		mllp = d.hl7.Addr()
+	}
+	if d.fhir != nil {
+		fhirHTTP = d.fhir.Addr()
+	}
+	return mllp, fhirHTTP
 }
 
 // AdminAddr returns the bound admin address after Ready.

@@ -25,6 +25,7 @@ func testConfig(t *testing.T) Config {
 	c.Site, c.Device = "s1", "d1"
 	c.DataDir = filepath.Join(t.TempDir(), "data")
 	c.Syslog.UDP, c.Syslog.TCP = "127.0.0.1:0", "127.0.0.1:0"
+	c.HL7.MLLP, c.FHIR.HTTP = "127.0.0.1:0", "127.0.0.1:0"
 	c.Admin = "127.0.0.1:0"
 	c.Spool.MinFreeBytes = 1
 	return c
@@ -59,6 +60,32 @@ func TestRunLifecycle(t *testing.T) {
 		fmt.Fprintf(conn, "<38>1 2026-11-27T08:00:00Z pacs1 viewer - - - lifecycle-%d\n", i)
 	}
 	conn.Close()
+
+	// One HL7 v2 message over MLLP: the ACK arrives after the commit.
+	mllpAddr, fhirAddr := d.ClinicalAddrs()
+	mc, err := net.Dial("tcp", mllpAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	adt := "MSH|^~\\&|RIS|SITE|PACS|SITE|20261127080000||ADT^A08|MSG0001|P|2.5\rEVN|A08|20261127080000\rPID|1||PAT-4711^^^HOSP^MR||DOE^JANE||19610412|F\r"
+	fmt.Fprintf(mc, "\x0b%s\x1c\r", adt)
+	mc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ack := make([]byte, 4096)
+	n, err := mc.Read(ack)
+	mc.Close()
+	if err != nil || !strings.Contains(string(ack[:n]), "MSA|AA|MSG0001") {
+		t.Fatalf("MLLP ack=%q err=%v, want MSA|AA|MSG0001", ack[:n], err)
+	}
+	// One FHIR AuditEvent: 201 after the commit.
+	body := `{"resourceType":"AuditEvent","type":{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"110114"},"subtype":[{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"110122"}],"action":"E","recorded":"2026-11-27T08:00:00Z","outcome":"0","agent":[{"who":{"display":"tech01"},"requestor":true}],"source":{"observer":{"display":"viewer1"}}}`
+	resp, err := http.Post("http://"+fhirAddr.String()+"/AuditEvent", "application/fhir+json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("FHIR status=%d, want 201", resp.StatusCode)
+	}
 	// Wait (bounded) until all ten are committed, through the admin endpoint.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -108,7 +135,7 @@ func TestRunLifecycle(t *testing.T) {
 		t.Fatalf("verify: %v", err)
 	}
 	got := strings.Join(actions, ",")
-	want := "audit.start," + strings.Repeat("system.log,", 10) + "audit.stop"
+	want := "audit.start," + strings.Repeat("system.log,", 10) + "data.hl7_exchange,auth.login,audit.stop"
 	if got != want {
 		t.Fatalf("actions=%s\nwant %s", got, want)
 	}

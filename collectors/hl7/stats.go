@@ -1,0 +1,72 @@
+package hl7
+
+import "sync/atomic"
+
+// rejectReasons are the reasons counted in Stats.Rejects, in a fixed order.
+var rejectReasons = [...]string{
+	ReasonOversize, ReasonNoStartBlock, ReasonTruncated, ReasonMissingMSH, ReasonBadMSH,
+	ReasonInvalidUTF8, ReasonMalformed, ReasonTooManyConnections, ReasonTLSHandshake,
+}
+
+func reasonIndex(reason string) int {
+	for i, r := range rejectReasons {
+		if r == reason {
+			return i
+		}
+	}
+	return -1
+}
+
+// LossShutdown is the loss reason (collectors.Reporter.Lost) for messages read but not
+// confirmed as committed when Run stopped; they were not acknowledged, so senders
+// resend them.
+const LossShutdown = "shutdown"
+
+type counters struct {
+	received    atomic.Uint64
+	rejects     [len(rejectReasons)]atomic.Uint64
+	storeErrors atomic.Uint64
+	shutdown    atomic.Uint64
+	acks        atomic.Uint64
+	connsOpen   atomic.Int64
+	accepted    atomic.Uint64
+	refused     atomic.Uint64
+}
+
+// Stats is a snapshot of the collector's counters, for metrics and health checks.
+type Stats struct {
+	// Received counts messages committed by the sink (and then acknowledged).
+	Received uint64
+	// Rejects counts refused input per reason (the Reason* constants).
+	Rejects map[string]uint64
+	// StoreErrors counts messages answered with AE/CE because the sink refused them or
+	// the commit failed.
+	StoreErrors uint64
+	// Shutdown counts messages left unacknowledged because Run stopped.
+	Shutdown uint64
+	// ACKs counts acknowledgements written.
+	ACKs uint64
+	// ConnsOpen, ConnsAccepted and ConnsRefused describe connections.
+	ConnsOpen     int64
+	ConnsAccepted uint64
+	ConnsRefused  uint64
+}
+
+// Stats returns a snapshot of the counters. It is safe to call at any time.
+func (c *Collector) Stats() Stats {
+	s := &c.stats
+	st := Stats{
+		Received:      s.received.Load(),
+		Rejects:       make(map[string]uint64, len(rejectReasons)),
+		StoreErrors:   s.storeErrors.Load(),
+		Shutdown:      s.shutdown.Load(),
+		ACKs:          s.acks.Load(),
+		ConnsOpen:     s.connsOpen.Load(),
+		ConnsAccepted: s.accepted.Load(),
+		ConnsRefused:  s.refused.Load(),
+	}
+	for i, r := range rejectReasons {
+		st.Rejects[r] = s.rejects[i].Load()
+	}
+	return st
+}

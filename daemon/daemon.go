@@ -119,7 +119,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if priv.redact != nil {
 		sl.SetRedactor(priv.redact)
 	}
-	registerMetrics(reg, sp, sl)
+	registerMetrics(reg, d, sp, sl)
 	d.mu.Lock()
 	d.syslog = sl
 	d.mu.Unlock()
@@ -357,6 +357,7 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 type metrics struct {
 	sp *spool.Spool
 	sl *syslog.Collector
+	d  *Daemon // for the clinical collectors, which exist only when enabled
 }
 
 var (
@@ -374,15 +375,20 @@ var (
 	mConnsOpen   = prometheus.NewDesc("edgeaudit_syslog_connections_open", "Open syslog TCP and TLS connections.", nil, nil)
 	mConnsRefuse = prometheus.NewDesc("edgeaudit_syslog_connections_refused_total", "Syslog connections closed at once because of the connection limit.", nil, nil)
 	mWaits       = prometheus.NewDesc("edgeaudit_syslog_backpressure_waits_total", "Times a syslog connection paused because the spool refused an event.", nil, nil)
+	mHL7Received = prometheus.NewDesc("edgeaudit_hl7_received_total", "HL7 v2 messages committed and acknowledged (AA/CA).", nil, nil)
+	mHL7StoreErr = prometheus.NewDesc("edgeaudit_hl7_store_errors_total", "HL7 v2 messages answered AE/CE because the spool could not take them.", nil, nil)
+	mHL7Conns    = prometheus.NewDesc("edgeaudit_hl7_connections_open", "Open MLLP connections.", nil, nil)
+	mFHIREvents  = prometheus.NewDesc("edgeaudit_fhir_events_total", "FHIR AuditEvents committed (201).", nil, nil)
+	mFHIRUnavail = prometheus.NewDesc("edgeaudit_fhir_unavailable_total", "FHIR AuditEvents answered 503 because the spool could not take them.", nil, nil)
 )
 
-func registerMetrics(reg *prometheus.Registry, sp *spool.Spool, sl *syslog.Collector) {
-	reg.MustRegister(&metrics{sp: sp, sl: sl})
+func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *syslog.Collector) {
+	reg.MustRegister(&metrics{sp: sp, sl: sl, d: d})
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
-		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits} {
+		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mFHIREvents, mFHIRUnavail} {
 		ch <- d
 	}
 }
@@ -414,4 +420,18 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	g(mConnsOpen, float64(ss.ConnsOpen))
 	c(mConnsRefuse, ss.ConnsRefused)
 	c(mWaits, ss.BackpressureWaits)
+	m.d.mu.Lock()
+	h, f := m.d.hl7, m.d.fhir
+	m.d.mu.Unlock()
+	if h != nil {
+		hs := h.Stats()
+		c(mHL7Received, hs.Received)
+		c(mHL7StoreErr, hs.StoreErrors)
+		g(mHL7Conns, float64(hs.ConnsOpen))
+	}
+	if f != nil {
+		fs := f.Stats()
+		c(mFHIREvents, fs.Events)
+		c(mFHIRUnavail, fs.Unavailable)
+	}
 }

@@ -120,7 +120,20 @@ func (p *privacy) runVault(ctx context.Context) {
 		case e := <-p.ch:
 			batch = append(batch, e)
 		case <-ctx.Done():
-			return
+			// Keep what is queued: the events naming these tokens are already committed.
+			for {
+				select {
+				case e := <-p.ch:
+					batch = append(batch, e)
+				default:
+					if len(batch) > 0 {
+						if err := p.vault.Put(batch); err != nil {
+							p.log.Error("write token vault at shutdown", "entries", len(batch), "err", err)
+						}
+					}
+					return
+				}
+			}
 		}
 	more:
 		for len(batch) < 1024 {

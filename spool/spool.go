@@ -24,6 +24,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
@@ -114,7 +115,7 @@ type Spool struct {
 	full     atomic.Bool
 	pageSize int64
 	stats    counters
-	fullLog  rateLog
+	logs     ratelog.Limiter
 }
 
 type counters struct {
@@ -158,7 +159,6 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		queue:   make(chan item, cfg.QueueSize),
 		sealReq: make(chan chan error),
 		done:    make(chan struct{}),
-		fullLog: rateLog{every: 30 * time.Second},
 	}
 	var selfEvents []audit.Event
 	err := s.openDB()
@@ -668,9 +668,11 @@ func (s *Spool) updateFull() {
 			full = true
 		}
 	}
-	if full && !s.full.Load() && s.fullLog.allow(s.opts.Now()) {
-		s.log.Warn("spool full: refusing new events (backpressure) until central acknowledges and retention prunes",
-			"max_size_bytes", s.cfg.MaxSizeBytes, "min_free_bytes", s.cfg.MinFreeBytes)
+	if full && !s.full.Load() {
+		if ok, _ := s.logs.Allow("full", s.opts.Now()); ok {
+			s.log.Warn("spool full: refusing new events (backpressure) until central acknowledges and retention prunes",
+				"max_size_bytes", s.cfg.MaxSizeBytes, "min_free_bytes", s.cfg.MinFreeBytes)
+		}
 	}
 	s.full.Store(full)
 }
@@ -724,20 +726,4 @@ func decodeStored(v []byte) (header, sig []byte, err error) {
 		return nil, nil, fmt.Errorf("%w: stored signature truncated", ledger.ErrFormat)
 	}
 	return v[2+n:], v[2 : 2+n], nil
-}
-
-type rateLog struct {
-	mu    sync.Mutex
-	last  time.Time
-	every time.Duration
-}
-
-func (r *rateLog) allow(now time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if now.Sub(r.last) < r.every {
-		return false
-	}
-	r.last = now
-	return true
 }

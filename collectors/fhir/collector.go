@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 )
 
 const (
@@ -60,7 +61,7 @@ type Collector struct {
 
 	inflight sync.WaitGroup
 	stats    counters
-	limit    limiter
+	limit    ratelog.Limiter
 }
 
 // New validates cfg (after applying defaults), loads the TLS material and bearer tokens,
@@ -272,7 +273,7 @@ func (l serverLog) Write(p []byte) (int, error) {
 		if i := reasonIndex(ReasonTLSHandshake); i >= 0 {
 			l.c.stats.rejects[i].Add(1)
 		}
-		if ok, n := l.c.limit.allow("reject/"+ReasonTLSHandshake, l.c.now()); ok {
+		if ok, n := l.c.limit.Allow("reject/"+ReasonTLSHandshake, l.c.now()); ok {
 			l.c.log.Debug("fhir TLS handshake failed", attrPeer, ip, attrSuppressed, n)
 		}
 		return len(p), nil

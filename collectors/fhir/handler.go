@@ -141,7 +141,7 @@ func (c *Collector) reject(q *request, reason, sum string, size int64) {
 		c.stats.rejects[i].Add(1)
 	}
 	c.rep.Reject(audit.KindFHIR, q.transport, q.ip, reason, sum, size)
-	if ok, n := c.limit.allow("reject/"+reason, c.now()); ok {
+	if ok, n := c.limit.Allow("reject/"+reason, c.now()); ok {
 		c.log.Debug("fhir request rejected", attrPeer, q.ip, attrReason, reason, attrSize, size, attrSuppressed, n)
 	}
 }
@@ -167,7 +167,7 @@ func (c *Collector) unavailable(q *request, n int, err error) {
 		c.log.Debug("fhir request cancelled before its commit", attrPeer, q.ip, attrErr, err)
 	} else {
 		c.stats.unavailable.Add(uint64(n))
-		if ok, sup := c.limit.allow("unavailable", c.now()); ok {
+		if ok, sup := c.limit.Allow("unavailable", c.now()); ok {
 			c.log.Warn("fhir events refused: sink cannot store them now", attrPeer, q.ip, attrErr, err, attrSuppressed, sup)
 		}
 	}

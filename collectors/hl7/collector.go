@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 )
 
 const (
@@ -57,7 +58,7 @@ type Collector struct {
 	closing bool
 
 	stats counters
-	limit limiter
+	limit ratelog.Limiter
 }
 
 // New validates cfg (after applying defaults), loads the TLS material, and returns a
@@ -203,7 +204,7 @@ func (c *Collector) serve(ctx context.Context, wg *sync.WaitGroup, ln net.Listen
 				return fmt.Errorf("accept %s %s: %w", c.transport, ln.Addr(), err)
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			if ok, n := c.limit.allow("accept", time.Now()); ok {
+			if ok, n := c.limit.Allow("accept", time.Now()); ok {
 				c.log.Warn("accept failed; retrying", attrTransport, c.transport, attrErr, err, attrSuppressed, n)
 			}
 			if !sleep(ctx, delay) {
@@ -365,7 +366,7 @@ func (c *Collector) handleMessage(ctx context.Context, dst, block []byte, ip str
 			// Spool full, closed or a failed commit: the sender keeps the message and
 			// retries, so nothing is lost; it is counted and logged, rate-limited.
 			c.stats.storeErrors.Add(1)
-			if ok, n := c.limit.allow("store", time.Now()); ok {
+			if ok, n := c.limit.Allow("store", time.Now()); ok {
 				c.log.Warn("sink refused an hl7 message; answered with an error ACK so the sender retries",
 					attrTransport, c.transport, attrPeer, ip, attrErr, err, attrSuppressed, n)
 			}
@@ -416,7 +417,7 @@ func (c *Collector) reject(ip, reason, sha string, size int64) {
 		c.stats.rejects[i].Add(1)
 	}
 	c.rep.Reject(audit.KindHL7, c.transport, ip, reason, sha, size)
-	if ok, n := c.limit.allow("reject "+reason+" "+ip, time.Now()); ok {
+	if ok, n := c.limit.Allow("reject "+reason+" "+ip, time.Now()); ok {
 		c.log.Warn("hl7 input rejected", attrTransport, c.transport, attrPeer, ip, attrReason, reason, attrSize, size, attrSuppressed, n)
 	}
 }
@@ -427,7 +428,7 @@ func (c *Collector) logConn(msg, ip string, err error) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		level = slog.LevelDebug
 	}
-	if ok, n := c.limit.allow(msg+" "+ip, time.Now()); ok {
+	if ok, n := c.limit.Allow(msg+" "+ip, time.Now()); ok {
 		c.log.Log(context.Background(), level, msg, attrTransport, c.transport, attrPeer, ip, attrErr, err, attrSuppressed, n)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 )
 
 const (
@@ -62,7 +63,7 @@ type Collector struct {
 	closing bool
 
 	stats counters
-	limit limiter
+	limit ratelog.Limiter
 }
 
 // New validates cfg (after applying defaults), loads the TLS material, and returns a
@@ -304,7 +305,7 @@ func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.
 			}
 			// Out of file descriptors and the like: wait and retry, as net/http does.
 			delay = min(max(2*delay, 5*time.Millisecond), maxBackoff)
-			if ok, n := c.limit.allow("accept "+t.String(), time.Now()); ok {
+			if ok, n := c.limit.Allow("accept "+t.String(), time.Now()); ok {
 				c.log.Warn("accept failed; retrying", attrTransport, t.String(), attrErr, err, attrSuppressed, n)
 			}
 			if !sleep(ctx, delay) {
@@ -447,7 +448,7 @@ func (c *Collector) appendStream(ctx context.Context, ev *audit.Event, t transpo
 		return err
 	}
 	start := time.Now()
-	if ok, n := c.limit.allow("backpressure", start); ok {
+	if ok, n := c.limit.Allow("backpressure", start); ok {
 		c.log.Warn("sink refused an event; pausing reads until it accepts", attrTransport, t.String(), attrErr, err, attrSuppressed, n)
 	}
 	delay := minBackoff
@@ -458,7 +459,7 @@ func (c *Collector) appendStream(ctx context.Context, ev *audit.Event, t transpo
 			return ctx.Err()
 		}
 		if err = c.sink.Append(ctx, ev, nil); err == nil {
-			if ok, _ := c.limit.allow("backpressure end", time.Now()); ok {
+			if ok, _ := c.limit.Allow("backpressure end", time.Now()); ok {
 				c.log.Info("sink accepts events again", attrTransport, t.String(), attrCount, tries, attrDuration, time.Since(start))
 			}
 			return nil
@@ -493,7 +494,7 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 				return fmt.Errorf("read udp %s: %w", conn.LocalAddr(), err)
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), maxBackoff)
-			if ok, k := c.limit.allow("read udp", time.Now()); ok {
+			if ok, k := c.limit.Allow("read udp", time.Now()); ok {
 				c.log.Warn("udp read failed; retrying", attrErr, err, attrSuppressed, k)
 			}
 			if !sleep(ctx, delay) {
@@ -538,7 +539,7 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 			}
 			// UDP cannot push back on the sender: the datagram is lost, and says so.
 			c.lost(transportUDP, LossSpoolFull)
-			if ok, k := c.limit.allow("udp spool full", time.Now()); ok {
+			if ok, k := c.limit.Allow("udp spool full", time.Now()); ok {
 				c.log.Warn("sink refused a udp message; counted as lost", attrErr, err, attrSuppressed, k)
 			}
 		}
@@ -562,7 +563,7 @@ func (c *Collector) reject(t transport, ip, reason, sum string, size int64) {
 		c.stats.rejects[i].Add(1)
 	}
 	c.rep.Reject(audit.KindSyslog, t.String(), ip, reason, sum, size)
-	if ok, n := c.limit.allow("reject "+reason+" "+ip, time.Now()); ok {
+	if ok, n := c.limit.Allow("reject "+reason+" "+ip, time.Now()); ok {
 		c.log.Warn("syslog input rejected", attrTransport, t.String(), attrPeer, ip, attrReason, reason, attrSize, size, attrSuppressed, n)
 	}
 }
@@ -573,7 +574,7 @@ func (c *Collector) logConn(msg string, t transport, ip string, err error) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		level = slog.LevelDebug // idle senders are normal; they reconnect when needed
 	}
-	if ok, n := c.limit.allow(msg+" "+ip, time.Now()); ok {
+	if ok, n := c.limit.Allow(msg+" "+ip, time.Now()); ok {
 		c.log.Log(context.Background(), level, msg, attrTransport, t.String(), attrPeer, ip, attrErr, err, attrSuppressed, n)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log"
@@ -24,6 +23,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 )
 
 const (
@@ -105,23 +105,12 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 }
 
 func loadTLS(cfg Config) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	tc, err := tlsconf.Server("fhir", cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA)
 	if err != nil {
-		return nil, fmt.Errorf("load fhir.tls_cert %s and fhir.tls_key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+		return nil, err
 	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	if cfg.TLSClientCA != "" {
-		pem, err := os.ReadFile(cfg.TLSClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("load fhir.tls_client_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("load fhir.tls_client_ca %s: no PEM certificate found", cfg.TLSClientCA)
-		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
-	}
+	// HTTP/1.1 only: net/http would offer h2, which the collector does not serve.
+	tc.NextProtos = []string{"http/1.1"}
 	return tc, nil
 }
 

@@ -6,13 +6,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +19,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 )
 
 const (
@@ -107,24 +106,7 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 }
 
 func loadTLS(cfg Config) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-	if err != nil {
-		return nil, fmt.Errorf("load hl7.tls_cert %s and hl7.tls_key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if cfg.TLSClientCA != "" {
-		pem, err := os.ReadFile(cfg.TLSClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("load hl7.tls_client_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("load hl7.tls_client_ca %s: no PEM certificate found", cfg.TLSClientCA)
-		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return tc, nil
+	return tlsconf.Server("hl7", cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA)
 }
 
 // Ready is closed once Run has bound the listener; Addr is then set.

@@ -2,8 +2,7 @@ package fhir
 
 import (
 	"errors"
-	"net"
-	"net/netip"
+	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 	"strconv"
 	"strings"
 	"time"
@@ -97,7 +96,7 @@ func (c Config) Validate() error {
 		errs = append(errs, &ConfigError{Field: "fhir." + field, Value: value, Err: errors.New(msg)})
 	}
 	if c.HTTP != "" {
-		if err := checkAddr(c.HTTP); err != nil {
+		if err := listenaddr.Check(c.HTTP); err != nil {
 			errs = append(errs, &ConfigError{Field: "fhir.http", Value: c.HTTP, Err: err})
 		}
 	}
@@ -123,30 +122,4 @@ func (c Config) Validate() error {
 		bad("base_path", c.BasePath, "must be a plain path without query, fragment, escapes or spaces")
 	}
 	return errors.Join(errs...)
-}
-
-// checkAddr accepts host:port with a numeric port and a host that is empty, an IP
-// address or a DNS name, so typos fail at config load rather than at bind time.
-func checkAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		var ae *net.AddrError
-		if errors.As(err, &ae) {
-			return errors.New(ae.Err)
-		}
-		return err
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return errors.New("port must be a number from 0 to 65535")
-	}
-	if host == "" {
-		return nil
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return nil
-	}
-	if len(host) > 253 || strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" {
-		return errors.New("host must be an IP address or a DNS name")
-	}
-	return nil
 }

@@ -2,10 +2,8 @@ package hl7
 
 import (
 	"errors"
-	"net"
-	"net/netip"
+	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -114,7 +112,7 @@ func (c Config) Validate() error {
 		errs = append(errs, &ConfigError{Field: "hl7." + field, Value: value, Err: errors.New(msg)})
 	}
 	if c.MLLP != "" {
-		if err := checkAddr(c.MLLP); err != nil {
+		if err := listenaddr.Check(c.MLLP); err != nil {
 			errs = append(errs, &ConfigError{Field: "hl7.mllp", Value: c.MLLP, Err: err})
 		}
 	}
@@ -146,30 +144,4 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// checkAddr accepts host:port with a numeric port and a host that is empty, an IP
-// address or a DNS name, so typos fail at config load rather than at bind time.
-func checkAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		var ae *net.AddrError
-		if errors.As(err, &ae) {
-			return errors.New(ae.Err)
-		}
-		return err
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return errors.New("port must be a number from 0 to 65535")
-	}
-	if host == "" {
-		return nil
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return nil
-	}
-	if len(host) > 253 || strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" {
-		return errors.New("host must be an IP address or a DNS name")
-	}
-	return nil
 }

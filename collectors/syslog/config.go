@@ -4,7 +4,6 @@ import (
 	"errors"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 	"strconv"
-	"strings"
 	"time"
 )
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/connset"
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 )
@@ -51,10 +52,9 @@ type Collector struct {
 	started atomic.Bool
 	ready   chan struct{}
 
-	mu      sync.Mutex
-	addr    net.Addr
-	conns   map[net.Conn]struct{}
-	closing bool
+	mu    sync.Mutex
+	addr  net.Addr
+	conns *connset.Set // open TCP/TLS connections, for the limit and for shutdown
 
 	stats counters
 	limit ratelog.Limiter
@@ -92,7 +92,7 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 		transport: transportMLLP,
 		now:       time.Now,
 		ready:     make(chan struct{}),
-		conns:     make(map[net.Conn]struct{}),
+		conns:     connset.New(cfg.MaxConnections),
 	}
 	if cfg.TLS() {
 		tc, err := loadTLS(cfg)
@@ -168,7 +168,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		errs = append(errs, err)
 	}
-	c.closeConns()
+	c.conns.CloseAll()
 	wg.Wait()
 	return errors.Join(append([]error{failErr}, errs...)...)
 }
@@ -196,11 +196,11 @@ func (c *Collector) serve(ctx context.Context, wg *sync.WaitGroup, ln net.Listen
 		}
 		delay = 0
 		ip := peerIP(conn.RemoteAddr())
-		switch c.track(conn) {
-		case trackClosing:
+		switch c.conns.Track(conn) {
+		case connset.Closing:
 			conn.Close()
 			return nil
-		case trackFull:
+		case connset.Full:
 			c.stats.refused.Add(1)
 			c.reject(ip, ReasonTooManyConnections, "", 0)
 			conn.Close()
@@ -208,48 +208,9 @@ func (c *Collector) serve(ctx context.Context, wg *sync.WaitGroup, ln net.Listen
 		}
 		c.stats.accepted.Add(1)
 		wg.Go(func() {
-			defer c.untrack(conn)
+			defer c.conns.Untrack(conn)
 			c.handleConn(ctx, conn, ip)
 		})
-	}
-}
-
-type trackResult int
-
-const (
-	trackOK trackResult = iota
-	trackFull
-	trackClosing
-)
-
-func (c *Collector) track(conn net.Conn) trackResult {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return trackClosing
-	}
-	if len(c.conns) >= c.cfg.MaxConnections {
-		return trackFull
-	}
-	c.conns[conn] = struct{}{}
-	c.stats.connsOpen.Add(1)
-	return trackOK
-}
-
-func (c *Collector) untrack(conn net.Conn) {
-	conn.Close()
-	c.mu.Lock()
-	delete(c.conns, conn)
-	c.mu.Unlock()
-	c.stats.connsOpen.Add(-1)
-}
-
-func (c *Collector) closeConns() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closing = true
-	for conn := range c.conns {
-		conn.Close()
 	}
 }
 
@@ -270,7 +231,7 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, ip string) {
 		_ = conn.SetDeadline(time.Time{})
 		rw = tc
 	}
-	br := bufio.NewReaderSize(&deadlineReader{conn: rw, timeout: c.cfg.IdleTimeout}, readBufferSize)
+	br := bufio.NewReaderSize(&connset.DeadlineReader{Conn: rw, Timeout: c.cfg.IdleTimeout}, readBufferSize)
 	fr := NewFramer(br, c.cfg.MaxMessageSize)
 	var ack []byte
 	for {
@@ -413,19 +374,6 @@ func (c *Collector) logConn(msg, ip string, err error) {
 	if ok, n := c.limit.Allow(msg+" "+ip, time.Now()); ok {
 		c.log.Log(context.Background(), level, msg, attrTransport, c.transport, attrPeer, ip, attrErr, err, attrSuppressed, n)
 	}
-}
-
-// deadlineReader renews the read deadline before each read of the connection.
-type deadlineReader struct {
-	conn    net.Conn
-	timeout time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if err := d.conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
-		return 0, err
-	}
-	return d.conn.Read(p)
 }
 
 func peerIP(a net.Addr) string {

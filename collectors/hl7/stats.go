@@ -28,7 +28,6 @@ type counters struct {
 	storeErrors atomic.Uint64
 	shutdown    atomic.Uint64
 	acks        atomic.Uint64
-	connsOpen   atomic.Int64
 	accepted    atomic.Uint64
 	refused     atomic.Uint64
 }
@@ -61,7 +60,7 @@ func (c *Collector) Stats() Stats {
 		StoreErrors:   s.storeErrors.Load(),
 		Shutdown:      s.shutdown.Load(),
 		ACKs:          s.acks.Load(),
-		ConnsOpen:     s.connsOpen.Load(),
+		ConnsOpen:     c.conns.Open(),
 		ConnsAccepted: s.accepted.Load(),
 		ConnsRefused:  s.refused.Load(),
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/connset"
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 )
@@ -56,10 +57,9 @@ type Collector struct {
 	started atomic.Bool
 	ready   chan struct{}
 
-	mu      sync.Mutex
-	addrs   [numTransports]net.Addr
-	conns   map[net.Conn]struct{}
-	closing bool
+	mu    sync.Mutex
+	addrs [numTransports]net.Addr
+	conns *connset.Set // open TCP/TLS connections, for the limit and for shutdown
 
 	stats counters
 	limit ratelog.Limiter
@@ -96,7 +96,7 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, logger *slog
 		loc:   loc,
 		now:   time.Now,
 		ready: make(chan struct{}),
-		conns: make(map[net.Conn]struct{}),
+		conns: connset.New(cfg.MaxConnections),
 	}
 	if cfg.TLS != "" {
 		tc, err := loadTLS(cfg)
@@ -195,7 +195,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	c.closeConns()
+	c.conns.CloseAll()
 	wg.Wait()
 	return errors.Join(append([]error{failErr}, errs...)...)
 }
@@ -297,11 +297,11 @@ func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.
 		}
 		delay = 0
 		ip := peerIP(conn.RemoteAddr())
-		switch c.track(conn) {
-		case trackClosing:
+		switch c.conns.Track(conn) {
+		case connset.Closing:
 			conn.Close()
 			return nil
-		case trackFull:
+		case connset.Full:
 			// Count before closing: whoever sees the close may look at the counters.
 			c.stats.refused.Add(1)
 			c.reject(t, ip, ReasonTooManyConnections, "", 0)
@@ -310,52 +310,9 @@ func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.
 		}
 		c.stats.accepted.Add(1)
 		wg.Go(func() {
-			defer c.untrack(conn)
+			defer c.conns.Untrack(conn)
 			c.handleConn(ctx, conn, t, ip)
 		})
-	}
-}
-
-type trackResult int
-
-const (
-	trackOK trackResult = iota
-	trackFull
-	trackClosing
-)
-
-// track registers conn so that shutdown can close it, enforcing MaxConnections over TCP
-// and TLS together.
-func (c *Collector) track(conn net.Conn) trackResult {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return trackClosing
-	}
-	if len(c.conns) >= c.cfg.MaxConnections {
-		return trackFull
-	}
-	c.conns[conn] = struct{}{}
-	c.stats.connsOpen.Add(1)
-	return trackOK
-}
-
-func (c *Collector) untrack(conn net.Conn) {
-	conn.Close()
-	c.mu.Lock()
-	delete(c.conns, conn)
-	c.mu.Unlock()
-	c.stats.connsOpen.Add(-1)
-}
-
-func (c *Collector) closeConns() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closing = true
-	for conn := range c.conns {
-		// The raw TCP connection, also under TLS: no close_notify that could block on
-		// a peer that does not read.
-		conn.Close()
 	}
 }
 
@@ -377,7 +334,7 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, 
 		_ = conn.SetDeadline(time.Time{})
 		rd = tc
 	}
-	br := bufio.NewReaderSize(&deadlineReader{conn: rd, timeout: c.cfg.IdleTimeout}, readBufferSize)
+	br := bufio.NewReaderSize(&connset.DeadlineReader{Conn: rd, Timeout: c.cfg.IdleTimeout}, readBufferSize)
 	fr := NewFramer(br, c.cfg.MaxMessageSize)
 	p := c.newParserFor()
 	name := t.String()
@@ -559,20 +516,6 @@ func (c *Collector) logConn(msg string, t transport, ip string, err error) {
 	if ok, n := c.limit.Allow(msg+" "+ip, time.Now()); ok {
 		c.log.Log(context.Background(), level, msg, attrTransport, t.String(), attrPeer, ip, attrErr, err, attrSuppressed, n)
 	}
-}
-
-// deadlineReader renews the read deadline before each read of the connection, which
-// bufio does once per buffer fill rather than once per message.
-type deadlineReader struct {
-	conn    net.Conn
-	timeout time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if err := d.conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
-		return 0, err
-	}
-	return d.conn.Read(p)
 }
 
 func peerIP(a net.Addr) string {

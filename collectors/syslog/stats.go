@@ -44,7 +44,6 @@ type counters struct {
 	spoolFull  atomic.Uint64
 	shutdown   atomic.Uint64
 	waits      atomic.Uint64
-	connsOpen  atomic.Int64
 	accepted   atomic.Uint64
 	refused    atomic.Uint64
 	datagrams  atomic.Uint64
@@ -83,7 +82,7 @@ func (c *Collector) Stats() Stats {
 		Lost:              map[string]uint64{LossKernelDrop: s.kernelDrop.Load(), LossSpoolFull: s.spoolFull.Load(), LossShutdown: s.shutdown.Load()},
 		BackpressureWaits: s.waits.Load(),
 		Datagrams:         s.datagrams.Load(),
-		ConnsOpen:         s.connsOpen.Load(),
+		ConnsOpen:         c.conns.Open(),
 		ConnsAccepted:     s.accepted.Load(),
 		ConnsRefused:      s.refused.Load(),
 	}

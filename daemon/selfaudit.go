@@ -47,7 +47,7 @@ type selfAudit struct {
 	ch chan audit.Event
 
 	mu         sync.Mutex
-	window     map[string]int       // reject events per reason key in this window
+	window     map[[3]string]int    // reject events per (collector, transport, reason) in this window
 	suppressed map[[3]string]uint64 // rejects counted but not written individually
 	lostAcc    map[[3]string]uint64 // losses to summarize at the window's end
 }
@@ -62,7 +62,7 @@ func newSelfAudit(sink collectors.Sink, reg prometheus.Registerer, log *slog.Log
 			Name: "edgeaudit_input_lost_total", Help: "Inputs lost without being seen (e.g. UDP drops), by collector, transport and reason.",
 		}, []string{"collector", "transport", "reason"}),
 		ch:         make(chan audit.Event, selfQueue),
-		window:     map[string]int{},
+		window:     map[[3]string]int{},
 		suppressed: map[[3]string]uint64{},
 		lostAcc:    map[[3]string]uint64{},
 	}
@@ -86,13 +86,13 @@ func (s *selfAudit) Reject(kind, transport, peerIP, reason, sha256 string, size 
 	s.rejects.WithLabelValues(kind, transport, reason).Inc()
 	key := [3]string{kind, transport, reason}
 	s.mu.Lock()
-	n := s.window[reason]
+	n := s.window[key]
 	if n >= rejectEventsPerRule {
 		s.suppressed[key]++
 		s.mu.Unlock()
 		return
 	}
-	s.window[reason] = n + 1
+	s.window[key] = n + 1
 	s.mu.Unlock()
 	e := s.event(ActionInputRejected, audit.OutcomeMinorFailure, reason)
 	e.Source.IP = peerIP

@@ -2,7 +2,7 @@
 # scripts/test.sh - every check and test of edgeaudit, as CI runs it (.ci/run calls it).
 #
 #   1. Installs the test peers on a Debian machine, as root (or through sudo):
-#      rsyslog + rsyslog-gnutls, openssl, util-linux's logger, ca-certificates, with
+#      rsyslog + rsyslog-gnutls, openssl, util-linux's logger, ca-certificates, curl, with
 #      apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
 #      folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
 #      started. Whatever is already there is kept, so a second run installs nothing.
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION=v0.8.2 # honnef.co/go/tools; 2026.2.2, knows Go 1.26
 GO_TEST_TIMEOUT=${GO_TEST_TIMEOUT:-15m}
-PEER_PKGS=(rsyslog rsyslog-gnutls openssl bsdutils util-linux ca-certificates)
+PEER_PKGS=(rsyslog rsyslog-gnutls openssl bsdutils util-linux ca-certificates curl)
 
 # rsyslogd lives in /usr/sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

@@ -221,7 +221,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { serveErr <- srv.Serve(ln) })
 	close(c.ready)
-	c.log.Info("fhir collector listening", attrAddr, ln.Addr().String(), attrTLS, c.tlsCfg != nil)
+	c.log.Info("listening", attrAddr, ln.Addr().String(), attrTLS, c.tlsCfg != nil)
 
 	var runErr error
 	select {

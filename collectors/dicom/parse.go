@@ -12,38 +12,39 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 )
 
-// Actions this package produces (docs: README.md "Taxonomy mapping").
+// Actions this package produces: the shared taxonomy (audit/taxonomy.go), so that a
+// DICOM code means the same whether it came as DICOM XML or in a FHIR AuditEvent.
 const (
-	ActionAppStart       = "system.app_start"
-	ActionAppStop        = "system.app_stop"
-	ActionAppActivity    = "system.app_activity"
-	ActionAuditLogUsed   = "audit.log_used"
-	ActionStore          = "dicom.store"
-	ActionMove           = "dicom.move"
-	ActionPHIView        = "phi.view"
-	ActionPHICreate      = "phi.create"
-	ActionPHIUpdate      = "phi.update"
-	ActionPHIDelete      = "phi.delete"
-	ActionStudyDelete    = "dicom.delete"
-	ActionExport         = "phi.export"
-	ActionImport         = "phi.import"
-	ActionNetworkAttach  = "network.attach"
-	ActionNetworkDetach  = "network.detach"
-	ActionNetworkEntry   = "network.entry"
-	ActionOrderCreate    = "order.create"
-	ActionOrderView      = "order.view"
-	ActionOrderUpdate    = "order.update"
-	ActionOrderDelete    = "order.delete"
-	ActionOrderRecord    = "order.record"
-	ActionPatientRecord  = "patient.record"
-	ActionProcedure      = "procedure.record"
-	ActionQuery          = "dicom.query"
-	ActionSecurityAlert  = "security.alert"
-	ActionRBACChange     = "admin.rbac_change"
-	ActionLogin          = "auth.login"
-	ActionLogout         = "auth.logout"
-	ActionAuthentication = "auth.authenticate"
-	ActionOther          = "dicom.other"
+	ActionAppStart       = audit.ActionAppStart
+	ActionAppStop        = audit.ActionAppStop
+	ActionAppActivity    = audit.ActionAppActivity
+	ActionAuditLogUsed   = audit.ActionAuditLogUsed
+	ActionStore          = audit.ActionDICOMStore
+	ActionMove           = audit.ActionDICOMMove
+	ActionPHIView        = audit.ActionPHIView
+	ActionPHICreate      = audit.ActionPHICreate
+	ActionPHIUpdate      = audit.ActionPHIUpdate
+	ActionPHIDelete      = audit.ActionPHIDelete
+	ActionStudyDelete    = audit.ActionDICOMDelete
+	ActionExport         = audit.ActionPHIExport
+	ActionImport         = audit.ActionPHIImport
+	ActionNetworkAttach  = audit.ActionNetworkAttach
+	ActionNetworkDetach  = audit.ActionNetworkDetach
+	ActionNetworkEntry   = audit.ActionNetworkEntry
+	ActionOrderCreate    = audit.ActionOrderCreate
+	ActionOrderView      = audit.ActionOrderView
+	ActionOrderUpdate    = audit.ActionOrderUpdate
+	ActionOrderDelete    = audit.ActionOrderDelete
+	ActionOrderRecord    = audit.ActionOrderRecord
+	ActionPatientRecord  = audit.ActionPatientRecord
+	ActionProcedure      = audit.ActionProcedureRecord
+	ActionQuery          = audit.ActionDICOMQuery
+	ActionSecurityAlert  = audit.ActionSecurityAlert
+	ActionRBACChange     = audit.ActionRBACChange
+	ActionLogin          = audit.ActionLogin
+	ActionLogout         = audit.ActionLogout
+	ActionAuthentication = audit.ActionAuthenticate
+	ActionOther          = audit.ActionDICOMOther
 )
 
 // MaxReason is the most bytes of EventOutcomeDescription kept in Event.Reason.
@@ -504,89 +505,13 @@ func (m *mapper) typeCode(codes ...string) string {
 	return ""
 }
 
-// action applies the taxonomy mapping (README.md "Taxonomy mapping").
+// action applies the shared taxonomy mapping (audit.DICOMAction).
 func (m *mapper) action() string {
-	ac := m.actionCode
-	switch m.eventID.code {
-	case "110100":
-		switch m.typeCode("110120", "110121") {
-		case "110120":
-			return ActionAppStart
-		case "110121":
-			return ActionAppStop
-		}
-		return ActionAppActivity
-	case "110101":
-		return ActionAuditLogUsed
-	case "110102", "110104":
-		if ac == "C" {
-			return ActionStore
-		}
-		return ActionMove
-	case "110103":
-		switch ac {
-		case "C":
-			return ActionPHICreate
-		case "U":
-			return ActionPHIUpdate
-		case "D":
-			return ActionPHIDelete
-		}
-		return ActionPHIView
-	case "110105":
-		return ActionStudyDelete
-	case "110106":
-		return ActionExport
-	case "110107":
-		return ActionImport
-	case "110108":
-		switch m.typeCode("110124", "110125") {
-		case "110124":
-			return ActionNetworkAttach
-		case "110125":
-			return ActionNetworkDetach
-		}
-		return ActionNetworkEntry
-	case "110109":
-		switch ac {
-		case "C":
-			return ActionOrderCreate
-		case "R":
-			return ActionOrderView
-		case "U":
-			return ActionOrderUpdate
-		case "D":
-			return ActionOrderDelete
-		}
-		return ActionOrderRecord
-	case "110110":
-		return ActionPatientRecord
-	case "110111":
-		return ActionProcedure
-	case "110112":
-		return ActionQuery
-	case "110113":
-		if m.typeCode("110136", "110137") != "" {
-			return ActionRBACChange
-		}
-		return ActionSecurityAlert
-	case "110114":
-		switch m.typeCode("110122", "110123") {
-		case "110122":
-			return ActionLogin
-		case "110123":
-			return ActionLogout
-		}
-		return ActionAuthentication
-	case "110122": // a type code used as EventID (dcm4chee)
-		if m.typeCode("110123") != "" {
-			return ActionLogout
-		}
-		return ActionLogin
-	case "110123":
-		return ActionLogout
+	types := make([]string, len(m.types))
+	for i, t := range m.types {
+		types[i] = t.code
 	}
-	return ActionOther
+	return audit.DICOMAction(m.eventID.code, types, m.actionCode)
 }
 
 func (m *mapper) apply(ev *audit.Event) {
@@ -594,7 +519,7 @@ func (m *mapper) apply(ev *audit.Event) {
 	ev.Message = ""
 	ev.Malformed = false
 	ev.Action = m.action()
-	ev.ActionCode = m.actionCode
+	ev.ActionCode = audit.DICOMActionCode(m.eventID.code, m.actionCode)
 	ev.Outcome = m.outcome
 	if !m.when.IsZero() {
 		ev.Time = m.when

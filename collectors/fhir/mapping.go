@@ -11,27 +11,26 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 )
 
-// Taxonomy actions (docs/taxonomy.md). The ones marked "new" are not in the taxonomy yet;
-// the README proposes them.
+// Taxonomy actions (docs/taxonomy.md, audit/taxonomy.go). DICOM codes in type/subtype
+// or category/code are mapped by audit.DICOMAction, exactly as in DICOM audit XML.
 const (
-	ActionLogin         = "auth.login"
-	ActionLogout        = "auth.logout"
-	ActionPHIView       = "phi.view"
-	ActionPHIExport     = "phi.export"
-	ActionDICOMQuery    = "dicom.query"
-	ActionDICOMStore    = "dicom.store"
-	ActionDICOMMove     = "dicom.move"
-	ActionOrderCreate   = "order.create"
-	ActionRBACChange    = "admin.rbac_change"
-	ActionSecurityAlert = "security.alert"
-	// new
-	ActionOther     = "fhir.other"
-	ActionPHICreate = "phi.create"
-	ActionPHIUpdate = "phi.update"
-	ActionPHIDelete = "phi.delete"
-	ActionPHIImport = "phi.import"
-	ActionAppStart  = "app.start"
-	ActionAppStop   = "app.stop"
+	ActionLogin         = audit.ActionLogin
+	ActionLogout        = audit.ActionLogout
+	ActionPHIView       = audit.ActionPHIView
+	ActionPHIExport     = audit.ActionPHIExport
+	ActionDICOMQuery    = audit.ActionDICOMQuery
+	ActionDICOMStore    = audit.ActionDICOMStore
+	ActionDICOMMove     = audit.ActionDICOMMove
+	ActionOrderCreate   = audit.ActionOrderCreate
+	ActionRBACChange    = audit.ActionRBACChange
+	ActionSecurityAlert = audit.ActionSecurityAlert
+	ActionOther         = audit.ActionFHIROther
+	ActionPHICreate     = audit.ActionPHICreate
+	ActionPHIUpdate     = audit.ActionPHIUpdate
+	ActionPHIDelete     = audit.ActionPHIDelete
+	ActionPHIImport     = audit.ActionPHIImport
+	ActionAppStart      = audit.ActionAppStart
+	ActionAppStop       = audit.ActionAppStop
 )
 
 // Code systems recognized by the mapping.
@@ -486,14 +485,6 @@ func mapOutcome(code string) string {
 // interaction codes; everything else is fhir.other.
 func classify(evCodes, subCodes []coding, action string) (string, string) {
 	all := append(append([]coding(nil), evCodes...), subCodes...)
-	hasDCM := func(code string) bool {
-		for _, c := range all {
-			if isDCM(c.system) && c.code == code {
-				return true
-			}
-		}
-		return false
-	}
 	dcmEvent := ""
 	for _, list := range [][]coding{evCodes, subCodes} {
 		for _, c := range list {
@@ -506,82 +497,30 @@ func classify(evCodes, subCodes []coding, action string) (string, string) {
 			break
 		}
 	}
-	crud := func(create string) (string, string) {
-		switch action {
-		case "C":
-			return create, ""
-		case "R":
-			return ActionPHIView, ""
-		case "U":
-			return ActionPHIUpdate, ""
-		case "D":
-			return ActionPHIDelete, ""
-		}
-		return ActionOther, ""
-	}
-	switch dcmEvent {
-	case "110100":
-		switch {
-		case hasDCM("110120"):
-			return ActionAppStart, "E"
-		case hasDCM("110121"):
-			return ActionAppStop, "E"
-		}
-	case "110102":
-		return ActionDICOMMove, "E"
-	case "110103":
-		return crud(ActionDICOMStore)
-	case "110104":
-		if action == "C" {
-			return ActionDICOMStore, ""
-		}
-		return ActionDICOMMove, ""
-	case "110105":
-		return ActionPHIDelete, "D"
-	case "110106":
-		return ActionPHIExport, "R"
-	case "110107":
-		return ActionPHIImport, "C"
-	case "110109":
-		return crud(ActionOrderCreate)
-	case "110110", "110111":
-		return crud(ActionPHICreate)
-	case "110112":
-		return ActionDICOMQuery, "E"
-	case "110113":
-		if hasDCM("110136") || hasDCM("110137") {
-			return ActionRBACChange, "E"
-		}
-		return ActionSecurityAlert, "E"
-	case "110114":
-		switch {
-		case hasDCM("110122"):
-			return ActionLogin, "E"
-		case hasDCM("110123"):
-			return ActionLogout, "E"
-		}
-	case "110122":
-		return ActionLogin, "E"
-	case "110123":
-		return ActionLogout, "E"
-	}
-	if dcmEvent == "" {
+	if dcmEvent != "" {
+		var types []string
 		for _, c := range all {
-			if c.system != systemRESTful {
-				continue
+			if isDCM(c.system) && c.code != dcmEvent {
+				types = append(types, c.code)
 			}
-			switch c.code {
-			case "read", "vread", "history-instance":
-				return ActionPHIView, "R"
-			case "search", "search-type", "search-system", "search-compartment":
-				return ActionPHIView, "E"
-			case "create":
-				return ActionPHICreate, "C"
-			case "update", "patch":
-				return ActionPHIUpdate, "U"
-			case "delete":
-				return ActionPHIDelete, "D"
-			}
+		}
+		return audit.DICOMAction(dcmEvent, types, action), audit.DICOMActionCode(dcmEvent, action)
+	}
+	for _, c := range all {
+		if c.system != systemRESTful {
+			continue
+		}
+		switch c.code {
+		case "read", "vread", "history-instance":
+			return ActionPHIView, "R"
+		case "search", "search-type", "search-system", "search-compartment":
+			return ActionPHIView, "E"
+		case "create":
+			return ActionPHICreate, "C"
+		case "update", "patch":
+			return ActionPHIUpdate, "U"
+		case "delete":
+			return ActionPHIDelete, "D"
 		}
 	}
 	return ActionOther, ""

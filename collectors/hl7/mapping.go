@@ -10,9 +10,9 @@ import (
 
 // Taxonomy actions used by this collector (docs/taxonomy.md).
 const (
-	ActionExchange    = "data.hl7_exchange"
-	ActionOrderCreate = "order.create"
-	ActionReportSign  = "report.sign"
+	ActionExchange    = audit.ActionHL7Exchange
+	ActionOrderCreate = audit.ActionOrderCreate
+	ActionReportSign  = audit.ActionReportSign
 )
 
 // Map fills ev from m. It sets Time, Source.Kind/App/Host, Action, ActionCode,

@@ -18,7 +18,7 @@ import (
 var errNoTimestamp = errors.New("rfc3164: no timestamp")
 
 // ActionLog is the taxonomy code of a syslog message that classify cannot place better.
-const ActionLog = "system.log"
+const ActionLog = audit.ActionSystemLog
 
 // facilities are the RFC 5427 keywords, as go-syslog names them (13 is "security", the
 // "log audit" facility).
@@ -180,6 +180,56 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 // mapping of known senders and message IDs to finer codes belongs here, in one place.
 func classify(ev *audit.Event) {
 	ev.Action = ActionLog
+	if ev.Malformed {
+		return
+	}
+	for _, r := range authRules {
+		if ev.Source.App != r.app {
+			continue
+		}
+		if strings.HasPrefix(ev.Message, r.prefix) {
+			ev.Action, ev.ActionCode, ev.Outcome = r.action, "E", r.outcome
+			if user := wordAfter(ev.Message, r.userAfter); user != "" {
+				ev.Actor.User = user
+			}
+			return
+		}
+	}
+}
+
+// authRule classifies OpenSSH's login and logout lines, so that a login (or a failed
+// one) gets the same action as a DICOM 110114/110122 or a FHIR login event. The rest of
+// syslog stays system.log with its text as evidence.
+type authRule struct {
+	app       string // program (APP-NAME / TAG)
+	prefix    string // start of the message
+	action    string
+	outcome   string
+	userAfter string // the user name is the word after this
+}
+
+var authRules = []authRule{
+	{app: "sshd", prefix: "Accepted ", action: audit.ActionLogin, outcome: audit.OutcomeSuccess, userAfter: " for "},
+	{app: "sshd", prefix: "Failed password for ", action: audit.ActionLogin, outcome: audit.OutcomeMinorFailure, userAfter: " for "},
+	{app: "sshd", prefix: "Invalid user ", action: audit.ActionLogin, outcome: audit.OutcomeMinorFailure, userAfter: "Invalid user "},
+	{app: "sshd", prefix: "Disconnected from user ", action: audit.ActionLogout, outcome: audit.OutcomeSuccess, userAfter: "from user "},
+}
+
+// wordAfter returns the word following marker in s ("" when absent).
+func wordAfter(s, marker string) string {
+	if marker == "" {
+		return ""
+	}
+	i := strings.Index(s, marker)
+	if i < 0 {
+		return ""
+	}
+	rest := s[i+len(marker):]
+	rest = strings.TrimPrefix(rest, "invalid user ")
+	if j := strings.IndexByte(rest, ' '); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
 }
 
 // is5424 reports whether b starts like RFC 5424: "<PRI>" then a VERSION of 1–3 digits

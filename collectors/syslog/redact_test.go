@@ -44,3 +44,25 @@ func TestRedactSyslogText(t *testing.T) {
 		})
 	}
 }
+
+// A login gets auth.login whether it came as syslog, DICOM XML or FHIR.
+func TestClassifyLogins(t *testing.T) {
+	tests := []struct {
+		frame, action, outcome, user string
+	}{
+		{"<86>1 2026-11-27T08:00:00Z ws1 sshd 42 - - Accepted publickey for tech01 from 10.0.0.7 port 51514 ssh2", audit.ActionLogin, audit.OutcomeSuccess, "tech01"},
+		{"<86>Nov 27 08:00:00 ws1 sshd[42]: Failed password for invalid user admin from 10.0.0.9 port 2222 ssh2", audit.ActionLogin, audit.OutcomeMinorFailure, "admin"},
+		{"<86>Nov 27 08:00:00 ws1 sshd[42]: Failed password for rad2 from 10.0.0.9 port 2222 ssh2", audit.ActionLogin, audit.OutcomeMinorFailure, "rad2"},
+		{"<86>Nov 27 08:00:00 ws1 sshd[42]: Disconnected from user tech01 10.0.0.7 port 51514", audit.ActionLogout, audit.OutcomeSuccess, "tech01"},
+		{"<86>Nov 27 08:00:00 ws1 cron[42]: Accepted nothing", audit.ActionSystemLog, audit.OutcomeUnknown, ""},
+	}
+	for _, tt := range tests {
+		p := newParser(time.UTC)
+		var ev audit.Event
+		resetEvent(&ev, "tcp", "127.0.0.1")
+		p.parse(&ev, []byte(tt.frame), time.Now())
+		if ev.Action != tt.action || ev.Outcome != tt.outcome || ev.Actor.User != tt.user {
+			t.Errorf("%q: action=%s outcome=%s user=%q, want %s %s %q", tt.frame, ev.Action, ev.Outcome, ev.Actor.User, tt.action, tt.outcome, tt.user)
+		}
+	}
+}

@@ -494,17 +494,6 @@ func truncate(s string, n int) string {
 	return s
 }
 
-func (m *mapper) typeCode(codes ...string) string {
-	for _, t := range m.types {
-		for _, c := range codes {
-			if t.code == c {
-				return c
-			}
-		}
-	}
-	return ""
-}
-
 // action applies the shared taxonomy mapping (audit.DICOMAction).
 func (m *mapper) action() string {
 	types := make([]string, len(m.types))

@@ -183,9 +183,9 @@ func TestTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	sink := &fakeSink{}
 	rep := &fakeReporter{}
-	c := startCollector(t, Config{TLSCert: pki.certFile, TLSKey: pki.keyFile, TLSClientCA: pki.caFile}, sink, rep)
+	c := startCollector(t, Config{TLSCert: pki.CertFile, TLSKey: pki.KeyFile, TLSClientCA: pki.CAFile}, sink, rep)
 
-	conn, err := tls.Dial("tcp", c.Addr().String(), pki.clientConfig(true))
+	conn, err := tls.Dial("tcp", c.Addr().String(), pki.ClientConfig(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestTLS(t *testing.T) {
 	}
 
 	// Without a client certificate the handshake fails and is reported.
-	conn2, err := tls.Dial("tcp", c.Addr().String(), pki.clientConfig(false))
+	conn2, err := tls.Dial("tcp", c.Addr().String(), pki.ClientConfig(false))
 	if err == nil {
 		_, err = conn2.Write(frame(adt("T2")))
 		if err == nil {

@@ -28,7 +28,7 @@ func octet(s string) string { return fmt.Sprintf("%d %s", len(s), s) }
 func TestLifecycle(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	pki := newTestPKI(t)
-	cfg := Config{UDP: "127.0.0.1:0", TCP: "127.0.0.1:0", TLS: "127.0.0.1:0", TLSCert: pki.certFile, TLSKey: pki.keyFile, RFC3164TimeZone: "UTC"}
+	cfg := Config{UDP: "127.0.0.1:0", TCP: "127.0.0.1:0", TLS: "127.0.0.1:0", TLSCert: pki.CertFile, TLSKey: pki.KeyFile, RFC3164TimeZone: "UTC"}
 	sink, rep := &fakeSink{}, &fakeReporter{}
 	c, err := New(cfg, sink, rep, nil)
 	if err != nil {
@@ -48,7 +48,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	defer tcp.Close()
 	fmt.Fprintf(tcp, "%s\n", msg5424(1))
-	tlsConn, err := tls.Dial("tcp", c.TLSAddr().String(), pki.clientConfig(false))
+	tlsConn, err := tls.Dial("tcp", c.TLSAddr().String(), pki.ClientConfig(false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,8 +378,8 @@ func TestTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	t.Run("no client CA", func(t *testing.T) {
 		sink, rep := &fakeSink{}, &fakeReporter{}
-		c := startCollector(t, Config{TLS: "127.0.0.1:0", TLSCert: pki.certFile, TLSKey: pki.keyFile}, sink, rep, nil)
-		conn, err := tls.Dial("tcp", c.TLSAddr().String(), pki.clientConfig(false))
+		c := startCollector(t, Config{TLS: "127.0.0.1:0", TLSCert: pki.CertFile, TLSKey: pki.KeyFile}, sink, rep, nil)
+		conn, err := tls.Dial("tcp", c.TLSAddr().String(), pki.ClientConfig(false))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -392,11 +392,11 @@ func TestTLS(t *testing.T) {
 	})
 	t.Run("client CA required", func(t *testing.T) {
 		sink, rep := &fakeSink{}, &fakeReporter{}
-		c := startCollector(t, Config{TLS: "127.0.0.1:0", TLSCert: pki.certFile, TLSKey: pki.keyFile, TLSClientCA: pki.caFile}, sink, rep, nil)
+		c := startCollector(t, Config{TLS: "127.0.0.1:0", TLSCert: pki.CertFile, TLSKey: pki.KeyFile, TLSClientCA: pki.CAFile}, sink, rep, nil)
 
 		// Without a certificate: refused. Under TLS 1.3 the client learns it on its
 		// first read, after its handshake already returned.
-		conn, err := tls.Dial("tcp", c.TLSAddr().String(), pki.clientConfig(false))
+		conn, err := tls.Dial("tcp", c.TLSAddr().String(), pki.ClientConfig(false))
 		if err == nil {
 			fmt.Fprint(conn, octet(msg5424(1)))
 			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -409,7 +409,7 @@ func TestTLS(t *testing.T) {
 		waitFor(t, "handshake reject", func() bool { return c.Stats().Rejects[ReasonTLSHandshake] == 1 })
 
 		// With a certificate: accepted.
-		conn, err = tls.Dial("tcp", c.TLSAddr().String(), pki.clientConfig(true))
+		conn, err = tls.Dial("tcp", c.TLSAddr().String(), pki.ClientConfig(true))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -426,7 +426,7 @@ func TestTLS(t *testing.T) {
 	})
 	t.Run("plain TCP to the TLS port", func(t *testing.T) {
 		sink, rep := &fakeSink{}, &fakeReporter{}
-		c := startCollector(t, Config{TLS: "127.0.0.1:0", TLSCert: pki.certFile, TLSKey: pki.keyFile}, sink, rep, nil)
+		c := startCollector(t, Config{TLS: "127.0.0.1:0", TLSCert: pki.CertFile, TLSKey: pki.KeyFile}, sink, rep, nil)
 		conn, err := net.Dial("tcp", c.TLSAddr().String())
 		if err != nil {
 			t.Fatal(err)

@@ -126,7 +126,7 @@ func TestNewErrors(t *testing.T) {
 		t.Errorf("New with missing cert files = %v, want an error naming the file", err)
 	}
 	pki := newTestPKI(t)
-	_, err = New(Config{TLS: "127.0.0.1:0", TLSCert: pki.certFile, TLSKey: pki.keyFile, TLSClientCA: pki.keyFile}, sink, rep, nil)
+	_, err = New(Config{TLS: "127.0.0.1:0", TLSCert: pki.CertFile, TLSKey: pki.KeyFile, TLSClientCA: pki.KeyFile}, sink, rep, nil)
 	if err == nil || !strings.Contains(err.Error(), "syslog.tls_client_ca") {
 		t.Errorf("New with a client CA file holding no certificate = %v, want an error", err)
 	}

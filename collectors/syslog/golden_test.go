@@ -72,7 +72,7 @@ func runGolden(t *testing.T, dir string) {
 		cfg.TCP = "127.0.0.1:0"
 	case "tls":
 		pki = newTestPKI(t)
-		cfg.TLS, cfg.TLSCert, cfg.TLSKey = "127.0.0.1:0", pki.certFile, pki.keyFile
+		cfg.TLS, cfg.TLSCert, cfg.TLSKey = "127.0.0.1:0", pki.CertFile, pki.KeyFile
 	default:
 		t.Fatalf("unknown transport %q", tr)
 	}
@@ -101,7 +101,7 @@ func runGolden(t *testing.T, dir string) {
 		if tr == "tcp" {
 			conn, err = net.Dial("tcp", c.TCPAddr().String())
 		} else {
-			conn, err = tls.Dial("tcp", c.TLSAddr().String(), pki.clientConfig(false))
+			conn, err = tls.Dial("tcp", c.TLSAddr().String(), pki.ClientConfig(false))
 		}
 		if err != nil {
 			t.Fatal(err)

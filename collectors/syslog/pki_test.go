@@ -1,106 +1,11 @@
 package syslog
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
-	"time"
+
+	"github.com/edgeaudit/edgeaudit/internal/testpki"
 )
 
-// testPKI is a throw-away CA with a server certificate for 127.0.0.1 and a client
-// certificate, written as PEM files into a temporary folder.
-type testPKI struct {
-	caFile, certFile, keyFile string
-	pool                      *x509.CertPool
-	client                    tls.Certificate
-}
+type testPKI = testpki.PKI
 
-func newTestPKI(t testing.TB) *testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "edgeaudit test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, key
-	}
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	keyDER := func(k *ecdsa.PrivateKey) []byte {
-		b, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	srvDER, srvKey := issue(2, "127.0.0.1", x509.ExtKeyUsageServerAuth)
-	cliDER, cliKey := issue(3, "modality1", x509.ExtKeyUsageClientAuth)
-	p := &testPKI{
-		caFile:   write("ca.pem", "CERTIFICATE", caDER),
-		certFile: write("server.pem", "CERTIFICATE", srvDER),
-		keyFile:  write("server-key.pem", "EC PRIVATE KEY", keyDER(srvKey)),
-		pool:     x509.NewCertPool(),
-		client:   tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey},
-	}
-	p.pool.AddCert(ca)
-	return p
-}
-
-// clientConfig trusts the test CA; withCert adds the client certificate.
-func (p *testPKI) clientConfig(withCert bool) *tls.Config {
-	c := &tls.Config{RootCAs: p.pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
-	if withCert {
-		c.Certificates = []tls.Certificate{p.client}
-	}
-	return c
-}
+func newTestPKI(t testing.TB) *testPKI { return testpki.New(t) }

@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -76,13 +78,27 @@ var (
 	keyPrunedHash = []byte("pruned_hash") // 32 bytes: hash of the pruned_seq header
 )
 
+// rawItem is what Append queues for the encoder: a copy of the event, so that the
+// caller may reuse its event (and maps) as soon as Append returns. A rawItem with seal
+// set is a Seal request, kept in order with the events before it.
+type rawItem struct {
+	ev   audit.Event
+	done func(error)
+	seal chan error
+}
+
 type item struct {
 	// buf is 0x00 followed by the event bytes: the RFC 6962 leaf input, so the leaf hash
 	// is one allocation-free Sum256 and the stored bytes are buf[1:].
 	buf      []byte
 	received time.Time
 	done     func(error)
+	seal     chan error // a Seal request instead of an event
 }
+
+// rawQueueSize bounds the events waiting for the encoder; the commit queue behind it
+// holds Config.QueueSize encoded events.
+const rawQueueSize = 4096
 
 // state is the chain head and the open batch; only the writer goroutine touches it
 // after Open.
@@ -105,11 +121,11 @@ type Spool struct {
 	db   *bolt.DB
 	log  *slog.Logger
 
-	mu      sync.RWMutex // held for reading while sending on queue; Close takes it to close queue
-	closed  bool
-	queue   chan item
-	sealReq chan chan error
-	done    chan struct{}
+	mu     sync.RWMutex // held for reading while sending on raw; Close takes it to close raw
+	closed bool
+	raw    chan rawItem // Append → encoder
+	queue  chan item    // encoder → writer
+	done   chan struct{}
 
 	st       state // writer-owned
 	full     atomic.Bool
@@ -156,9 +172,9 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	}
 	s := &Spool{
 		cfg: cfg, opts: opts, path: path, log: opts.Logger,
-		queue:   make(chan item, cfg.QueueSize),
-		sealReq: make(chan chan error),
-		done:    make(chan struct{}),
+		raw:   make(chan rawItem, min(rawQueueSize, cfg.QueueSize)),
+		queue: make(chan item, cfg.QueueSize),
+		done:  make(chan struct{}),
 	}
 	var selfEvents []audit.Event
 	err := s.openDB()
@@ -176,6 +192,7 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		selfEvents = append(selfEvents, ev)
 	}
 	s.updateFull()
+	go s.encoder()
 	go s.writer()
 	for i := range selfEvents {
 		if err := s.Append(context.Background(), &selfEvents[i], nil); err != nil {
@@ -416,8 +433,10 @@ func fileDigest(path string) (string, int64) {
 	return hex.EncodeToString(h.Sum(nil)), n
 }
 
-// Append implements collectors.Sink. It encodes and hashes e in the caller's goroutine
-// (so that many connections share the work), then queues it for the writer.
+// Append implements collectors.Sink. It copies e and queues it; a separate encoder
+// goroutine encodes it, so that a busy connection's goroutine, the bottleneck of a single
+// fast sender, does only its parsing. Order is kept: events are encoded and committed in
+// the order Append accepted them.
 func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) error {
 	if s.full.Load() {
 		s.stats.refusedFull.Add(1)
@@ -426,15 +445,18 @@ func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) er
 	if e.ID == "" {
 		e.ID = audit.NewID(e.Received)
 	}
-	buf := e.AppendJSON(append(make([]byte, 0, e.SizeHint()+1), 0))
-	it := item{buf: buf, received: e.Received, done: done}
+	ri := rawItem{ev: *e, done: done}
+	// The caller may reuse what e points to once Append returns.
+	ri.ev.Detail = maps.Clone(e.Detail)
+	ri.ev.Study = slices.Clone(e.Study)
+	ri.ev.Codes = slices.Clone(e.Codes)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
 	select {
-	case s.queue <- it:
+	case s.raw <- ri:
 		s.stats.appended.Add(1)
 		return nil
 	case <-ctx.Done():
@@ -442,15 +464,20 @@ func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) er
 	}
 }
 
-// Seal seals the open batch now if it holds events (shutdown, tests). It waits for the
-// commit.
+// Seal seals the open batch now if it holds events (shutdown, tests), after every event
+// appended before the call. It waits for the commit.
 func (s *Spool) Seal(ctx context.Context) error {
 	ch := make(chan error, 1)
-	select {
-	case s.sealReq <- ch:
-	case <-s.done:
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
 		return ErrClosed
+	}
+	select {
+	case s.raw <- rawItem{seal: ch}:
+		s.mu.RUnlock()
 	case <-ctx.Done():
+		s.mu.RUnlock()
 		return ctx.Err()
 	}
 	select {
@@ -470,13 +497,28 @@ func (s *Spool) Close() error {
 		return nil
 	}
 	s.closed = true
-	close(s.queue)
+	close(s.raw)
 	s.mu.Unlock()
 	<-s.done
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close spool: %w", err)
 	}
 	return nil
+}
+
+// encoder encodes queued events once, in order, for the writer; it closes the writer's
+// queue when Close has closed its own.
+func (s *Spool) encoder() {
+	defer close(s.queue)
+	for ri := range s.raw {
+		if ri.seal != nil {
+			s.queue <- item{seal: ri.seal}
+			continue
+		}
+		e := &ri.ev
+		buf := e.AppendJSON(append(make([]byte, 0, e.SizeHint()+1), 0))
+		s.queue <- item{buf: buf, received: e.Received, done: ri.done}
+	}
 }
 
 func (s *Spool) writer() {
@@ -491,23 +533,30 @@ func (s *Spool) writer() {
 		closed := false
 		select {
 		case it, ok := <-s.queue:
-			if !ok {
+			switch {
+			case !ok:
 				closed = true
-			} else {
+			case it.seal != nil:
+				sealWaiter = it.seal
+			default:
 				items = append(items, it)
 			}
 		case <-ticker.C:
-		case sealWaiter = <-s.sealReq:
 		}
+		// Take what else is queued; a Seal request ends the transaction, so that it
+		// seals exactly the events appended before it.
 	drain:
-		for !closed && len(items) < s.cfg.CommitEvents {
+		for !closed && sealWaiter == nil && len(items) < s.cfg.CommitEvents {
 			select {
 			case it, ok := <-s.queue:
-				if !ok {
+				switch {
+				case !ok:
 					closed = true
-					break drain
+				case it.seal != nil:
+					sealWaiter = it.seal
+				default:
+					items = append(items, it)
 				}
-				items = append(items, it)
 			default:
 				break drain
 			}

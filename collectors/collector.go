@@ -11,7 +11,7 @@ import (
 // Sink takes normalized events for durable storage. The spool implements it; collectors
 // never import the spool.
 type Sink interface {
-	// Append encodes e and queues it for a group commit. It returns once the event is
+	// Append queues a copy of e for a group commit. It returns once the event is
 	// queued, not committed: done (which may be nil) is then called exactly once, from
 	// another goroutine, with nil after the transaction holding the event is fsync'd, or
 	// with the error that kept it out. Acknowledgements to senders belong in done.

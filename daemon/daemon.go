@@ -181,6 +181,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		if priv.redact != nil {
+			f.SetRedactor(priv.redact)
+		}
 		comps = append(comps, f)
 		d.mu.Lock()
 		d.fhir = f

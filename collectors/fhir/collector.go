@@ -67,6 +67,10 @@ type Collector struct {
 // New validates cfg (after applying defaults), loads the TLS material and bearer tokens,
 // and returns a collector that has not started anything yet. sink, rep and tok must not
 // be nil; logger may be nil to discard logs (the caller tags it with the component).
+// SetRedactor applies the site's redaction rules to the senders' free text (outcome
+// descriptions). Call it before Run.
+func (c *Collector) SetRedactor(r *audit.Redactor) { c.mapper.redact = r }
+
 func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.Tokenizer, logger *slog.Logger) (*Collector, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {

@@ -123,7 +123,8 @@ func sha256Hex(b []byte) string {
 
 // mapper turns a decoded AuditEvent into a normalized event.
 type mapper struct {
-	tok *audit.Tokenizer
+	tok    *audit.Tokenizer
+	redact *audit.Redactor // for the sender's free text (outcome description); nil = off
 }
 
 // event fills ev from the AuditEvent r. It never copies a patient identifier, name or
@@ -192,6 +193,10 @@ func (m mapper) event(r *node, ev *audit.Event) {
 	}
 	ev.Outcome = mapOutcome(oc)
 	ev.Reason = clip(strings.TrimSpace(reason), maxTextLen)
+	if m.redact != nil && ev.Reason != "" {
+		// The outcome description is the sender's free text: it may name a patient.
+		ev.Reason, _ = m.redact.Redact(ev.Reason)
+	}
 
 	// Time: when it happened, else when it was recorded.
 	for _, s := range []string{

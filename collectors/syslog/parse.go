@@ -324,7 +324,15 @@ const DetailRedacted = "redacted"
 // syslog text is evidence and stays, but identifiers in it become tokens before the
 // event is stored.
 func (p *parser) redactText(ev *audit.Event) {
-	if p.redact == nil || ev.Source.Kind != audit.KindSyslog || ev.Message == "" {
+	if p.redact == nil {
+		return
+	}
+	if ev.Source.Kind == audit.KindDICOM && ev.Reason != "" {
+		// EventOutcomeDescription is the sender's free text: it may name a patient.
+		ev.Reason, _ = p.redact.Redact(ev.Reason)
+		return
+	}
+	if ev.Source.Kind != audit.KindSyslog || ev.Message == "" {
 		return
 	}
 	msg, n := p.redact.Redact(ev.Message)

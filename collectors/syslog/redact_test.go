@@ -66,3 +66,21 @@ func TestClassifyLogins(t *testing.T) {
 		}
 	}
 }
+
+// A DICOM audit message's EventOutcomeDescription is free text too.
+func TestRedactDICOMOutcomeDescription(t *testing.T) {
+	tok, _ := audit.NewTokenizer(bytes.Repeat([]byte{9}, 32))
+	red, _ := audit.NewRedactor(tok, audit.DefaultRedactRules)
+	xml := `<?xml version="1.0"?><AuditMessage><EventIdentification EventActionCode="R" EventDateTime="2026-11-27T08:00:00Z" EventOutcomeIndicator="4"><EventID csd-code="110110" codeSystemName="DCM" originalText="Patient Record"/><EventOutcomeDescription>denied for PatientID=XQ-7781</EventOutcomeDescription></EventIdentification><ActiveParticipant UserID="tech01" UserIsRequestor="true"/><AuditSourceIdentification AuditSourceID="RIS1"/></AuditMessage>`
+	p := newParser(time.UTC)
+	p.tok, p.redact = tok, red
+	var ev audit.Event
+	resetEvent(&ev, "tcp", "127.0.0.1")
+	p.parse(&ev, []byte("<85>1 2026-11-27T08:00:00Z ris1 ris - IHE+RFC-3881 - "+xml), time.Now())
+	if ev.Source.Kind != audit.KindDICOM {
+		t.Fatalf("kind %s, want dicom (detail %v)", ev.Source.Kind, ev.Detail)
+	}
+	if strings.Contains(ev.Reason, "XQ-7781") || !strings.Contains(ev.Reason, "denied for PatientID=pat_") {
+		t.Fatalf("reason %q: want the id replaced by a token", ev.Reason)
+	}
+}

@@ -151,6 +151,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		mux := d.adminHandler(reg, sp, signer)
 		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken, func() audit.Event { return self.event("", "", "") }))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// On an early return (a collector that cannot start) the deferred wg.Wait must
+		// not wait for a server nobody stops; after the orderly Shutdown this is a no-op.
+		defer adminSrv.Close()
 		wg.Go(func() {
 			if err := adminSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("admin endpoint", "err", err)

@@ -169,3 +169,24 @@ func TestRunFailsOnBusyPort(t *testing.T) {
 		t.Fatalf("err=%v, want a bind error naming %s", err, ln.Addr())
 	}
 }
+
+// A collector that cannot start (its TLS files are missing) makes Run return an error
+// naming them, without hanging on the goroutines already started.
+func TestRunFailsOnBadCollectorTLS(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HL7.TLSCert, cfg.HL7.TLSKey = filepath.Join(t.TempDir(), "missing.pem"), filepath.Join(t.TempDir(), "missing-key.pem")
+	d, err := New(cfg, "test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(t.Context()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "hl7.tls_cert") {
+			t.Fatalf("err=%v, want one naming hl7.tls_cert", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return within 20s")
+	}
+}

@@ -44,7 +44,7 @@ func TestCorpus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !Looks(raw) {
+			if !Looks(string(raw)) {
 				t.Errorf("Looks=false, want true")
 			}
 			ev := baseEvent(raw)

@@ -27,7 +27,7 @@ func TestLooks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Looks([]byte(tt.in)); got != tt.want {
+			if got := Looks(tt.in); got != tt.want {
 				t.Fatalf("Looks(%q)=%v, want %v", tt.in, got, tt.want)
 			}
 		})

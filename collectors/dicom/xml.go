@@ -77,9 +77,11 @@ var bom = []byte{0xEF, 0xBB, 0xBF}
 // Looks reports whether msg looks like an XML document that may be a DICOM audit message:
 // after an optional UTF-8 BOM and white space it starts with "<?xml" or "<AuditMessage".
 // It is cheap and says nothing about validity.
-func Looks(msg []byte) bool {
-	msg = trimLead(msg)
-	return bytes.HasPrefix(msg, []byte("<?xml")) || bytes.HasPrefix(msg, []byte("<AuditMessage"))
+func Looks(msg string) bool {
+	// A string, because callers hold the syslog MSG as one: the test costs no copy for the
+	// messages (nearly all) that are not XML.
+	msg = strings.TrimLeft(strings.TrimPrefix(msg, "\uFEFF"), " \t\r\n")
+	return strings.HasPrefix(msg, "<?xml") || strings.HasPrefix(msg, "<AuditMessage")
 }
 
 func trimLead(b []byte) []byte {

@@ -5,7 +5,6 @@ package syslog
 
 import (
 	"bytes"
-	"strings"
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors/dicom"
@@ -37,36 +36,16 @@ func (c *Collector) newParserFor() *parser {
 // SetRedactor gives the collector the redaction rules for free text. Call it before Run.
 func (c *Collector) SetRedactor(r *audit.Redactor) { c.redact.Store(r) }
 
-// maybeXML reports whether s, after an optional BOM and white space, starts with '<'.
-func maybeXML(s string) bool {
-	s = strings.TrimPrefix(s, "\uFEFF")
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case ' ', '\t', '\r', '\n':
-			continue
-		case '<':
-			return true
-		default:
-			return false
-		}
-	}
-	return false
-}
-
 // parseDICOM is called with every well-formed syslog message. When its MSG looks like XML
 // it is parsed as a DICOM audit message and ev becomes a dicom event. If that fails, ev
 // stays a syslog event but loses its text (the XML may hold patient data in clear): it is
 // marked malformed and the reason is kept in Detail and in p.dicomErr for the reject
 // report; raw_sha256 still evidences the bytes.
 func (p *parser) parseDICOM(ev *audit.Event) {
-	// Most messages are not XML: decide on the string before copying it to bytes.
-	if !maybeXML(ev.Message) {
+	if !dicom.Looks(ev.Message) {
 		return
 	}
 	msg := []byte(ev.Message)
-	if !dicom.Looks(msg) {
-		return
-	}
 	err := dicom.Parse(msg, p.tok, ev) // a nil tokenizer gives ErrNoTokenizer
 	if err == nil {
 		return

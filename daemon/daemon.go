@@ -149,7 +149,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		d.admin = ln.Addr()
 		d.mu.Unlock()
 		mux := d.adminHandler(reg, sp, signer)
-		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken, func() audit.Event { return self.event("", "", "") }))
+		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		// On an early return (a collector that cannot start) the deferred wg.Wait must
 		// not wait for a server nobody stops; after the orderly Shutdown this is a no-op.

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
@@ -190,15 +191,19 @@ type RevealRequest struct {
 	Reason string `json:"reason"`
 }
 
-// RevealEvent is the self-audit event of a reveal: who, why, which token; never the value.
-func RevealEvent(req RevealRequest, found bool) audit.Event {
+// RevealEvent is the self-audit event of a reveal at now: who, why, which token; never
+// the value.
+func RevealEvent(req RevealRequest, found bool, now time.Time) audit.Event {
+	now = now.UTC()
 	e := audit.Event{
-		Source:  audit.Source{Kind: audit.KindSelf, Transport: "internal", App: "edgeaudit"},
-		Action:  ActionTokenReveal,
-		Outcome: audit.OutcomeSuccess,
-		Actor:   audit.Actor{User: req.By, Requestor: true},
-		Reason:  req.Reason,
-		Detail:  map[string]string{"token": req.Token},
+		Time:     now,
+		Received: now,
+		Source:   audit.Source{Kind: audit.KindSelf, Transport: "internal", App: "edgeaudit"},
+		Action:   ActionTokenReveal,
+		Outcome:  audit.OutcomeSuccess,
+		Actor:    audit.Actor{User: req.By, Requestor: true},
+		Reason:   req.Reason,
+		Detail:   map[string]string{"token": req.Token},
 	}
 	if !found {
 		e.Outcome = audit.OutcomeMinorFailure
@@ -212,7 +217,7 @@ func RevealEvent(req RevealRequest, found bool) audit.Event {
 
 // revealHandler answers privileged reveals: the caller must present the admin token; the
 // reveal is committed to the chain before the value is returned.
-func revealHandler(p *privacy, sink collectors.Sink, adminToken string, now func() audit.Event) http.HandlerFunc {
+func revealHandler(p *privacy, sink collectors.Sink, adminToken string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
@@ -234,9 +239,7 @@ func revealHandler(p *privacy, sink collectors.Sink, adminToken string, now func
 			http.Error(w, "vault: "+err.Error(), http.StatusInternalServerError)
 			return
 		}
-		base := now()
-		ev := RevealEvent(req, found)
-		ev.Time, ev.Received = base.Time, base.Received
+		ev := RevealEvent(req, found, time.Now())
 		if err := collectors.AppendSync(r.Context(), sink, &ev); err != nil {
 			http.Error(w, "could not record the reveal; nothing revealed", http.StatusServiceUnavailable)
 			return

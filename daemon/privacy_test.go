@@ -60,7 +60,7 @@ func TestRevealIsAuditedBeforeTheValue(t *testing.T) {
 	}
 
 	sink := &recordingSink{}
-	h := revealHandler(p, sink, "secret-admin-token-0123456789abcdef", func() audit.Event { return audit.Event{} })
+	h := revealHandler(p, sink, "secret-admin-token-0123456789abcdef")
 	tests := []struct {
 		name, auth, token string
 		want              int

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/attest"
-	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/daemon"
 	"github.com/edgeaudit/edgeaudit/spool"
 	"github.com/edgeaudit/edgeaudit/vault"
@@ -138,10 +138,11 @@ func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealReq
 	if err != nil {
 		return "", err
 	}
-	now := time.Now().UTC()
-	ev := daemon.RevealEvent(req, gerr == nil)
-	ev.Time, ev.Received = now, now
-	err = appendAndSeal(ctx, sp, &ev)
+	ev := daemon.RevealEvent(req, gerr == nil, time.Now())
+	err = collectors.AppendSync(ctx, sp, &ev)
+	if err == nil {
+		err = sp.Seal(ctx)
+	}
 	if cerr := sp.Close(); err == nil {
 		err = cerr
 	}
@@ -152,17 +153,6 @@ func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealReq
 		return "", gerr
 	}
 	return value, nil
-}
-
-func appendAndSeal(ctx context.Context, sp *spool.Spool, ev *audit.Event) error {
-	ch := make(chan error, 1)
-	if err := sp.Append(ctx, ev, func(err error) { ch <- err }); err != nil {
-		return err
-	}
-	if err := <-ch; err != nil {
-		return err
-	}
-	return sp.Seal(ctx)
 }
 
 func whoami() string {

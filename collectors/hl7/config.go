@@ -2,6 +2,7 @@ package hl7
 
 import (
 	"errors"
+	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 	"strconv"
 	"time"
@@ -88,21 +89,8 @@ func (c Config) Enabled() bool { return c.MLLP != "" }
 // TLS reports whether the listener speaks MLLP over TLS.
 func (c Config) TLS() bool { return c.TLSCert != "" || c.TLSKey != "" }
 
-// ConfigError is one invalid config value. Field is the YAML path, e.g. "hl7.tls_cert".
-type ConfigError struct {
-	Field string
-	Value string
-	Err   error
-}
-
-func (e *ConfigError) Error() string {
-	if e.Value == "" {
-		return e.Field + ": " + e.Err.Error()
-	}
-	return e.Field + ": " + strconv.Quote(e.Value) + ": " + e.Err.Error()
-}
-
-func (e *ConfigError) Unwrap() error { return e.Err }
+// ConfigError is one invalid config value, naming the YAML field (e.g. "hl7.tls_cert").
+type ConfigError = configerr.Error
 
 // Validate checks the config as it will be used (call SetDefaults first; zero sizes are
 // refused here). It returns every problem found, joined, each a *ConfigError.

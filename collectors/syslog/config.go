@@ -2,6 +2,7 @@ package syslog
 
 import (
 	"errors"
+	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 	"strconv"
 	"time"
@@ -85,21 +86,8 @@ func (c *Config) SetDefaults() {
 // Enabled reports whether at least one listener is configured.
 func (c Config) Enabled() bool { return c.UDP != "" || c.TCP != "" || c.TLS != "" }
 
-// ConfigError is one invalid config value. Field is the YAML path, e.g. "syslog.tls_cert".
-type ConfigError struct {
-	Field string
-	Value string
-	Err   error
-}
-
-func (e *ConfigError) Error() string {
-	if e.Value == "" {
-		return e.Field + ": " + e.Err.Error()
-	}
-	return e.Field + ": " + strconv.Quote(e.Value) + ": " + e.Err.Error()
-}
-
-func (e *ConfigError) Unwrap() error { return e.Err }
+// ConfigError is one invalid config value, naming the YAML field (e.g. "syslog.tls_cert").
+type ConfigError = configerr.Error
 
 // Validate checks the config as it will be used (call SetDefaults first; zero sizes are
 // refused here). It returns every problem found, joined, each a *ConfigError.

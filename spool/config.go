@@ -15,6 +15,16 @@ const (
 	DefaultCommitEvents = 8192
 	DefaultMinFreeBytes = 256 << 20
 	DefaultOpenTimeout  = 2 * time.Second
+	// DefaultEvidenceReserve is kept for the appliance's own events when the spool is
+	// full: a few thousand start, stop, loss and quarantine events.
+	DefaultEvidenceReserve = 8 << 20
+	// DefaultCloseGrace is how long Close keeps retrying a commit that fails before it
+	// counts the events as lost; the daemon's shutdown budget (8 s) has room for it.
+	DefaultCloseGrace = 2 * time.Second
+	// DefaultScrubInterval and DefaultScrubRate pace the background verification of the
+	// whole chain: once an hour, at most 16 MiB of batches a second.
+	DefaultScrubInterval = time.Hour
+	DefaultScrubRate     = 16 << 20
 )
 
 // Config tunes batching and limits. The daemon fills it from the `batch:` and `spool:`
@@ -41,6 +51,19 @@ type Config struct {
 	QueueSize int `yaml:"queue_size"`
 	// CommitEvents caps the events of one transaction (spool.commit_events; 8192).
 	CommitEvents int `yaml:"commit_events"`
+
+	// EvidenceReserveBytes is room only the appliance's own events may use, below the
+	// limits that refuse collectors' events (spool.evidence_reserve_bytes; 8 MiB, or an
+	// eighth of max_size_bytes if that is smaller).
+	EvidenceReserveBytes int64 `yaml:"evidence_reserve_bytes"`
+	// CloseGrace is how long Close retries a failing commit before counting its events as
+	// lost (spool.close_grace; 2s).
+	CloseGrace time.Duration `yaml:"close_grace"`
+	// ScrubInterval is how often the whole chain is verified in the background
+	// (spool.scrub_interval; 1h). ScrubRate caps how many bytes of batches a second the
+	// scrub reads (spool.scrub_rate; 16 MiB), so it never slows ingest.
+	ScrubInterval time.Duration `yaml:"scrub_interval"`
+	ScrubRate     int64         `yaml:"scrub_rate"`
 }
 
 // SetDefaults fills zero values.
@@ -64,6 +87,21 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MinFreeBytes == 0 {
 		c.MinFreeBytes = DefaultMinFreeBytes
+	}
+	if c.EvidenceReserveBytes == 0 {
+		c.EvidenceReserveBytes = DefaultEvidenceReserve
+		if c.MaxSizeBytes > 0 {
+			c.EvidenceReserveBytes = min(c.EvidenceReserveBytes, c.MaxSizeBytes/8)
+		}
+	}
+	if c.CloseGrace == 0 {
+		c.CloseGrace = DefaultCloseGrace
+	}
+	if c.ScrubInterval == 0 {
+		c.ScrubInterval = DefaultScrubInterval
+	}
+	if c.ScrubRate == 0 {
+		c.ScrubRate = DefaultScrubRate
 	}
 }
 
@@ -95,6 +133,14 @@ func (c *Config) Validate() error {
 		return &ConfigError{"spool.queue_size", c.QueueSize, "must be at least 1"}
 	case c.CommitEvents < 1:
 		return &ConfigError{"spool.commit_events", c.CommitEvents, "must be at least 1"}
+	case c.EvidenceReserveBytes < 64<<10 || (c.MaxSizeBytes > 0 && c.EvidenceReserveBytes > c.MaxSizeBytes/2):
+		return &ConfigError{"spool.evidence_reserve_bytes", c.EvidenceReserveBytes, "must be at least 64 KiB and at most half of max_size_bytes"}
+	case c.CloseGrace < 0 || c.CloseGrace > time.Minute:
+		return &ConfigError{"spool.close_grace", c.CloseGrace, "must be between 0 and 1m"}
+	case c.ScrubInterval < time.Minute:
+		return &ConfigError{"spool.scrub_interval", c.ScrubInterval, "must be at least 1m"}
+	case c.ScrubRate < 1<<20:
+		return &ConfigError{"spool.scrub_rate", c.ScrubRate, "must be at least 1 MiB (bytes per second)"}
 	}
 	return nil
 }

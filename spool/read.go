@@ -133,7 +133,7 @@ func (s *Spool) Prune(now time.Time) (int, error) {
 		if err != nil || n < 64 {
 			if total > 0 {
 				s.stats.pruned.Add(uint64(total))
-				s.updateFull()
+				s.refreshSpace()
 			}
 			return total, err
 		}

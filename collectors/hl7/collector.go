@@ -26,8 +26,9 @@ import (
 const (
 	// readBufferSize is the bufio buffer of each connection.
 	readBufferSize = 64 << 10
-	// maxHandshake bounds the TLS handshake.
-	maxHandshake = 30 * time.Second
+	// drainQuiet is how long, after the stop, a read waits for the rest of a message
+	// that has begun to arrive.
+	drainQuiet = 100 * time.Millisecond
 	// maxWrite bounds writing one ACK, so a peer that stops reading cannot hold the
 	// connection's goroutine.
 	maxWrite = 30 * time.Second
@@ -54,7 +55,15 @@ type Collector struct {
 
 	mu    sync.Mutex
 	addr  net.Addr
-	conns *connset.Set // open TCP/TLS connections, for the limit and for shutdown
+	conns *connset.Set // open TCP/TLS connections, for the limits and for shutdown
+	// drain: after the stop, a connection finishes (reads the rest of, commits and
+	// acknowledges) the message in hand and reads no more, because an MLLP sender keeps
+	// and resends whatever it has no ACK for.
+	drain connset.Drain
+	// hard is the context of appends: it outlives Run's ctx by DrainTimeout, so the
+	// message in hand can still be committed and acknowledged. Tests cancel it.
+	hard       context.Context
+	hardCancel context.CancelFunc
 
 	stats counters
 	limit ratelog.Limiter
@@ -92,8 +101,10 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 		transport: transportMLLP,
 		now:       time.Now,
 		ready:     make(chan struct{}),
-		conns:     connset.New(cfg.MaxConnections),
+		conns:     connset.New(connset.Limits{Max: cfg.MaxConnections, MaxPerIP: cfg.MaxConnectionsPerIP}),
+		drain:     connset.Drain{Quiet: drainQuiet},
 	}
+	c.hard, c.hardCancel = context.WithCancel(context.Background())
 	if cfg.TLS() {
 		tc, err := loadTLS(cfg)
 		if err != nil {
@@ -123,6 +134,11 @@ func (c *Collector) Addr() net.Addr {
 // once and names the address. Run returns nil after a clean cancellation, and only once
 // every goroutine it started has exited, so no Append happens after it returns. With an
 // empty listen address it just waits for ctx. It may be called once.
+//
+// When ctx is done, Run stops accepting, and each connection finishes the message it is
+// handling: the commit may take up to DrainTimeout and is then acknowledged. Messages
+// not yet read (or read into the buffer but not begun) get no ACK, which MLLP senders
+// answer by resending them after the restart, so they are neither lost nor counted.
 func (c *Collector) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return errors.New("hl7: Run called twice")
@@ -151,6 +167,7 @@ func (c *Collector) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer c.hardCancel()
 	var (
 		wg      sync.WaitGroup
 		failErr error
@@ -168,8 +185,17 @@ func (c *Collector) Run(ctx context.Context) error {
 	if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		errs = append(errs, err)
 	}
-	c.conns.CloseAll()
+	// Wake every reader; those waiting for a message end, those with one in hand
+	// finish it. When the budget is spent, the commit wait is abandoned (no ACK) and the
+	// connections close, which also ends an ACK write to a peer that stopped reading.
+	c.drain.Begin(time.Now().Add(c.cfg.DrainTimeout), c.conns.Shutdown())
+	spent := time.AfterFunc(c.cfg.DrainTimeout, func() {
+		c.hardCancel()
+		c.conns.CloseAll()
+	})
 	wg.Wait()
+	spent.Stop()
+	c.conns.CloseAll()
 	return errors.Join(append([]error{failErr}, errs...)...)
 }
 
@@ -196,50 +222,67 @@ func (c *Collector) serve(ctx context.Context, wg *sync.WaitGroup, ln net.Listen
 		}
 		delay = 0
 		ip := peerIP(conn.RemoteAddr())
-		switch c.conns.Track(conn) {
+		tc, adm := c.conns.Track(conn, ip, c.transport)
+		switch adm.Result {
 		case connset.Closing:
 			conn.Close()
 			return nil
-		case connset.Full:
+		case connset.Full, connset.FullPerIP:
+			// Count before closing: whoever sees the close may look at the counters.
 			c.stats.refused.Add(1)
-			c.reject(ip, ReasonTooManyConnections, "", 0)
+			c.reject(ip, adm.Result.Reason(), "", 0)
 			conn.Close()
 			continue
 		}
+		if ev := adm.Evicted; ev != nil {
+			c.stats.evicted.Add(1)
+			c.reject(ev.IP(), ReasonEvictedIdle, "", 0)
+		}
 		c.stats.accepted.Add(1)
 		wg.Go(func() {
-			defer c.conns.Untrack(conn)
-			c.handleConn(ctx, conn, ip)
+			defer tc.Close()
+			c.handleConn(ctx, tc, ip)
 		})
 	}
 }
 
 // handleConn serves one connection: for each block, in order, frame → parse → append
-// and wait for the commit → ACK. It returns when the connection ends or ctx is done.
+// and wait for the commit → ACK. It returns when the connection ends, or after ctx is
+// done once the message in hand is answered. conn is usually a *connset.Conn, whose
+// idle state it then keeps; tests pass a bare net.Pipe end.
 func (c *Collector) handleConn(ctx context.Context, conn net.Conn, ip string) {
-	var rw net.Conn = conn
+	tracked, _ := conn.(*connset.Conn)
+	raw := conn
+	if tracked != nil {
+		raw = tracked.Conn // so that the handshake's reads leave the connection idle
+	}
+	var rw net.Conn = raw
 	if c.tlsCfg != nil {
-		tc := tls.Server(conn, c.tlsCfg)
-		_ = conn.SetDeadline(time.Now().Add(min(c.cfg.IdleTimeout, maxHandshake)))
+		tc := tls.Server(raw, c.tlsCfg)
+		_ = raw.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 		if err := tc.HandshakeContext(ctx); err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil, tracked != nil && tracked.Evicted():
+			case isTimeout(err):
+				c.reject(ip, ReasonHandshakeTimeout, "", 0)
+			default:
 				c.reject(ip, ReasonTLSHandshake, "", 0)
 				c.logConn("tls handshake failed", ip, err)
 			}
 			return
 		}
-		_ = conn.SetDeadline(time.Time{})
+		_ = raw.SetDeadline(time.Time{})
 		rw = tc
 	}
-	br := bufio.NewReaderSize(&connset.DeadlineReader{Conn: rw, Timeout: c.cfg.IdleTimeout}, readBufferSize)
+	br := bufio.NewReaderSize(&connset.DeadlineReader{Conn: rw, Timeout: c.cfg.IdleTimeout, Track: tracked, Drain: &c.drain}, readBufferSize)
 	fr := NewFramer(br, c.cfg.MaxMessageSize)
 	var ack []byte
-	for {
+	for ctx.Err() == nil {
 		block, err := fr.Next()
 		if err != nil {
 			var fe *FrameError
 			if !errors.As(err, &fe) {
-				if err != io.EOF && ctx.Err() == nil {
+				if err != io.EOF && ctx.Err() == nil && (tracked == nil || !tracked.Evicted()) {
 					c.logConn("connection ended", ip, err)
 				}
 				return
@@ -282,7 +325,9 @@ const (
 
 // handleMessage parses block, appends its event and waits for the commit, and returns
 // the ACK to send (empty when the sender asked for none). It returns an error only when
-// ctx ended before the commit was confirmed: then nothing may be acknowledged.
+// the drain budget ended before the commit was confirmed: then nothing may be
+// acknowledged. ctx is not used for the commit wait: a stop lets the message in hand
+// finish.
 func (c *Collector) handleMessage(ctx context.Context, dst, block []byte, ip string) ([]byte, error) {
 	received := c.now()
 	sha := sum(block)
@@ -299,8 +344,8 @@ func (c *Collector) handleMessage(ctx context.Context, dst, block []byte, ip str
 		Map(&ev, m, c.tok, c.loc, ev.Received)
 		ev.Source.IP = ip
 		ev.Source.Transport = c.transport
-		if err := collectors.AppendSync(ctx, c.sink, &ev); err != nil {
-			if ctx.Err() != nil {
+		if err := collectors.AppendSync(c.hard, c.sink, &ev); err != nil {
+			if c.hard.Err() != nil {
 				n := uint64(len(msgs) - i)
 				c.stats.shutdown.Add(n)
 				c.rep.Lost(audit.KindHL7, c.transport, LossShutdown, n)
@@ -367,13 +412,17 @@ func (c *Collector) reject(ip, reason, sha string, size int64) {
 
 func (c *Collector) logConn(msg, ip string, err error) {
 	level := slog.LevelInfo
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if isTimeout(err) {
 		level = slog.LevelDebug
 	}
 	if ok, n := c.limit.Allow(msg+" "+ip, time.Now()); ok {
 		c.log.Log(context.Background(), level, msg, attrTransport, c.transport, attrPeer, ip, attrErr, err, attrSuppressed, n)
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func peerIP(a net.Addr) string {

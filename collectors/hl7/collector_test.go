@@ -235,32 +235,60 @@ func TestMaxConnections(t *testing.T) {
 	}
 }
 
-// TestShutdownWithoutACK: when Run stops while a commit is pending, the sender gets no
-// ACK (it will resend), and the message is reported as lost to shutdown.
-func TestShutdownWithoutACK(t *testing.T) {
-	sink := &fakeSink{commitDelay: 300 * time.Millisecond}
-	rep := &fakeReporter{}
-	c, err := New(Config{MLLP: "127.0.0.1:0"}, sink, rep, testTokenizer(t), nil)
-	if err != nil {
-		t.Fatal(err)
+// TestShutdownFinishesMessageInHand: when Run stops while a commit is pending, the
+// message in hand is still committed and acknowledged (within drain_timeout), and Run
+// returns after it; with a budget shorter than the commit, the sender gets no ACK (it
+// will resend) and the message is reported as lost to shutdown.
+func TestShutdownFinishesMessageInHand(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		drain    time.Duration
+		wantACK  bool
+		wantLost uint64
+	}{
+		{"commit within the budget", 3 * time.Second, true, 0},
+		{"budget spent first", 100 * time.Millisecond, false, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sink := &fakeSink{commitDelay: 500 * time.Millisecond}
+			rep := &fakeReporter{}
+			c, err := New(Config{MLLP: "127.0.0.1:0", DrainTimeout: tt.drain}, sink, rep, testTokenizer(t), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- c.Run(ctx) }()
+			<-c.Ready()
+			idle := dialMLLP(t, c.Addr()) // waiting for a message: ends at once
+			cl := dialMLLP(t, c.Addr())
+			cl.send(t, adt("S1"))
+			waitFor(t, "two connections", func() bool { return c.Stats().ConnsOpen == 2 })
+			time.Sleep(100 * time.Millisecond) // the message is in the sink, its commit pending
+			if sink.len() != 0 {
+				t.Fatal("committed before the stop; the test needs a longer commitDelay")
+			}
+			cancel()
+			if tt.wantACK {
+				if got := ackCode(cl.readACK(t)); got != AckAccept {
+					t.Fatalf("ACK after stop = %q, want %q", got, AckAccept)
+				}
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			cl.expectClosed(t)
+			idle.expectClosed(t)
+			if got := c.Stats().Shutdown; got != tt.wantLost {
+				t.Fatalf("Shutdown=%d, want %d", got, tt.wantLost)
+			}
+			if got, want := c.Stats().ACKs, uint64(0); !tt.wantACK && got != want {
+				t.Fatalf("ACKs=%d, want %d", got, want)
+			}
+			time.Sleep(600 * time.Millisecond) // let the fake's commit goroutine finish
+		})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	<-c.Ready()
-	cl := dialMLLP(t, c.Addr())
-	cl.send(t, adt("S1"))
-	waitFor(t, "append", func() bool { return c.Stats().ConnsOpen == 1 })
-	time.Sleep(50 * time.Millisecond)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	cl.expectClosed(t)
-	if got, want := c.Stats().Shutdown, uint64(1); got != want {
-		t.Fatalf("Shutdown=%d, want %d", got, want)
-	}
-	time.Sleep(350 * time.Millisecond) // let the fake's commit goroutine finish
 }
 
 // TestLifecycle checks Run's contract: it binds, serves, returns nil on cancel, closes

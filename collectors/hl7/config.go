@@ -15,6 +15,12 @@ const (
 	DefaultMaxMessageSize = 1 << 20
 	// DefaultMaxConnections bounds the MLLP connections open at once.
 	DefaultMaxConnections = 64
+	// The default max_connections_per_ip is a quarter of max_connections (at least 1).
+	defaultPerIPDivisor = 4
+	// DefaultHandshakeTimeout bounds the TLS handshake, separately from the idle timeout.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultDrainTimeout is how long a stop waits for the message in hand to commit.
+	DefaultDrainTimeout = 3 * time.Second
 	// DefaultIdleTimeout closes a connection that sent nothing for this long. Interface
 	// engines keep MLLP connections open for hours, so this is generous.
 	DefaultIdleTimeout = 10 * time.Minute
@@ -38,6 +44,8 @@ const (
 	// MaxMaxMessageSize caps max_message_size so one sender cannot make a connection hold
 	// an arbitrarily large buffer.
 	MaxMaxMessageSize = 64 << 20
+	// MaxDrainTimeout keeps the drain inside any sane shutdown budget.
+	MaxDrainTimeout = time.Minute
 )
 
 // Config is the HL7 v2 collector's part of the daemon config (key `hl7`).
@@ -55,8 +63,22 @@ type Config struct {
 	// MaxMessageSize is the largest MLLP block kept, in bytes; larger ones are discarded,
 	// reported and answered with AR. Zero means DefaultMaxMessageSize.
 	MaxMessageSize int `yaml:"max_message_size"`
-	// MaxConnections bounds open connections. Zero means DefaultMaxConnections.
+	// MaxConnections bounds open connections. When they are all open, the one idle the
+	// longest (at least a second) is closed to make room for a new one; if all are
+	// active, the new one is closed at once. Both are reported. Zero means
+	// DefaultMaxConnections.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP bounds the connections of one sender IP. At the limit, that
+	// IP's own longest-idle connection is closed to make room (never another sender's);
+	// if all of them are active, the new one is refused. Zero means a quarter of
+	// MaxConnections (at least 1); it may not exceed MaxConnections. An interface engine
+	// that keeps more channels open to us than that needs it raised.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// HandshakeTimeout bounds a TLS handshake. Zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// DrainTimeout is how long a stop waits for each connection's message in hand to be
+	// committed and acknowledged. Zero means DefaultDrainTimeout.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// IdleTimeout is the read deadline of each connection. Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// ACKMode is "original" (AA/AE/AR) or "enhanced" (CA/CE/CR when MSH-15 asks for a
@@ -74,6 +96,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxConnections == 0 {
 		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerIP == 0 {
+		c.MaxConnectionsPerIP = max(c.MaxConnections/defaultPerIPDivisor, 1)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
@@ -119,6 +150,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConnections < 1 {
 		bad("max_connections", strconv.Itoa(c.MaxConnections), "must be at least 1")
+	}
+	if c.MaxConnectionsPerIP < 1 || c.MaxConnectionsPerIP > max(c.MaxConnections, 1) {
+		bad("max_connections_per_ip", strconv.Itoa(c.MaxConnectionsPerIP), "must be between 1 and hl7.max_connections ("+strconv.Itoa(c.MaxConnections)+")")
+	}
+	if c.HandshakeTimeout <= 0 {
+		bad("handshake_timeout", c.HandshakeTimeout.String(), "must be positive")
+	}
+	if c.DrainTimeout <= 0 || c.DrainTimeout > MaxDrainTimeout {
+		bad("drain_timeout", c.DrainTimeout.String(), "must be positive and at most "+MaxDrainTimeout.String())
 	}
 	if c.IdleTimeout <= 0 {
 		bad("idle_timeout", c.IdleTimeout.String(), "must be positive")

@@ -1,11 +1,29 @@
 package hl7
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/edgeaudit/edgeaudit/internal/connset"
+)
+
+// Reject reasons of the connection table (the framer's and parser's are in framer.go).
+const (
+	// ReasonTooManyPerIP: a connection refused because its IP holds max_connections_per_ip
+	// connections and none of them has been idle long enough to be evicted.
+	ReasonTooManyPerIP = connset.ReasonTooManyPerIP
+	// ReasonEvictedIdle: the longest-idle connection (of the table, or of the IP at its
+	// limit) was closed to make room for a new one. Reported with the evicted peer's IP.
+	ReasonEvictedIdle = connset.ReasonEvictedIdle
+	// ReasonHandshakeTimeout: a TLS connection that did not finish its handshake within
+	// handshake_timeout.
+	ReasonHandshakeTimeout = connset.ReasonHandshakeTimeout
+)
 
 // rejectReasons are the reasons counted in Stats.Rejects, in a fixed order.
 var rejectReasons = [...]string{
 	ReasonOversize, ReasonNoStartBlock, ReasonTruncated, ReasonMissingMSH, ReasonBadMSH,
 	ReasonInvalidUTF8, ReasonMalformed, ReasonTooManyConnections, ReasonTLSHandshake,
+	ReasonTooManyPerIP, ReasonEvictedIdle, ReasonHandshakeTimeout,
 }
 
 func reasonIndex(reason string) int {
@@ -18,8 +36,8 @@ func reasonIndex(reason string) int {
 }
 
 // LossShutdown is the loss reason (collectors.Reporter.Lost) for messages read but not
-// confirmed as committed when Run stopped; they were not acknowledged, so senders
-// resend them.
+// confirmed as committed when the drain budget ran out; they were not acknowledged, so
+// senders resend them.
 const LossShutdown = "shutdown"
 
 type counters struct {
@@ -30,6 +48,7 @@ type counters struct {
 	acks        atomic.Uint64
 	accepted    atomic.Uint64
 	refused     atomic.Uint64
+	evicted     atomic.Uint64
 }
 
 // Stats is a snapshot of the collector's counters, for metrics and health checks.
@@ -45,10 +64,13 @@ type Stats struct {
 	Shutdown uint64
 	// ACKs counts acknowledgements written.
 	ACKs uint64
-	// ConnsOpen, ConnsAccepted and ConnsRefused describe connections.
+	// ConnsOpen, ConnsAccepted and ConnsRefused describe connections; ConnsRefused
+	// counts both limits (Rejects tells them apart).
 	ConnsOpen     int64
 	ConnsAccepted uint64
 	ConnsRefused  uint64
+	// ConnsEvicted counts idle connections closed to make room for new ones.
+	ConnsEvicted uint64
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time.
@@ -63,6 +85,7 @@ func (c *Collector) Stats() Stats {
 		ConnsOpen:     c.conns.Open(),
 		ConnsAccepted: s.accepted.Load(),
 		ConnsRefused:  s.refused.Load(),
+		ConnsEvicted:  s.evicted.Load(),
 	}
 	for i, r := range rejectReasons {
 		st.Rejects[r] = s.rejects[i].Load()

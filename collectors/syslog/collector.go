@@ -32,9 +32,17 @@ const (
 	readBufferSize = 64 << 10
 	// udpBufferSize holds any UDP datagram (the IPv4 payload maximum is 65507 bytes).
 	udpBufferSize = 64 << 10
-	// maxHandshake bounds the TLS handshake, so that idle half-open connections cannot
-	// hold connection slots for the whole idle timeout.
+	// maxHandshake caps the TLS handshake of the RELP listener (relp.go); the TCP/TLS
+	// listener uses the configured handshake_timeout.
 	maxHandshake = 30 * time.Second
+	// drainQuiet is how long a read waits for more bytes once the drain has begun: a
+	// sender whose last write returned has all of it in our receive queue or in its send
+	// queue, and loopback or LAN delivery of the latter takes microseconds to
+	// milliseconds, so a quarter second of silence means there is nothing more.
+	drainQuiet = 250 * time.Millisecond
+	// discardMax bounds the counting of what is left when the drain budget is spent; a
+	// sender that keeps sending would otherwise keep the count going.
+	discardMax = 500 * time.Millisecond
 	// Backoff while the sink refuses events: short at first, because a full commit
 	// queue drains in milliseconds, and capped so a full disk is polled once a second.
 	minBackoff = 2 * time.Millisecond
@@ -59,7 +67,12 @@ type Collector struct {
 
 	mu    sync.Mutex
 	addrs [numTransports]net.Addr
-	conns *connset.Set // open TCP/TLS connections, for the limit and for shutdown
+	conns *connset.Set // open TCP/TLS connections, for the limits and for shutdown
+	drain connset.Drain
+	// hard is the context of appends: unlike Run's ctx it stays live through the drain
+	// and is cancelled when the drain budget is spent. handleConn tests cancel it.
+	hard       context.Context
+	hardCancel context.CancelFunc
 
 	stats counters
 	limit ratelog.Limiter
@@ -96,8 +109,10 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, logger *slog
 		loc:   loc,
 		now:   time.Now,
 		ready: make(chan struct{}),
-		conns: connset.New(cfg.MaxConnections),
+		conns: connset.New(connset.Limits{Max: cfg.MaxConnections, MaxPerIP: cfg.MaxConnectionsPerIP}),
+		drain: connset.Drain{Quiet: drainQuiet},
 	}
+	c.hard, c.hardCancel = context.WithCancel(context.Background())
 	if cfg.TLS != "" {
 		tc, err := loadTLS(cfg)
 		if err != nil {
@@ -135,6 +150,13 @@ func (c *Collector) addr(t transport) net.Addr {
 // returned at once and names the address. Run returns nil after a clean cancellation,
 // and only once every goroutine it started has exited, so no Append happens after it
 // returns. It may be called once.
+//
+// When ctx is done, Run drains: it closes the TCP and TLS listeners, then every open
+// connection and the UDP socket go on being read and appended (with a context that is
+// not ctx) until nothing more is queued or DrainTimeout has passed. What is still
+// queued then is read without being parsed, counted (frames and bytes) and reported as
+// LossShutdownUnread, so a stop in the middle of a burst loses nothing without saying
+// how much. The sink must stay open until Run returns.
 func (c *Collector) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return errors.New("syslog: Run called twice")
@@ -148,6 +170,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer c.hardCancel()
 
 	var (
 		wg      sync.WaitGroup
@@ -177,26 +200,46 @@ func (c *Collector) Run(ctx context.Context) error {
 	close(c.ready)
 
 	<-ctx.Done()
-	// Closing the listeners ends the accept and read loops; closing the connections
-	// ends their readers, which may be blocked in Read for the whole idle timeout.
-	var closers []io.Closer
-	if udp != nil {
-		closers = append(closers, udp)
-	}
-	if tcpLn != nil {
-		closers = append(closers, tcpLn)
-	}
-	if tlsLn != nil {
-		closers = append(closers, tlsLn)
-	}
+	begin := time.Now()
+	end := begin.Add(c.cfg.DrainTimeout)
+	// Closing the listeners ends the accept loops; the connections and the UDP socket
+	// stay open for the drain.
 	var errs []error
-	for _, cl := range closers {
-		if err := cl.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	for _, ln := range []net.Listener{tcpLn, tlsLn} {
+		if ln == nil {
+			continue
+		}
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}
-	c.conns.CloseAll()
+	before := c.stats.drained.Load()
+	conns := c.conns.Shutdown()
+	c.drain.Begin(end, conns)
+	if udp != nil {
+		_ = udp.SetReadDeadline(begin) // wakes the UDP loop into its drain
+	}
+	spent := time.AfterFunc(c.cfg.DrainTimeout, c.hardCancel)
+	// The last resort, if a reader is stuck past its deadlines: closing everything ends
+	// every read, so Run returns within the budget plus the counting.
+	stuck := time.AfterFunc(c.cfg.DrainTimeout+discardMax+2*drainQuiet, func() {
+		c.conns.CloseAll()
+		if udp != nil {
+			udp.Close()
+		}
+	})
 	wg.Wait()
+	spent.Stop()
+	stuck.Stop()
+	c.conns.CloseAll()
+	if udp != nil {
+		if err := udp.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	c.log.Info("drained", attrConns, len(conns), attrCount, c.stats.drained.Load()-before,
+		attrUnreadFrames, c.stats.unreadFrames.Load(), attrUnreadBytes, c.stats.unreadBytes.Load(),
+		attrDuration, time.Since(begin).Round(time.Millisecond))
 	return errors.Join(append([]error{failErr}, errs...)...)
 }
 
@@ -297,33 +340,50 @@ func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.
 		}
 		delay = 0
 		ip := peerIP(conn.RemoteAddr())
-		switch c.conns.Track(conn) {
+		tc, adm := c.conns.Track(conn, ip, t.String())
+		switch adm.Result {
 		case connset.Closing:
 			conn.Close()
 			return nil
-		case connset.Full:
+		case connset.Full, connset.FullPerIP:
 			// Count before closing: whoever sees the close may look at the counters.
 			c.stats.refused.Add(1)
-			c.reject(t, ip, ReasonTooManyConnections, "", 0)
+			c.reject(t, ip, adm.Result.Reason(), "", 0)
 			conn.Close()
 			continue
 		}
+		if ev := adm.Evicted; ev != nil {
+			c.stats.evicted.Add(1)
+			c.reject(transportOf(ev.Label()), ev.IP(), ReasonEvictedIdle, "", 0)
+		}
 		c.stats.accepted.Add(1)
 		wg.Go(func() {
-			defer c.conns.Untrack(conn)
-			c.handleConn(ctx, conn, t, ip)
+			defer tc.Close()
+			c.handleConn(ctx, tc, t, ip)
 		})
 	}
 }
 
-// handleConn reads frames from one connection until it ends, is rejected, or ctx is done.
+// handleConn reads frames from one connection until it ends or is rejected; after ctx
+// is done it drains (see Run). conn is usually a *connset.Conn, whose idle state it then
+// keeps; tests pass a bare net.Pipe end.
 func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, ip string) {
-	var rd net.Conn = conn
+	tracked, _ := conn.(*connset.Conn)
+	raw := conn
+	if tracked != nil {
+		raw = tracked.Conn // so that the handshake's reads leave the connection idle
+	}
+	var rd net.Conn = raw
 	if t == transportTLS {
-		tc := tls.Server(conn, c.tlsCfg)
-		_ = conn.SetDeadline(time.Now().Add(min(c.cfg.IdleTimeout, maxHandshake)))
+		tc := tls.Server(raw, c.tlsCfg)
+		_ = raw.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 		if err := tc.HandshakeContext(ctx); err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil, tracked != nil && tracked.Evicted():
+				// Stopping, or evicted (reported): nothing was received to drain.
+			case isTimeout(err):
+				c.reject(t, ip, ReasonHandshakeTimeout, "", 0)
+			default:
 				// Evidence of a peer that could not authenticate; TLS alerts carry no
 				// message content, so the error is safe to log.
 				c.reject(t, ip, ReasonTLSHandshake, "", 0)
@@ -331,28 +391,41 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, 
 			}
 			return
 		}
-		_ = conn.SetDeadline(time.Time{})
+		_ = raw.SetDeadline(time.Time{})
 		rd = tc
 	}
-	br := bufio.NewReaderSize(&connset.DeadlineReader{Conn: rd, Timeout: c.cfg.IdleTimeout}, readBufferSize)
+	cr := &countReader{r: &connset.DeadlineReader{Conn: rd, Timeout: c.cfg.IdleTimeout, Track: tracked, Drain: &c.drain}}
+	br := bufio.NewReaderSize(cr, readBufferSize)
 	fr := NewFramer(br, c.cfg.MaxMessageSize)
 	p := c.newParserFor()
 	name := t.String()
-	var ev audit.Event
+	var (
+		ev   audit.Event
+		kept int64 // stream offset just past the last frame the sink took
+	)
 	for {
+		if c.hard.Err() != nil {
+			c.discardRest(fr, cr, t, ip, kept)
+			return
+		}
 		frame, err := fr.Next()
 		if err != nil {
 			var fe *FrameError
 			if errors.As(err, &fe) {
 				c.reject(t, ip, fe.Reason.Error(), fe.SHA256, fe.Size)
 				if !fe.Fatal() {
+					kept = cr.n - int64(br.Buffered())
 					continue
 				}
 				if err = fe.Err; err == nil {
 					return // bad octet count: the stream cannot be resynchronized
 				}
 			}
-			if err != io.EOF && ctx.Err() == nil {
+			switch {
+			case err == io.EOF, tracked != nil && tracked.Evicted():
+			case c.drain.Draining() && isTimeout(err):
+				// Drained: nothing more came within drainQuiet.
+			case ctx.Err() == nil:
 				c.logConn("connection ended", t, ip, err)
 			}
 			return
@@ -360,6 +433,7 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, 
 		resetEvent(&ev, name, ip)
 		if !p.parse(&ev, frame, c.now().UTC()) {
 			c.stats.empty.Add(1)
+			kept = cr.n - int64(br.Buffered())
 			continue
 		}
 		if p.dicomErr != "" {
@@ -368,15 +442,73 @@ func (c *Collector) handleConn(ctx context.Context, conn net.Conn, t transport, 
 		if ev.Malformed {
 			c.stats.malformed.Add(1)
 		}
-		if err := c.appendStream(ctx, &ev, t); err != nil {
+		if err := c.appendStream(c.hard, &ev, t); err != nil {
+			c.discardRest(fr, cr, t, ip, kept)
 			return
 		}
+		kept = cr.n - int64(br.Buffered())
 		c.stats.received[t].Add(1)
+		if c.drain.Draining() {
+			c.stats.drained.Add(1)
+		}
 	}
+}
+
+// countReader counts the bytes read from a connection, so that what a stop leaves
+// unread can be reported exactly.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (r *countReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.n += int64(n)
+	return n, err
+}
+
+// discardRest runs when the drain budget is spent: it reads what the connection still
+// has queued (the framer's buffer, then the socket until it is quiet or discardMax has
+// passed), frames it without parsing, and reports the frames and the bytes that were
+// received after kept, the end of the last frame the sink took. The bytes include a
+// frame in hand that appendStream already reported as LossShutdown.
+func (c *Collector) discardRest(fr *Framer, cr *countReader, t transport, ip string, kept int64) {
+	var frames uint64
+	stop := time.Now().Add(discardMax)
+	for time.Now().Before(stop) {
+		_, err := fr.Next()
+		if err == nil {
+			frames++
+			continue
+		}
+		var fe *FrameError
+		if errors.As(err, &fe) {
+			frames++ // an oversize frame, or a partial one at the end
+			if !fe.Fatal() {
+				continue
+			}
+		}
+		break
+	}
+	bytes := cr.n - kept
+	if frames == 0 && bytes == 0 {
+		return
+	}
+	c.stats.unreadFrames.Add(frames)
+	c.stats.unreadBytes.Add(uint64(bytes))
+	if frames > 0 {
+		c.rep.Lost(audit.KindSyslog, t.String(), LossShutdownUnread, frames)
+	}
+	// One reject per connection carries the byte count and the peer into the chain.
+	c.reject(t, ip, ReasonShutdownUnread, "", bytes)
 }
 
 // appendStream appends ev, and while the sink refuses, stops reading this connection
 // (TCP flow control then slows the sender) and retries: a stream never drops an event.
+// The connection counts as busy meanwhile (it is not in Read), so it is never evicted
+// as idle. ctx is the
+// collector's hard context: it ends only when the drain budget is spent, and then the
+// event is reported lost.
 func (c *Collector) appendStream(ctx context.Context, ev *audit.Event, t transport) error {
 	err := c.sink.Append(ctx, ev, nil)
 	if err == nil {
@@ -411,7 +543,8 @@ func (c *Collector) appendStream(ctx context.Context, ev *audit.Event, t transpo
 	}
 }
 
-// serveUDP reads datagrams until the socket is closed. One goroutine, one parser.
+// serveUDP reads datagrams until the socket is closed or, after ctx is done, until the
+// drain finds the socket's queue empty (see Run). One goroutine, one parser.
 func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 	buf := make([]byte, udpBufferSize)
 	oob := make([]byte, oobSize)
@@ -424,8 +557,26 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 		delay    time.Duration
 	)
 	for {
+		// Outside the drain the socket has no deadline; Run's wake-up deadline can thus
+		// never be overwritten, and a timeout on a read begun before the drain is that
+		// wake-up, while one begun in the drain means the queue stayed empty for
+		// drainQuiet.
+		draining := c.drain.Draining()
+		if draining {
+			if c.hard.Err() != nil {
+				c.discardUDP(conn, buf, oob)
+				return nil
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(drainQuiet))
+		}
 		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
+			if isTimeout(err) && c.drain.Draining() {
+				if draining {
+					return nil // drained
+				}
+				continue
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -437,18 +588,12 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 				c.log.Warn("udp read failed; retrying", attrErr, err, attrSuppressed, k)
 			}
 			if !sleep(ctx, delay) {
-				return nil
+				continue // into the drain
 			}
 			continue
 		}
 		delay = 0
-		if total, ok := kernelDrops(oob[:oobn]); ok && total != drops {
-			// The counter is cumulative per socket; uint32 subtraction survives a wrap.
-			d := uint64(total - drops)
-			drops = total
-			c.stats.kernelDrop.Add(d)
-			c.rep.Lost(audit.KindSyslog, transportUDP.String(), LossKernelDrop, d)
-		}
+		c.countKernelDrops(oob[:oobn], &drops)
 		c.stats.datagrams.Add(1)
 		if a := from.Addr(); a != lastAddr || lastIP == "" {
 			lastAddr, lastIP = a, a.Unmap().String()
@@ -469,12 +614,15 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 		if ev.Malformed {
 			c.stats.malformed.Add(1)
 		}
-		if err := c.sink.Append(ctx, &ev, nil); err == nil {
+		if err := c.sink.Append(c.hard, &ev, nil); err == nil {
 			c.stats.received[transportUDP].Add(1)
+			if draining {
+				c.stats.drained.Add(1)
+			}
 		} else {
-			if ctx.Err() != nil {
+			if c.hard.Err() != nil {
 				c.lost(transportUDP, LossShutdown)
-				return nil
+				continue // into the discard
 			}
 			// UDP cannot push back on the sender: the datagram is lost, and says so.
 			c.lost(transportUDP, LossSpoolFull)
@@ -483,6 +631,39 @@ func (c *Collector) serveUDP(ctx context.Context, conn *net.UDPConn) error {
 			}
 		}
 	}
+}
+
+func (c *Collector) countKernelDrops(oob []byte, drops *uint32) {
+	if total, ok := kernelDrops(oob); ok && total != *drops {
+		// The counter is cumulative per socket; uint32 subtraction survives a wrap.
+		d := uint64(total - *drops)
+		*drops = total
+		c.stats.kernelDrop.Add(d)
+		c.rep.Lost(audit.KindSyslog, transportUDP.String(), LossKernelDrop, d)
+	}
+}
+
+// discardUDP counts the datagrams still queued when the drain budget is spent, reading
+// them without parsing until the queue is empty (a read that waits a millisecond finds
+// nothing) or discardMax has passed, and reports them as LossShutdownUnread.
+func (c *Collector) discardUDP(conn *net.UDPConn, buf, oob []byte) {
+	var frames, bytes uint64
+	stop := time.Now().Add(discardMax)
+	for time.Now().Before(stop) {
+		_ = conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+		n, _, _, _, err := conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			break
+		}
+		frames++
+		bytes += uint64(n)
+	}
+	if frames == 0 {
+		return
+	}
+	c.stats.unreadFrames.Add(frames)
+	c.stats.unreadBytes.Add(bytes)
+	c.rep.Lost(audit.KindSyslog, transportUDP.String(), LossShutdownUnread, frames)
 }
 
 func (c *Collector) lost(t transport, reason string) {
@@ -509,13 +690,17 @@ func (c *Collector) reject(t transport, ip, reason, sum string, size int64) {
 
 func (c *Collector) logConn(msg string, t transport, ip string, err error) {
 	level := slog.LevelInfo
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if isTimeout(err) {
 		level = slog.LevelDebug // idle senders are normal; they reconnect when needed
 	}
 	if ok, n := c.limit.Allow(msg+" "+ip, time.Now()); ok {
 		c.log.Log(context.Background(), level, msg, attrTransport, t.String(), attrPeer, ip, attrErr, err, attrSuppressed, n)
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func peerIP(a net.Addr) string {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeaudit/edgeaudit/internal/connset"
 	"go.uber.org/goleak"
 )
 
@@ -282,7 +283,10 @@ func TestUDPKernelDrops(t *testing.T) {
 
 func TestConnectionLimit(t *testing.T) {
 	sink, rep := &fakeSink{}, &fakeReporter{}
-	c := startCollector(t, Config{TCP: "127.0.0.1:0", MaxConnections: 2}, sink, rep, nil)
+	// No eviction (nothing is idle for an hour) and no separate per-IP limit: this is
+	// the refusal path; limits_*_test.go has the others.
+	c := startCollector(t, Config{TCP: "127.0.0.1:0", MaxConnections: 2, MaxConnectionsPerIP: 2}, sink, rep, nil,
+		func(c *Collector) { c.conns = connset.New(connset.Limits{Max: 2, MinIdle: time.Hour}) })
 	var conns []net.Conn
 	for range 2 {
 		conn, err := net.Dial("tcp", c.TCPAddr().String())

@@ -15,6 +15,15 @@ const (
 	DefaultMaxMessageSize = 64 << 10
 	// DefaultMaxConnections bounds the TCP and TLS connections open at once, together.
 	DefaultMaxConnections = 256
+	// The default max_connections_per_ip is a quarter of max_connections (at least 1):
+	// one sender cannot take every slot, and a site's busiest sender still has plenty.
+	defaultPerIPDivisor = 4
+	// DefaultHandshakeTimeout bounds the TLS handshake, separately from the idle timeout,
+	// so connections that never send a ClientHello cannot hold slots for minutes.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultDrainTimeout is how long a stop keeps reading what senders have queued; it
+	// sits well inside the daemon's 8 s shutdown budget.
+	DefaultDrainTimeout = 3 * time.Second
 	// DefaultIdleTimeout closes a connection that sent nothing for this long.
 	DefaultIdleTimeout = 5 * time.Minute
 	// DefaultUDPReadBuffer is the SO_RCVBUF asked for the UDP socket. The kernel caps it at
@@ -32,6 +41,9 @@ const (
 	MaxMaxMessageSize = 16 << 20
 	// maxUDPReadBuffer is a sanity cap; nobody needs a 1 GiB socket buffer.
 	maxUDPReadBuffer = 1 << 30
+	// MaxDrainTimeout keeps the drain inside any sane shutdown budget (the daemon's must
+	// be larger; it checks).
+	MaxDrainTimeout = time.Minute
 )
 
 // Config is the syslog collector's part of the daemon config (key `syslog`).
@@ -54,9 +66,22 @@ type Config struct {
 	// MaxMessageSize is the largest frame kept, in bytes; larger ones are rejected and
 	// reported. Zero means DefaultMaxMessageSize. DICOM PS3.15 needs at least 32768.
 	MaxMessageSize int `yaml:"max_message_size"`
-	// MaxConnections bounds open TCP+TLS connections; over it a new connection is closed
-	// at once and reported. Zero means DefaultMaxConnections.
+	// MaxConnections bounds open TCP+TLS connections. When they are all open, the one
+	// idle the longest (at least a second) is closed to make room for a new one; if all
+	// are active, the new one is closed at once. Both are reported. Zero means
+	// DefaultMaxConnections.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP bounds the connections of one sender IP. At the limit, that
+	// IP's own longest-idle connection is closed to make room (never another sender's);
+	// if all of them are active, the new one is refused. Zero means a quarter of
+	// MaxConnections (at least 1); it may not exceed MaxConnections.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// HandshakeTimeout bounds a TLS handshake. Zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// DrainTimeout is how long a stop keeps reading and appending what the connections
+	// and the UDP socket have queued; what is left after it is counted and reported.
+	// Zero means DefaultDrainTimeout. Keep it below the daemon's shutdown_timeout.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// IdleTimeout is the read deadline of each connection. Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// UDPReadBuffer is the SO_RCVBUF size in bytes. Zero means DefaultUDPReadBuffer.
@@ -74,6 +99,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxConnections == 0 {
 		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerIP == 0 {
+		c.MaxConnectionsPerIP = max(c.MaxConnections/defaultPerIPDivisor, 1)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
@@ -118,6 +152,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConnections < 1 {
 		bad("max_connections", strconv.Itoa(c.MaxConnections), "must be at least 1")
+	}
+	if c.MaxConnectionsPerIP < 1 || c.MaxConnectionsPerIP > max(c.MaxConnections, 1) {
+		bad("max_connections_per_ip", strconv.Itoa(c.MaxConnectionsPerIP), "must be between 1 and syslog.max_connections ("+strconv.Itoa(c.MaxConnections)+")")
+	}
+	if c.HandshakeTimeout <= 0 {
+		bad("handshake_timeout", c.HandshakeTimeout.String(), "must be positive")
+	}
+	if c.DrainTimeout <= 0 || c.DrainTimeout > MaxDrainTimeout {
+		bad("drain_timeout", c.DrainTimeout.String(), "must be positive and at most "+MaxDrainTimeout.String())
 	}
 	if c.IdleTimeout <= 0 {
 		bad("idle_timeout", c.IdleTimeout.String(), "must be positive")

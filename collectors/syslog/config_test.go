@@ -21,6 +21,20 @@ func TestConfigDefaults(t *testing.T) {
 	if got, want := c.IdleTimeout, DefaultIdleTimeout; got != want {
 		t.Errorf("IdleTimeout = %v, want %v", got, want)
 	}
+	if got, want := c.MaxConnectionsPerIP, DefaultMaxConnections/4; got != want {
+		t.Errorf("MaxConnectionsPerIP = %d, want %d", got, want)
+	}
+	if got, want := c.HandshakeTimeout, DefaultHandshakeTimeout; got != want {
+		t.Errorf("HandshakeTimeout = %v, want %v", got, want)
+	}
+	if got, want := c.DrainTimeout, DefaultDrainTimeout; got != want {
+		t.Errorf("DrainTimeout = %v, want %v", got, want)
+	}
+	small := Config{MaxConnections: 2}
+	small.SetDefaults()
+	if got, want := small.MaxConnectionsPerIP, 1; got != want {
+		t.Errorf("MaxConnectionsPerIP for max_connections 2 = %d, want %d", got, want)
+	}
 	if got, want := c.UDPReadBuffer, DefaultUDPReadBuffer; got != want {
 		t.Errorf("UDPReadBuffer = %d, want %d", got, want)
 	}
@@ -43,6 +57,9 @@ tls_key: /etc/edgeaudit/syslog-key.pem
 tls_client_ca: /etc/edgeaudit/clients.pem
 max_message_size: 131072
 max_connections: 10
+max_connections_per_ip: 5
+handshake_timeout: 5s
+drain_timeout: 2s
 idle_timeout: 90s
 udp_read_buffer: 8388608
 rfc3164_timezone: UTC
@@ -53,7 +70,8 @@ rfc3164_timezone: UTC
 	want := Config{
 		UDP: ":5514", TCP: "127.0.0.1:5514", TLS: "[::1]:6514",
 		TLSCert: "/etc/edgeaudit/syslog.pem", TLSKey: "/etc/edgeaudit/syslog-key.pem", TLSClientCA: "/etc/edgeaudit/clients.pem",
-		MaxMessageSize: 131072, MaxConnections: 10, IdleTimeout: 90 * time.Second, UDPReadBuffer: 8 << 20, RFC3164TimeZone: "UTC",
+		MaxMessageSize: 131072, MaxConnections: 10, MaxConnectionsPerIP: 5, HandshakeTimeout: 5 * time.Second,
+		DrainTimeout: 2 * time.Second, IdleTimeout: 90 * time.Second, UDPReadBuffer: 8 << 20, RFC3164TimeZone: "UTC",
 	}
 	if c != want {
 		t.Fatalf("decoded %+v, want %+v", c, want)
@@ -81,6 +99,11 @@ func TestConfigValidate(t *testing.T) {
 		{"message size too small", func(c *Config) { c.MaxMessageSize = 1024 }, []string{`syslog.max_message_size: "1024": must be between 2048 and 16777216`}},
 		{"message size too large", func(c *Config) { c.MaxMessageSize = 32 << 20 }, []string{`syslog.max_message_size: "33554432"`}},
 		{"negative connections", func(c *Config) { c.MaxConnections = -1 }, []string{`syslog.max_connections: "-1"`}},
+		{"per-IP over the global limit", func(c *Config) { c.MaxConnections, c.MaxConnectionsPerIP = 8, 9 },
+			[]string{`syslog.max_connections_per_ip: "9": must be between 1 and syslog.max_connections (8)`}},
+		{"negative per-IP", func(c *Config) { c.MaxConnectionsPerIP = -1 }, []string{`syslog.max_connections_per_ip: "-1"`}},
+		{"negative handshake timeout", func(c *Config) { c.HandshakeTimeout = -time.Second }, []string{`syslog.handshake_timeout: "-1s"`}},
+		{"drain timeout too long", func(c *Config) { c.DrainTimeout = 2 * time.Minute }, []string{`syslog.drain_timeout: "2m0s": must be positive and at most 1m0s`}},
 		{"negative idle timeout", func(c *Config) { c.IdleTimeout = -time.Second }, []string{`syslog.idle_timeout: "-1s"`}},
 		{"negative read buffer", func(c *Config) { c.UDPReadBuffer = -1 }, []string{`syslog.udp_read_buffer: "-1"`}},
 		{"unknown zone", func(c *Config) { c.RFC3164TimeZone = "Mars/Olympus" }, []string{`syslog.rfc3164_timezone: "Mars/Olympus"`}},

@@ -94,8 +94,9 @@ func TestBackoffFakeClock(t *testing.T) {
 	})
 }
 
-// TestShutdownDuringBackpressure checks that a cancelled context ends a connection that
-// is waiting for the sink, and that the waiting event is reported lost.
+// TestShutdownDuringBackpressure checks that a spent drain budget (the hard context)
+// ends a connection that is waiting for the sink, and that the waiting event is reported
+// lost. A cancelled ctx alone only begins the drain: the event is still retried.
 func TestShutdownDuringBackpressure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink, rep := &fakeSink{refuseAll: true}, &fakeReporter{}
@@ -112,6 +113,14 @@ func TestShutdownDuringBackpressure(t *testing.T) {
 		go fmt.Fprint(client, octet(msg5424(1)))
 		time.Sleep(10 * time.Second)
 		cancel()
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		select {
+		case <-done:
+			t.Fatal("the connection gave up its event when only ctx was cancelled")
+		default:
+		}
+		c.hardCancel()
 		<-done
 		if got, want := rep.getLost("tcp/"+LossShutdown), uint64(1); got != want {
 			t.Errorf("lost = %d, want %d", got, want)

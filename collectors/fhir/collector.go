@@ -60,6 +60,7 @@ type Collector struct {
 	addr net.Addr
 
 	inflight sync.WaitGroup
+	budget   *budget
 	stats    counters
 	limit    ratelog.Limiter
 }
@@ -90,6 +91,7 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 		mapper: mapper{tok: tok},
 		now:    time.Now,
 		ready:  make(chan struct{}),
+		budget: newBudget(cfg.MaxInflightBytes),
 	}
 	if cfg.TLS() {
 		tc, err := loadTLS(cfg)
@@ -219,7 +221,10 @@ func (c *Collector) Run(ctx context.Context) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		ErrorLog:          log.New(serverLog{c}, "", 0),
+		ConnContext: func(ctx context.Context, conn net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, conn)
+		},
+		ErrorLog: log.New(serverLog{c}, "", 0),
 	}
 	serveErr := make(chan error, 1)
 	var wg sync.WaitGroup

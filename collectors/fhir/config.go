@@ -18,6 +18,16 @@ const (
 	DefaultReadTimeout = 30 * time.Second
 	// DefaultBasePath is where the FHIR base URL is mounted.
 	DefaultBasePath = "/"
+	// DefaultMaxInflightBytes is 64 MiB: room for 16 maximum bodies at once, or a few
+	// maximum Bundles with their decoded trees, while the daemon stays well under 256 MiB
+	// resident whatever the senders do.
+	DefaultMaxInflightBytes = 64 << 20
+	// DefaultMaxConnections bounds the FHIR connections open at once.
+	DefaultMaxConnections = 256
+	// DefaultMaxConnectionsPerIP is one sender's share: a sender with its keep-alive
+	// pool (HAPI and curl keep a handful) fits many times over, and one address can
+	// never take every slot.
+	DefaultMaxConnectionsPerIP = 32
 )
 
 // Bounds checked by Validate.
@@ -26,6 +36,8 @@ const (
 	MinMaxBodyBytes = 4 << 10
 	// MaxMaxBodyBytes caps max_body_bytes: the whole body is held in memory.
 	MaxMaxBodyBytes = 64 << 20
+	// MaxMaxInflightBytes caps max_inflight_bytes at 1 GiB.
+	MaxMaxInflightBytes = 1 << 30
 )
 
 // Config is the FHIR collector's part of the daemon config (key `fhir`).
@@ -52,6 +64,19 @@ type Config struct {
 	ReadTimeout time.Duration `yaml:"read_timeout"`
 	// BasePath is the FHIR base path; it must start and end with '/'. Empty means "/".
 	BasePath string `yaml:"base_path"`
+	// MaxInflightBytes bounds the memory all requests together may hold for their
+	// bodies and decoded resources. A request that does not fit is answered 503 with
+	// Retry-After before its body is read. It must be at least max_body_bytes. Zero means
+	// DefaultMaxInflightBytes.
+	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
+	// MaxConnections bounds the connections open at once; over it the longest-idle one
+	// is closed to make room, or the new one is refused. Zero means
+	// DefaultMaxConnections.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP bounds one peer address's connections (at most
+	// max_connections). Zero means DefaultMaxConnectionsPerIP, or max_connections when
+	// that is smaller.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 }
 
 // SetDefaults fills zero fields with the Default* values.
@@ -64,6 +89,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.BasePath == "" {
 		c.BasePath = DefaultBasePath
+	}
+	if c.MaxInflightBytes == 0 {
+		c.MaxInflightBytes = DefaultMaxInflightBytes
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerIP == 0 {
+		c.MaxConnectionsPerIP = min(DefaultMaxConnectionsPerIP, c.MaxConnections)
 	}
 }
 
@@ -100,6 +134,17 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < MinMaxBodyBytes || c.MaxBodyBytes > MaxMaxBodyBytes {
 		bad("max_body_bytes", strconv.FormatInt(c.MaxBodyBytes, 10),
 			"must be between "+strconv.Itoa(MinMaxBodyBytes)+" and "+strconv.Itoa(MaxMaxBodyBytes))
+	}
+	if c.MaxInflightBytes < c.MaxBodyBytes || c.MaxInflightBytes > MaxMaxInflightBytes {
+		bad("max_inflight_bytes", strconv.FormatInt(c.MaxInflightBytes, 10),
+			"must be between fhir.max_body_bytes ("+strconv.FormatInt(c.MaxBodyBytes, 10)+") and "+strconv.Itoa(MaxMaxInflightBytes))
+	}
+	if c.MaxConnections < 1 {
+		bad("max_connections", strconv.Itoa(c.MaxConnections), "must be at least 1")
+	}
+	if c.MaxConnectionsPerIP < 1 || c.MaxConnectionsPerIP > c.MaxConnections {
+		bad("max_connections_per_ip", strconv.Itoa(c.MaxConnectionsPerIP),
+			"must be between 1 and fhir.max_connections ("+strconv.Itoa(c.MaxConnections)+")")
 	}
 	if c.ReadTimeout <= 0 {
 		bad("read_timeout", c.ReadTimeout.String(), "must be positive")

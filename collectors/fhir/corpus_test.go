@@ -56,7 +56,7 @@ func TestCorpus(t *testing.T) {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			body := readFile(t, f)
 			ct := contentTypeFor(f)
-			root, err := decode(body, mediaFormat(ct))
+			root, err := decode(body, mediaFormat(ct), nil)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
 			}

@@ -50,7 +50,7 @@ func runGolden(t *testing.T, dir, reqPath string) {
 
 	path := "/AuditEvent"
 	ct := contentTypeFor(reqPath)
-	if root, err := decode(body, mediaFormat(ct)); err == nil && root.str("resourceType") == "Bundle" {
+	if root, err := decode(body, mediaFormat(ct), nil); err == nil && root.str("resourceType") == "Bundle" {
 		path = "/"
 	}
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+c.Addr().String()+path, bytes.NewReader(body))

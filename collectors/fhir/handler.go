@@ -2,15 +2,13 @@ package fhir
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"hash"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/edgeaudit/edgeaudit/audit"
@@ -26,6 +24,7 @@ type request struct {
 	resp      format // response format
 	body      []byte
 	sum       string // hex SHA-256 of body
+	unread    bool   // the answer leaves body bytes unread: close the connection after it
 }
 
 func (c *Collector) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -36,10 +35,13 @@ func (c *Collector) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		q.transport = "https"
 	}
+	defer closeUnread(q)
 	reqFmt := mediaFormat(r.Header.Get("Content-Type"))
 	q.resp = acceptFormat(r.Header.Get("Accept"), reqFmt)
 
 	if !c.authorized(r) {
+		// Not one byte of the body is read for a sender that may not send one.
+		dontDrain(q)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="edgeaudit"`)
 		c.fail(q, http.StatusUnauthorized, ReasonUnauthorized, issue{"error", "security", "a valid bearer token is required"})
 		return
@@ -58,15 +60,21 @@ func (c *Collector) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		c.fail(q, http.StatusUnsupportedMediaType, ReasonUnsupportedMediaType, issue{"error", "not-supported", "Content-Type must be application/fhir+json, application/json, application/fhir+xml or application/xml"})
 		return
 	}
-	if !c.readBody(q) {
+	res := c.budget.reserve()
+	defer res.releaseAll()
+	if !c.readBody(q, res) {
 		return
 	}
 	if !utf8.Valid(q.body) {
 		c.fail(q, http.StatusBadRequest, ReasonInvalidUTF8, issue{"error", "invalid", "body is not valid UTF-8"})
 		return
 	}
-	root, err := decode(q.body, reqFmt)
+	root, err := decode(q.body, reqFmt, res)
 	if err != nil {
+		if errors.Is(err, errOverBudget) || errors.Is(err, errTooBig) {
+			c.overBudget(q, err, int64(len(q.body)))
+			return
+		}
 		var pe *parseError
 		if !errors.As(err, &pe) {
 			pe = &parseError{reason: ReasonBadJSON, msg: "body does not parse"}
@@ -87,40 +95,171 @@ func (c *Collector) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func decode(b []byte, f format) (*node, error) {
+func decode(b []byte, f format, m *reservation) (*node, error) {
 	if f == formatXML {
-		return decodeXML(b)
+		return decodeXMLMetered(b, m)
 	}
-	return decodeJSON(b)
+	return decodeJSONMetered(b, m)
 }
 
-// readBody reads the whole body within MaxBodyBytes; on failure it has answered.
-func (c *Collector) readBody(q *request) bool {
+// readBody reads the whole body within MaxBodyBytes, every byte of it charged to res
+// before it is read; on failure it has answered. With a Content-Length the whole body is
+// reserved up front, so a request that cannot fit is refused before its first byte is
+// read; a chunked body is reserved as its buffer grows.
+func (c *Collector) readBody(q *request, res *reservation) bool {
 	limit := c.cfg.MaxBodyBytes
-	if q.r.ContentLength > limit {
-		c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooLarge, "", q.r.ContentLength,
-			issue{"error", "too-long", "body exceeds " + strconv.FormatInt(limit, 10) + " bytes"})
+	cl := q.r.ContentLength
+	if cl > limit {
+		dontDrain(q) // the body stays unread
+		c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooLarge, "", cl, tooLong(limit))
 		return false
 	}
-	h := sha256.New()
-	body, err := io.ReadAll(io.TeeReader(http.MaxBytesReader(q.w, q.r.Body, limit), h))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooLarge, hexSum(h), int64(len(body)),
-				issue{"error", "too-long", "body exceeds " + strconv.FormatInt(limit, 10) + " bytes"})
+	var body []byte
+	var err error
+	if cl >= 0 {
+		if err := res.charge(cl); err != nil {
+			c.overBudget(q, err, cl)
 			return false
 		}
-		c.rejectSized(q, http.StatusBadRequest, ReasonReadError, hexSum(h), int64(len(body)),
+		body = make([]byte, cl)
+		var n int
+		n, err = io.ReadFull(q.r.Body, body)
+		body = body[:n]
+	} else {
+		body, err = readChunked(q.r.Body, limit, res)
+		switch {
+		case errors.Is(err, errTooBig):
+			dontDrain(q)
+			c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooLarge, sha256Hex(body), int64(len(body)), tooLong(limit))
+			return false
+		case errors.Is(err, errOverBudget):
+			c.overBudget(q, err, int64(len(body)))
+			return false
+		}
+	}
+	if err != nil {
+		// The sender went away or stalled past read_timeout: what it held is released
+		// when the handler returns.
+		dontDrain(q)
+		c.rejectSized(q, http.StatusBadRequest, ReasonReadError, sha256Hex(body), int64(len(body)),
 			issue{"error", "incomplete", "body could not be read completely"})
 		return false
 	}
 	q.body = body
-	q.sum = hexSum(h)
+	q.sum = sha256Hex(body)
 	return true
 }
 
-func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
+// readChunked reads a body of unknown length, at most limit bytes, growing its buffer by
+// doubling and charging each growth to res first. It returns what it read with
+// errTooBig past limit (then the first limit bytes), errOverBudget when the budget cannot cover the next growth, or
+// the read error.
+func readChunked(r io.Reader, limit int64, res *reservation) ([]byte, error) {
+	var buf []byte
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return buf[:limit], errTooBig
+			}
+			// One byte over the limit tells a body of exactly limit bytes from a longer one.
+			n := min(max(2*int64(cap(buf)), reserveChunk), limit+1)
+			if err := res.charge(n - int64(cap(buf))); err != nil {
+				return buf, err
+			}
+			nb := make([]byte, len(buf), n)
+			copy(nb, buf)
+			buf = nb
+		}
+		m, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			if int64(len(buf)) > limit {
+				return buf[:limit], errTooBig
+			}
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// dontDrain makes the answer the last on its connection and keeps net/http from reading
+// what is left of the body: the server drains up to 256 KiB of an unread body to reuse
+// the connection, whatever the response's Connection header says, unless the read fails.
+// A read deadline in the past makes it fail at once (only reads; the answer is still
+// written). Without a real connection (httptest) only the header is set.
+func dontDrain(q *request) {
+	q.unread = true
+	q.w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(q.w).SetReadDeadline(time.Unix(1, 0))
+}
+
+// lingerDelay is how long a connection closed with body bytes unread stays half-open
+// after the answer, as net/http's own rstAvoidanceDelay: closing a socket with unread
+// data sends a RST, which can make the sender's kernel drop the answer before the
+// sender has read it. A FIN first, then this pause, lets the answer arrive.
+const lingerDelay = 500 * time.Millisecond
+
+// closeUnread, after an answer that left the body unread, sends it, shuts the write
+// side (FIN) and waits lingerDelay before net/http closes the connection; it reads
+// nothing. It needs the connection, which Run's server puts in the request context.
+func closeUnread(q *request) {
+	if !q.unread {
+		return
+	}
+	conn, ok := q.r.Context().Value(connKey{}).(net.Conn)
+	if !ok {
+		return
+	}
+	if err := http.NewResponseController(q.w).Flush(); err != nil {
+		return
+	}
+	cw, ok := conn.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	t := time.NewTimer(lingerDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-q.r.Context().Done(): // Run is aborting
+	}
+}
+
+// connKey is the request-context key of the request's connection.
+type connKey struct{}
+
+func tooLong(limit int64) issue {
+	return issue{"error", "too-long", "body exceeds " + strconv.FormatInt(limit, 10) + " bytes"}
+}
+
+// overBudget answers a request the in-flight budget cannot hold: 503 with Retry-After
+// while other requests hold the budget (errOverBudget), 413 when the request alone needs
+// more than all of it (errTooBig: a body that decodes into a tree many times its size).
+// The connection is closed, since the body may be partly unread. Budget refusals are
+// reported like connection refusals: they are a sign of a flood, worth the chain.
+func (c *Collector) overBudget(q *request, err error, size int64) {
+	dontDrain(q)
+	sum := ""
+	if q.body != nil {
+		sum = sha256Hex(q.body)
+	}
+	if errors.Is(err, errTooBig) {
+		c.rejectSized(q, http.StatusRequestEntityTooLarge, ReasonTooComplex, sum, size,
+			issue{"error", "too-costly", "the resource decodes into more than fhir.max_inflight_bytes"})
+		return
+	}
+	c.stats.overloaded.Add(1)
+	c.reject(q, ReasonOverloaded, sum, size)
+	if ok, n := c.limit.Allow("overloaded", c.now()); ok {
+		c.log.Warn("fhir requests refused: in-flight byte budget held by other requests",
+			attrPeer, q.ip, attrSize, size, attrInflight, c.budget.inUse(), attrSuppressed, n)
+	}
+	q.w.Header().Set("Retry-After", retryAfter)
+	writeBody(q.w, q.resp, http.StatusServiceUnavailable,
+		encodeOutcome(q.resp, issue{"error", "transient", "too many request bytes in flight; retry later"}))
+}
 
 // fail answers with an OperationOutcome and reports the rejected request.
 func (c *Collector) fail(q *request, status int, reason string, is issue) {

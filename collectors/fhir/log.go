@@ -10,4 +10,5 @@ const (
 	attrSize       = "size"
 	attrErr        = "err"
 	attrSuppressed = "suppressed"
+	attrInflight   = "inflight_bytes"
 )

@@ -18,12 +18,18 @@ const (
 	ReasonInvalidEntry         = "invalid_bundle_entry"
 	ReasonReadError            = "read_error"
 	ReasonTLSHandshake         = "tls_handshake"
+	// ReasonOverloaded is a 503 because other requests held the in-flight byte budget.
+	ReasonOverloaded = "overloaded"
+	// ReasonTooComplex is a 413 for a body whose decoded tree alone would need more than
+	// the whole in-flight budget.
+	ReasonTooComplex = "too_complex"
 )
 
 var rejectReasons = [...]string{
 	ReasonBadJSON, ReasonBadXML, ReasonXMLDoctype, ReasonInvalidUTF8, ReasonWrongResourceType,
 	ReasonTooLarge, ReasonUnsupportedMediaType, ReasonUnauthorized, ReasonMethodNotAllowed,
 	ReasonNotFound, ReasonUnsupportedBundle, ReasonInvalidEntry, ReasonReadError, ReasonTLSHandshake,
+	ReasonOverloaded, ReasonTooComplex,
 }
 
 func reasonIndex(reason string) int {
@@ -39,6 +45,7 @@ type counters struct {
 	requests    atomic.Uint64
 	events      atomic.Uint64
 	unavailable atomic.Uint64
+	overloaded  atomic.Uint64
 	rejects     [len(rejectReasons)]atomic.Uint64
 }
 
@@ -50,6 +57,11 @@ type Stats struct {
 	Events uint64
 	// Unavailable counts AuditEvents answered with 503 because the sink refused them.
 	Unavailable uint64
+	// Overloaded counts requests answered 503 because the in-flight byte budget was
+	// held by other requests (also in Rejects["overloaded"]).
+	Overloaded uint64
+	// InflightBytes is how much of fhir.max_inflight_bytes requests hold now.
+	InflightBytes int64
 	// Rejects counts refused requests (and refused Bundle entries) per reason.
 	Rejects map[string]uint64
 }
@@ -61,10 +73,14 @@ func (c *Collector) Stats() Stats {
 		Requests:    s.requests.Load(),
 		Events:      s.events.Load(),
 		Unavailable: s.unavailable.Load(),
+		Overloaded:  s.overloaded.Load(),
 		Rejects:     make(map[string]uint64, len(rejectReasons)),
 	}
 	for i, r := range rejectReasons {
 		st.Rejects[r] = s.rejects[i].Load()
+	}
+	if c.budget != nil {
+		st.InflightBytes = c.budget.inUse()
 	}
 	return st
 }

@@ -68,7 +68,12 @@ func (e *parseError) Error() string { return e.msg }
 // FHIR JSON format forbids them, and last-wins would let `"resourceType"` be smuggled),
 // as are trailing data, nesting over maxDepth and arrays of arrays. Members starting
 // with '_' (extensions of primitives) and nulls are skipped.
-func decodeJSON(b []byte) (*node, error) {
+func decodeJSON(b []byte) (*node, error) { return decodeJSONMetered(b, nil) }
+
+// decodeJSONMetered is decodeJSON charging every node to m (see reservation): a body of
+// many tiny values decodes into a tree up to 30 times its size, which the in-flight
+// budget must see. A charge that fails ends decoding with errOverBudget or errTooBig.
+func decodeJSONMetered(b []byte, m *reservation) (*node, error) {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	tok, err := d.Token()
@@ -78,7 +83,7 @@ func decodeJSON(b []byte) (*node, error) {
 	if tok != json.Delim('{') {
 		return nil, &parseError{reason: ReasonBadJSON, msg: "JSON body must be an object"}
 	}
-	n, err := decodeJSONObject(d, 1)
+	n, err := decodeJSONObject(d, 1, m)
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +109,12 @@ func jsonErr(err error) error {
 }
 
 // decodeJSONObject reads the members of an object whose '{' was consumed.
-func decodeJSONObject(d *json.Decoder, depth int) (*node, error) {
+func decodeJSONObject(d *json.Decoder, depth int, m *reservation) (*node, error) {
 	if depth > maxDepth {
 		return nil, &parseError{reason: ReasonBadJSON, msg: fmt.Sprintf("JSON nested deeper than %d", maxDepth)}
+	}
+	if err := m.chargeNode(0); err != nil {
+		return nil, err
 	}
 	n := &node{kids: make(map[string][]*node)}
 	seen := make(map[string]struct{})
@@ -126,7 +134,10 @@ func decodeJSONObject(d *json.Decoder, depth int) (*node, error) {
 			return nil, &parseError{reason: ReasonBadJSON, msg: "duplicate JSON member " + clipKey(key)}
 		}
 		seen[key] = struct{}{}
-		vals, err := decodeJSONValue(d, depth, true)
+		if err := m.charge(int64(len(key))); err != nil {
+			return nil, err
+		}
+		vals, err := decodeJSONValue(d, depth, true, m)
 		if err != nil {
 			return nil, err
 		}
@@ -140,16 +151,28 @@ func decodeJSONObject(d *json.Decoder, depth int) (*node, error) {
 }
 
 // decodeJSONValue reads one value; an array (when allowed) yields its elements.
-func decodeJSONValue(d *json.Decoder, depth int, arrayOK bool) ([]*node, error) {
+func decodeJSONValue(d *json.Decoder, depth int, arrayOK bool, m *reservation) ([]*node, error) {
 	tok, err := d.Token()
 	if err != nil {
 		return nil, jsonErr(err)
+	}
+	var prim string
+	switch t := tok.(type) {
+	case string:
+		prim = t
+	case json.Number:
+		prim = t.String()
+	}
+	if _, delim := tok.(json.Delim); !delim && tok != nil {
+		if err := m.chargeNode(len(prim)); err != nil {
+			return nil, err
+		}
 	}
 	switch t := tok.(type) {
 	case json.Delim:
 		switch t {
 		case '{':
-			c, err := decodeJSONObject(d, depth+1)
+			c, err := decodeJSONObject(d, depth+1, m)
 			if err != nil {
 				return nil, err
 			}
@@ -160,7 +183,7 @@ func decodeJSONValue(d *json.Decoder, depth int, arrayOK bool) ([]*node, error) 
 			}
 			var out []*node
 			for d.More() {
-				v, err := decodeJSONValue(d, depth+1, false)
+				v, err := decodeJSONValue(d, depth+1, false, m)
 				if err != nil {
 					return nil, err
 				}
@@ -195,7 +218,10 @@ const fhirNS = "http://hl7.org/fhir"
 // the five predefined entities and refuses non-UTF-8 encodings without a CharsetReader.
 // Narrative (text) is skipped unread beyond well-formedness. The root element names the
 // resource type; the child element of `resource` and `contained` does too.
-func decodeXML(b []byte) (*node, error) {
+func decodeXML(b []byte) (*node, error) { return decodeXMLMetered(b, nil) }
+
+// decodeXMLMetered is decodeXML charging every node to m, like decodeJSONMetered.
+func decodeXMLMetered(b []byte, m *reservation) (*node, error) {
 	d := xml.NewDecoder(bytes.NewReader(b))
 	d.Strict = true
 	for {
@@ -210,7 +236,7 @@ func decodeXML(b []byte) (*node, error) {
 			if t.Name.Space != fhirNS && t.Name.Space != "" {
 				return nil, &parseError{reason: ReasonBadXML, msg: "root element is not in the FHIR namespace"}
 			}
-			n, err := decodeXMLElement(d, t, 1)
+			n, err := decodeXMLElement(d, t, 1, m)
 			if err != nil {
 				return nil, err
 			}
@@ -266,14 +292,20 @@ func xmlErr(err error) error {
 }
 
 // decodeXMLElement reads the content of start up to its end element.
-func decodeXMLElement(d *xml.Decoder, start xml.StartElement, depth int) (*node, error) {
+func decodeXMLElement(d *xml.Decoder, start xml.StartElement, depth int, m *reservation) (*node, error) {
 	if depth > maxDepth {
 		return nil, &parseError{reason: ReasonBadXML, msg: fmt.Sprintf("XML nested deeper than %d", maxDepth)}
+	}
+	if err := m.chargeNode(len(start.Name.Local)); err != nil {
+		return nil, err
 	}
 	n := &node{kids: make(map[string][]*node)}
 	for _, a := range start.Attr {
 		if a.Name.Space != "" {
 			continue // xmlns declarations, xsi:*, xml:lang
+		}
+		if err := m.chargeNode(len(a.Name.Local) + len(a.Value)); err != nil {
+			return nil, err
 		}
 		if a.Name.Local == "value" {
 			n.val = a.Value
@@ -300,7 +332,7 @@ func decodeXMLElement(d *xml.Decoder, start xml.StartElement, depth int) (*node,
 				}
 				continue
 			}
-			c, err := decodeXMLElement(d, t, depth+1)
+			c, err := decodeXMLElement(d, t, depth+1, m)
 			if err != nil {
 				return nil, err
 			}

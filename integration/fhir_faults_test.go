@@ -1,0 +1,142 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fhirLoginJSON is one small, valid AuditEvent: the ordinary sender's request.
+const fhirLoginJSON = `{"resourceType":"AuditEvent","type":{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"110114"},"subtype":[{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"110122"}],"action":"E","recorded":"2026-03-15T09:00:00Z","outcome":"0","agent":[{"who":{"identifier":{"value":"u1"}},"requestor":true}],"source":{"observer":{"display":"app"}}}`
+
+// Shape of the stalled-body flood (issue 6 item 5).
+const (
+	floodConns     = 300
+	floodSources   = 10        // source addresses 127.0.0.2 … 127.0.0.11
+	floodAnnounced = 4_000_000 // Content-Length of each request, under the 4 MiB default limit
+	floodSent      = 3_900_000 // bytes each connection sends before it stalls
+	// floodMaxRSS is the bound on the daemon's peak resident set during the flood.
+	floodMaxRSS = 256 << 20
+)
+
+// TestFHIRStalledBodiesFlood opens 300 connections that each announce a 4 MB body,
+// send most of it and stall, as a hostile or broken sender would. The daemon's peak RSS
+// (VmHWM) must stay under 256 MiB: bodies are read under fhir.max_inflight_bytes, and a
+// request past it gets 503 + Retry-After at once. During the flood an ordinary sender
+// gets 201 or a clean 503 with Retry-After; once the flood's connections close, the
+// budget is released and it gets 201. Every 201's event must be in the export.
+func TestFHIRStalledBodiesFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 1.2 GB over loopback")
+	}
+	d := startFHIRDaemon(t, "max_connections: 1024", "max_connections_per_ip: 512")
+	pid := d.cmd.Process.Pid
+	base := "http://" + d.fhir + "/"
+	baseline := procStatusKiB(t, pid, "VmHWM")
+
+	body := bytes.Repeat([]byte("x"), floodSent)
+	copy(body, `{"resourceType":"AuditEvent","id":"`)
+	head := fmt.Sprintf("POST /AuditEvent HTTP/1.1\r\nHost: %s\r\nContent-Type: application/fhir+json\r\nContent-Length: %d\r\n\r\n", d.fhir, floodAnnounced)
+
+	var (
+		mu       sync.Mutex
+		conns    []net.Conn
+		wg       sync.WaitGroup
+		sentAll  atomic.Int64 // connections that wrote their whole part and now stall
+		cutShort atomic.Int64 // connections the daemon closed while they were writing
+		dialErrs atomic.Int64
+	)
+	for i := range floodConns {
+		wg.Go(func() {
+			src := fmt.Sprintf("127.0.0.%d", 2+i%floodSources)
+			c, err := stallDialer(src).DialContext(t.Context(), "tcp", d.fhir)
+			if err != nil {
+				dialErrs.Add(1)
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			// A bound on the whole write, not an expectation: it keeps a stuck test short.
+			_ = c.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+			if _, err := c.Write([]byte(head)); err != nil {
+				cutShort.Add(1)
+				return
+			}
+			for off := 0; off < len(body); off += 64 << 10 {
+				if _, err := c.Write(body[off:min(off+64<<10, len(body))]); err != nil {
+					cutShort.Add(1)
+					return
+				}
+			}
+			sentAll.Add(1)
+		})
+	}
+
+	// An ordinary sender during the flood: 201, or a clean 503 with Retry-After.
+	var created []string
+	during := map[int]int{}
+	for range 5 {
+		r, err := postAuditEvent(t.Context(), base, fhirLoginJSON)
+		if err != nil {
+			t.Errorf("ordinary POST during the flood: %v", err)
+			continue
+		}
+		during[r.status]++
+		switch {
+		case r.status == 201:
+			created = append(created, strings.TrimPrefix(r.location, "/AuditEvent/"))
+		case r.status == 503 && r.retryAfter != "" && strings.Contains(r.body, "OperationOutcome"):
+		default:
+			t.Errorf("ordinary POST during the flood: status %d Retry-After %q: %s, want 201 or 503 with Retry-After and an OperationOutcome",
+				r.status, r.retryAfter, r.body)
+		}
+	}
+	wg.Wait()
+	peak := procStatusKiB(t, pid, "VmHWM") << 10
+	t.Logf("flood: %d connections, %d sent %d of %d bytes and stalled, %d cut short by the daemon, %d dial errors; "+
+		"ordinary sender during the flood %v; daemon VmHWM %.1f MiB (baseline %.1f MiB)",
+		floodConns, sentAll.Load(), floodSent, floodAnnounced, cutShort.Load(), dialErrs.Load(), during,
+		float64(peak)/(1<<20), float64(baseline)/1024)
+	if raceEnabled {
+		t.Logf("-race build: the RSS bound of %d MiB is not checked (the race detector multiplies memory)", floodMaxRSS>>20)
+	} else if peak >= floodMaxRSS {
+		t.Errorf("daemon peak RSS %.1f MiB during the flood, want < %d MiB", float64(peak)/(1<<20), floodMaxRSS>>20)
+	}
+	if d.done() {
+		t.Fatalf("daemon exited during the flood: %v\n%s", d.waitErr, d.log())
+	}
+
+	// The flood goes away: the budget it held comes back.
+	mu.Lock()
+	for _, c := range conns {
+		c.Close()
+	}
+	mu.Unlock()
+	var after fhirPost
+	eventually(t, 30*time.Second, func() (bool, string) {
+		r, err := postAuditEvent(t.Context(), base, fhirLoginJSON)
+		if err != nil {
+			return false, err.Error()
+		}
+		after = r
+		return r.status == 201, fmt.Sprintf("status %d: %s", r.status, r.body)
+	})
+	created = append(created, strings.TrimPrefix(after.location, "/AuditEvent/"))
+
+	d.stop(t)
+	ids := map[string]bool{}
+	for _, e := range eventsOfKind(exportClinical(t, d.dataDir, false), "fhir") {
+		ids[e.ID] = true
+	}
+	for _, id := range created {
+		if !ids[id] {
+			t.Errorf("event %s was answered 201 but is not in the export", id)
+		}
+	}
+}

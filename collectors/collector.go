@@ -1,5 +1,5 @@
-// Package collectors holds what every collector shares: the Sink they write events into
-// and the Rejects counter through which they report input they could not keep.
+// Package collectors holds what every collector shares: the Sink (and AtomicSink) they
+// write events into and the Reporter through which they report input they could not keep.
 package collectors
 
 import (
@@ -34,6 +34,33 @@ func AppendSync(ctx context.Context, s Sink, e *audit.Event) error {
 	case <-ctx.Done():
 		// The commit may still happen; the sender just gets no acknowledgement, which is
 		// safe (it resends, and duplicates are cheaper than losses).
+		return ctx.Err()
+	}
+}
+
+// AtomicSink is a Sink that can also commit several events as one: all of them or none
+// (a FHIR transaction Bundle). The spool implements it.
+type AtomicSink interface {
+	// AppendAll queues copies of evs to be committed in one transaction. It returns an
+	// error, and never calls done, if none was queued (spool full, closed, ctx done);
+	// otherwise done is called exactly once, from another goroutine, with nil after the
+	// commit that holds all of them is fsync'd, or with the error that kept all of them
+	// out. It sets each e.ID that is empty and does not keep evs after it returns.
+	AppendAll(ctx context.Context, evs []*audit.Event, done func(error)) error
+}
+
+// AppendAllSync appends evs as one commit and waits for it: nil means every one of them
+// is committed; an error means none is, except that when ctx ends first the commit may
+// still happen (all of them or none, still), and the sender just gets no acknowledgement.
+func AppendAllSync(ctx context.Context, s AtomicSink, evs []*audit.Event) error {
+	ch := make(chan error, 1)
+	if err := s.AppendAll(ctx, evs, func(err error) { ch <- err }); err != nil {
+		return err
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
 		return ctx.Err()
 	}
 }

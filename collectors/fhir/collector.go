@@ -46,6 +46,7 @@ const (
 type Collector struct {
 	cfg    Config
 	sink   collectors.Sink
+	atomic collectors.AtomicSink // sink, when it can commit a transaction at once; else nil
 	rep    collectors.Reporter
 	log    *slog.Logger
 	tlsCfg *tls.Config
@@ -93,6 +94,9 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 		ready:  make(chan struct{}),
 		budget: newBudget(cfg.MaxInflightBytes),
 	}
+	// A transaction Bundle is all or nothing, which only a sink that commits several
+	// events at once can promise; without one, transactions are refused (501).
+	c.atomic, _ = sink.(collectors.AtomicSink)
 	if cfg.TLS() {
 		tc, err := loadTLS(cfg)
 		if err != nil {

@@ -298,21 +298,26 @@ func (c *Collector) newEvent(q *request, res *node) *audit.Event {
 	return ev
 }
 
-// unavailable answers 503 because the sink refused the event.
+// unavailable answers 503 because the sink refused the event(s).
 func (c *Collector) unavailable(q *request, n int, err error) {
+	c.noteUnavailable(q, n, err)
+	q.w.Header().Set("Retry-After", retryAfter)
+	writeBody(q.w, q.resp, http.StatusServiceUnavailable,
+		encodeOutcome(q.resp, issue{"error", "transient", "audit store cannot accept events now; retry later"}))
+}
+
+// noteUnavailable counts and logs (rate-limited) n events the sink refused.
+func (c *Collector) noteUnavailable(q *request, n int, err error) {
 	if q.r.Context().Err() != nil {
 		// The client went away or Run is aborting: nobody reads this answer, and the
 		// sink did not refuse anything.
 		c.log.Debug("fhir request cancelled before its commit", attrPeer, q.ip, attrErr, err)
-	} else {
-		c.stats.unavailable.Add(uint64(n))
-		if ok, sup := c.limit.Allow("unavailable", c.now()); ok {
-			c.log.Warn("fhir events refused: sink cannot store them now", attrPeer, q.ip, attrErr, err, attrSuppressed, sup)
-		}
+		return
 	}
-	q.w.Header().Set("Retry-After", retryAfter)
-	writeBody(q.w, q.resp, http.StatusServiceUnavailable,
-		encodeOutcome(q.resp, issue{"error", "transient", "audit store cannot accept events now; retry later"}))
+	c.stats.unavailable.Add(uint64(n))
+	if ok, sup := c.limit.Allow("unavailable", c.now()); ok {
+		c.log.Warn("fhir events refused: sink cannot store them now", attrPeer, q.ip, attrErr, err, attrSuppressed, sup)
+	}
 }
 
 // postOne handles POST [base]AuditEvent: 201 only after the commit.
@@ -365,9 +370,13 @@ func (c *Collector) postBundle(q *request, root *node) {
 		evs = append(evs, ev)
 		idx = append(idx, i)
 	}
+	if typ == "transaction" {
+		c.postTransaction(q, evs, resp)
+		return
+	}
 	ctx, cancel := context.WithTimeout(q.r.Context(), c.cfg.ReadTimeout)
 	defer cancel()
-	errs := appendAll(ctx, c.sink, evs, typ == "transaction")
+	errs := appendEach(ctx, c.sink, evs)
 	failed := 0
 	var firstErr error
 	for k, err := range errs {
@@ -378,19 +387,45 @@ func (c *Collector) postBundle(q *request, root *node) {
 				firstErr = err
 			}
 			resp[i] = respEntry{status: statusLine(http.StatusServiceUnavailable),
-				outcome: &issue{"error", "transient", "audit store cannot accept events now; retry later"}}
+				outcome: &issue{"error", "transient", "audit store cannot accept this entry now; retry it later"}}
 			continue
 		}
 		c.stats.events.Add(1)
 		resp[i] = respEntry{status: statusLine(http.StatusCreated), location: "AuditEvent/" + evs[k].ID}
 	}
-	if failed > 0 && (typ == "transaction" || failed == len(evs)) {
-		// Entries appended before the refusal may be stored; a resend duplicates them,
-		// which is safe (duplicates are cheaper than losses).
-		c.unavailable(q, failed, firstErr)
+	// A batch is answered per entry, as FHIR asks, even when no entry could be stored:
+	// each entry carries its own status, and the refused ones say 503. Retry-After tells
+	// when to resend those.
+	if failed > 0 {
+		c.noteUnavailable(q, failed, firstErr)
+		q.w.Header().Set("Retry-After", retryAfter)
+	}
+	writeBody(q.w, q.resp, http.StatusOK, encodeBundle(q.resp, "batch-response", resp))
+}
+
+// postTransaction commits a transaction's events, every entry already valid, all at once:
+// 200 with a transaction-response after the one commit that holds all of them, or a
+// single OperationOutcome (503) when the sink stored none of them. A resend after a 503
+// whose commit was only late duplicates the whole transaction, never a part of it.
+func (c *Collector) postTransaction(q *request, evs []*audit.Event, resp []respEntry) {
+	if c.atomic == nil {
+		c.fail(q, http.StatusNotImplemented, ReasonUnsupportedBundle, issue{"error", "not-supported",
+			"this audit store cannot commit a transaction Bundle all at once; post a batch Bundle instead"})
 		return
 	}
-	writeBody(q.w, q.resp, http.StatusOK, encodeBundle(q.resp, typ+"-response", resp))
+	if len(evs) > 0 {
+		ctx, cancel := context.WithTimeout(q.r.Context(), c.cfg.ReadTimeout)
+		defer cancel()
+		if err := collectors.AppendAllSync(ctx, c.atomic, evs); err != nil {
+			c.unavailable(q, len(evs), err)
+			return
+		}
+	}
+	for k, ev := range evs {
+		c.stats.events.Add(1)
+		resp[k] = respEntry{status: statusLine(http.StatusCreated), location: "AuditEvent/" + ev.ID}
+	}
+	writeBody(q.w, q.resp, http.StatusOK, encodeBundle(q.resp, "transaction-response", resp))
 }
 
 // checkEntry validates one Bundle entry: an AuditEvent POSTed to AuditEvent.
@@ -414,9 +449,10 @@ func checkEntry(e *node) (int, string, issue) {
 	return 0, "", issue{}
 }
 
-// appendAll queues every event and waits for each commit. With stopOnError the first
-// refused Append ends the queuing (the rest get the same error).
-func appendAll(ctx context.Context, sink collectors.Sink, evs []*audit.Event, stopOnError bool) []error {
+// appendEach queues every event as its own commit and waits for each: a batch's
+// entries stand alone. An Append refused because ctx ended ends the queuing (the rest
+// get the same error); another refusal only fails its own entry.
+func appendEach(ctx context.Context, sink collectors.Sink, evs []*audit.Event) []error {
 	errs := make([]error, len(evs))
 	type result struct {
 		k   int
@@ -433,7 +469,7 @@ func appendAll(ctx context.Context, sink collectors.Sink, evs []*audit.Event, st
 		}
 		if err := sink.Append(ctx, ev, func(err error) { ch <- result{k, err} }); err != nil {
 			errs[k] = err
-			if stopOnError || ctx.Err() != nil {
+			if ctx.Err() != nil {
 				stop = err
 			}
 			continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,8 +16,9 @@ import (
 )
 
 var (
-	_ collectors.Sink     = (*fakeSink)(nil)
-	_ collectors.Reporter = (*fakeReporter)(nil)
+	_ collectors.Sink       = (*fakeSink)(nil)
+	_ collectors.AtomicSink = (*fakeSink)(nil)
+	_ collectors.Reporter   = (*fakeReporter)(nil)
 )
 
 var errFull = errors.New("spool full")
@@ -35,15 +37,21 @@ func testTokenizer(t testing.TB) *audit.Tokenizer {
 
 // fakeSink keeps the encoded bytes of each committed event. IDs are deterministic. hold,
 // when set, delays every commit until it is closed. log records "commit <id>" just
-// before done runs, for ordering checks.
+// before done runs, for ordering checks. It refuses an Append when refuseAll is set,
+// when refuse says so for that event, or once it holds refuseAfter events (a spool
+// filling up). AppendAll stores all of its events or, with commitErr set, none of them
+// and then reports commitErr to done (a commit that failed).
 type fakeSink struct {
-	mu        sync.Mutex
-	n         int
-	events    [][]byte
-	refuseAll bool
-	hold      chan struct{}
-	log       []string
-	wg        sync.WaitGroup
+	mu          sync.Mutex
+	n           int
+	events      [][]byte
+	refuseAll   bool
+	refuse      func(*audit.Event) bool
+	refuseAfter int
+	commitErr   error
+	hold        chan struct{}
+	log         []string
+	wg          sync.WaitGroup
 }
 
 func (s *fakeSink) Append(ctx context.Context, e *audit.Event, done func(error)) error {
@@ -52,7 +60,7 @@ func (s *fakeSink) Append(ctx context.Context, e *audit.Event, done func(error))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if s.refuseAll {
+	if s.refuseAll || (s.refuse != nil && s.refuse(e)) || (s.refuseAfter > 0 && len(s.events) >= s.refuseAfter) {
 		return fmt.Errorf("append: %w", errFull)
 	}
 	s.n++
@@ -74,6 +82,50 @@ func (s *fakeSink) Append(ctx context.Context, e *audit.Event, done func(error))
 		}
 	})
 	return nil
+}
+
+func (s *fakeSink) AppendAll(ctx context.Context, evs []*audit.Event, done func(error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.refuseAll {
+		return fmt.Errorf("append all: %w", errFull)
+	}
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		s.n++
+		if e.ID == "" {
+			e.ID = fmt.Sprintf("%032x", s.n)
+		}
+		ids[i] = e.ID
+	}
+	if err := s.commitErr; err != nil {
+		s.wg.Go(func() { done(fmt.Errorf("commit: %w", err)) })
+		return nil
+	}
+	for _, e := range evs {
+		s.events = append(s.events, e.AppendJSON(nil))
+	}
+	hold := s.hold
+	s.wg.Go(func() {
+		if hold != nil {
+			<-hold
+		}
+		s.mu.Lock()
+		s.log = append(s.log, "commit "+strings.Join(ids, " "))
+		s.mu.Unlock()
+		done(nil)
+	})
+	return nil
+}
+
+// appendOnly is a sink without AppendAll, which cannot commit a transaction at once.
+type appendOnly struct{ s *fakeSink }
+
+func (a appendOnly) Append(ctx context.Context, e *audit.Event, done func(error)) error {
+	return a.s.Append(ctx, e, done)
 }
 
 func (s *fakeSink) record(msg string) {

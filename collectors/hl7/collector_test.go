@@ -382,6 +382,10 @@ func TestConfigValidate(t *testing.T) {
 		{"negative idle", Config{IdleTimeout: -time.Second}, "hl7.idle_timeout"},
 		{"ack mode", Config{ACKMode: "sometimes"}, "hl7.ack_mode"},
 		{"timezone", Config{Timezone: "Mars/Olympus"}, "hl7.timezone"},
+		{"per-IP over the global limit", Config{MaxConnections: 8, MaxConnectionsPerIP: 9}, "hl7.max_connections_per_ip"},
+		{"negative per-IP", Config{MaxConnectionsPerIP: -1}, "hl7.max_connections_per_ip"},
+		{"negative handshake timeout", Config{HandshakeTimeout: -time.Second}, "hl7.handshake_timeout"},
+		{"drain timeout too long", Config{DrainTimeout: 2 * time.Minute}, "hl7.drain_timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -398,6 +402,12 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("Validate=%v, want error on %s", err, tt.field)
 			}
 		})
+	}
+	var d Config
+	d.SetDefaults()
+	if d.MaxConnectionsPerIP != DefaultMaxConnections/4 || d.HandshakeTimeout != DefaultHandshakeTimeout || d.DrainTimeout != DefaultDrainTimeout {
+		t.Errorf("defaults: per-IP %d, handshake %v, drain %v; want %d, %v, %v", d.MaxConnectionsPerIP, d.HandshakeTimeout, d.DrainTimeout,
+			DefaultMaxConnections/4, DefaultHandshakeTimeout, DefaultDrainTimeout)
 	}
 	if _, err := New(Config{}, &fakeSink{}, &fakeReporter{}, nil, nil); err == nil {
 		t.Fatal("New without tokenizer succeeded")

@@ -2,12 +2,17 @@ package syslog
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // replies reads the server's frames in the background (net.Pipe writes block until
@@ -421,5 +426,105 @@ func TestRELPConfig(t *testing.T) {
 	c.SetDefaults()
 	if c.RELPWindow != DefaultRELPWindow || c.RELPFullWait != DefaultRELPFullWait || c.RELPEnabled() {
 		t.Errorf("defaults = %+v, want window %d, full wait %v, disabled", c, DefaultRELPWindow, DefaultRELPFullWait)
+	}
+}
+
+// TestRELPSameEventAsTCP: a message sent over RELP becomes exactly the event it becomes
+// over TCP, but for the transport.
+func TestRELPSameEventAsTCP(t *testing.T) {
+	msgs := []string{
+		"<134>1 2026-03-15T10:00:00.123456Z host app 42 ID7 [ex@32473 k=\"v\"] \ufeffhello over both",
+		"<38>Mar 15 10:00:01 host sshd[42]: Accepted publickey for alice from 192.0.2.7 port 52113 ssh2",
+		"not syslog at all",
+	}
+	sink, rep := &fakeSink{}, &fakeReporter{}
+	var c *Collector
+	startCollector(t, Config{TCP: "127.0.0.1:0"}, sink, rep, func() time.Time { return fixedNow },
+		func(col *Collector) { c = col })
+	s, err := c.NewRELP(RELPConfig{RELP: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveRELP(t, s)
+
+	tcp, err := net.Dial("tcp", c.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	for _, m := range msgs {
+		fmt.Fprint(tcp, octet(m))
+	}
+	waitFor(t, "tcp events", func() bool { return sink.len() == len(msgs) })
+	p := dialRELP(t, s.Addr())
+	p.open()
+	for _, m := range msgs {
+		p.expect(p.send("syslog", m+"\n"), relpOK) // omrelp's template ends in LF
+	}
+	evs := sink.decoded(t)
+	if len(evs) != 2*len(msgs) {
+		t.Fatalf("%d events, want %d", len(evs), 2*len(msgs))
+	}
+	for i := range msgs {
+		a, b := evs[i], evs[len(msgs)+i]
+		if a.Source.Transport != "tcp" || b.Source.Transport != TransportRELP {
+			t.Fatalf("transports %q, %q; want tcp, relp", a.Source.Transport, b.Source.Transport)
+		}
+		a.ID, b.ID = "", ""
+		a.Source.Transport, b.Source.Transport = "", ""
+		// The hash covers the frame as received; the RELP frame has omrelp's LF.
+		if a.RawSHA256 == "" || b.RawSHA256 == "" {
+			t.Errorf("message %d: raw_sha256 missing", i)
+		}
+		a.RawSHA256, b.RawSHA256 = "", ""
+		ja, jb := string(a.AppendJSON(nil)), string(b.AppendJSON(nil))
+		if ja != jb {
+			t.Errorf("message %d:\n tcp  %s\n relp %s", i, ja, jb)
+		}
+	}
+}
+
+// TestRELPLifecycle: Serve returns nil after cancel, with sessions open (one waiting for
+// a commit that never comes), and leaves no goroutine behind.
+func TestRELPLifecycle(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	pki := newTestPKI(t)
+	sink := &heldSink{}
+	s := newRELPServer(t, Config{TLSCert: pki.CertFile, TLSKey: pki.KeyFile},
+		RELPConfig{RELP: "127.0.0.1:0", RELPTLS: "127.0.0.1:0"}, sink, &fakeReporter{})
+	s.drain = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	lns, err := s.Listen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		wg.Go(func() { errs <- s.Serve(ctx, &wg, ln) })
+	}
+	plain := dialRELP(t, s.Addr())
+	plain.open()
+	plain.send("syslog", syslogMsg(1)) // held: never committed
+	tc, err := tls.Dial("tcp", s.TLSAddr().String(), pki.ClientConfig(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	secure := newRELPPeer(t, tc)
+	secure.open()
+	waitFor(t, "the held append", func() bool { return sink.appended() == 1 })
+	cancel()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("Serve = %v, want nil", err)
+		}
+	}
+	plain.expectServerClose()
+	secure.expectServerClose()
+	if got := s.Stats().ConnsOpen; got != 0 {
+		t.Errorf("ConnsOpen = %d after Serve returned, want 0", got)
 	}
 }

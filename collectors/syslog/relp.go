@@ -48,10 +48,6 @@ const (
 )
 
 const (
-	// relpDrain bounds how long a stopping session waits for the commits of frames it
-	// already appended, so that it can still acknowledge them; the rest the sender
-	// resends. It is well inside the daemon's shutdown budget.
-	relpDrain = 3 * time.Second
 	// relpWriteTimeout bounds one write of responses: a sender that stops reading them
 	// (the "hibernating client" of the spec) is cut off instead of holding the session.
 	relpWriteTimeout = 30 * time.Second
@@ -77,8 +73,10 @@ const (
 
 // RELPConfig holds the RELP keys of the syslog config. Config embeds it inline, so the
 // keys sit beside udp, tcp and tls (syslog.relp, syslog.relp_tls, ...). RELP uses the
-// collector's max_message_size (for DATALEN), max_connections, idle_timeout and, for
-// relp_tls, tls_cert, tls_key and tls_client_ca.
+// collector's max_message_size (for DATALEN), max_connections and
+// max_connections_per_ip (a table of their own), idle_timeout, handshake_timeout,
+// drain_timeout (how long a stop waits for commits to answer) and, for relp_tls,
+// tls_cert, tls_key and tls_client_ca.
 type RELPConfig struct {
 	// RELP is the listen address of plain RELP, e.g. "127.0.0.1:2514". Empty disables it.
 	RELP string `yaml:"relp"`
@@ -147,7 +145,7 @@ type RELPServer struct {
 	cfg    RELPConfig
 	tlsCfg *tls.Config
 	conns  *connset.Set
-	drain  time.Duration
+	drain  time.Duration // how long a stopping session waits for commits to answer
 
 	mu    sync.Mutex
 	addrs [2]net.Addr // plain, TLS
@@ -181,7 +179,14 @@ func (c *Collector) NewRELP(cfg RELPConfig) (*RELPServer, error) {
 	if err := errors.Join(cfg.ValidateRELP(c.cfg.TLSCert, c.cfg.TLSKey)...); err != nil {
 		return nil, err
 	}
-	s := &RELPServer{c: c, cfg: cfg, conns: connset.New(connset.Limits{Max: c.cfg.MaxConnections}), drain: relpDrain}
+	s := &RELPServer{
+		c:   c,
+		cfg: cfg,
+		// A table of its own: RELP sessions end with serverclose and their own drain
+		// (see relpSession.Read), not with the TCP listeners' drain.
+		conns: connset.New(connset.Limits{Max: c.cfg.MaxConnections, MaxPerIP: c.cfg.MaxConnectionsPerIP}),
+		drain: c.cfg.DrainTimeout,
+	}
 	if cfg.RELPTLS != "" {
 		s.tlsCfg = c.tlsCfg
 		if s.tlsCfg == nil {
@@ -317,12 +322,12 @@ func (s *RELPServer) handleConn(ctx context.Context, tc *connset.Conn, secure bo
 	if secure {
 		name = TransportRELPTLS
 		tlc := tls.Server(conn, s.tlsCfg)
-		_ = conn.SetDeadline(time.Now().Add(min(s.c.cfg.IdleTimeout, maxHandshake)))
+		_ = conn.SetDeadline(time.Now().Add(s.c.cfg.HandshakeTimeout))
 		if err := tlc.HandshakeContext(ctx); err != nil {
 			if ctx.Err() == nil && !tc.Evicted() {
 				reason := ReasonTLSHandshake
 				if isTimeout(err) {
-					reason = connset.ReasonHandshakeTimeout
+					reason = ReasonHandshakeTimeout
 				}
 				s.reject(name, ip, reason, "", 0)
 				s.logConn("tls handshake failed", name, ip, err)

@@ -7,3 +7,12 @@ func withBudget(cfg Config, n int64) Config {
 	cfg.MaxInflightBytes = n
 	return cfg
 }
+
+// withLimits sets fhir.max_connections and max_connections_per_ip, like withBudget.
+func withLimits(cfg Config, max, perIP int) Config {
+	cfg.MaxConnections, cfg.MaxConnectionsPerIP = max, perIP
+	return cfg
+}
+
+// openConns is how many connections the collector tracks.
+func openConns(c *Collector) int64 { return c.Stats().Connections }

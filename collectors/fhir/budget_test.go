@@ -26,6 +26,13 @@ const (
 	stallers    = 4
 )
 
+// budgetConfig is cfg with testBudget and connection limits high enough that the
+// tests' quick retries (each refused connection lingers half-open for lingerDelay) never
+// meet them.
+func budgetConfig(cfg Config) Config {
+	return withLimits(withBudget(cfg, testBudget), 1024, 1024)
+}
+
 // stallConn opens a raw connection that sends request headers announcing stallCL bytes
 // (or chunked, when chunked is set) and stallSent bytes of body, then stalls.
 func stallConn(t testing.TB, addr string, chunked bool) net.Conn {
@@ -107,7 +114,7 @@ func TestBudgetStalledBodies(t *testing.T) {
 		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
 			rep := &fakeReporter{}
 			sink := &fakeSink{}
-			c := newTestCollector(t, withBudget(Config{HTTP: "127.0.0.1:0", MaxBodyBytes: testMaxBody}, testBudget), sink, rep)
+			c := newTestCollector(t, budgetConfig(Config{HTTP: "127.0.0.1:0", MaxBodyBytes: testMaxBody}), sink, rep)
 			startCollector(t, c)
 			addr := c.Addr().String()
 			var conns []net.Conn
@@ -140,7 +147,7 @@ func TestBudgetStalledBodies(t *testing.T) {
 // TestBudgetReleasedByReadTimeout leaves the stalled senders connected: read_timeout
 // ends their requests, which releases the budget without their help.
 func TestBudgetReleasedByReadTimeout(t *testing.T) {
-	c := newTestCollector(t, withBudget(Config{HTTP: "127.0.0.1:0", MaxBodyBytes: testMaxBody, ReadTimeout: time.Second}, testBudget), &fakeSink{}, &fakeReporter{})
+	c := newTestCollector(t, budgetConfig(Config{HTTP: "127.0.0.1:0", MaxBodyBytes: testMaxBody, ReadTimeout: time.Second}), &fakeSink{}, &fakeReporter{})
 	startCollector(t, c)
 	addr := c.Addr().String()
 	var conns []net.Conn

@@ -22,6 +22,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/internal/connset"
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 )
@@ -62,6 +63,7 @@ type Collector struct {
 
 	inflight sync.WaitGroup
 	budget   *budget
+	conns    *connset.Set // open connections, under fhir.max_connections and max_connections_per_ip
 	stats    counters
 	limit    ratelog.Limiter
 }
@@ -93,6 +95,7 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, tok *audit.T
 		now:    time.Now,
 		ready:  make(chan struct{}),
 		budget: newBudget(cfg.MaxInflightBytes),
+		conns:  connset.New(connset.Limits{Max: cfg.MaxConnections, MaxPerIP: cfg.MaxConnectionsPerIP}),
 	}
 	// A transaction Bundle is all or nothing, which only a sink that commits several
 	// events at once can promise; without one, transactions are refused (501).
@@ -208,6 +211,9 @@ func (c *Collector) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.addr = ln.Addr()
 	c.mu.Unlock()
+	// The limits apply to TCP connections, before TLS: a client that never finishes its
+	// handshake holds a slot (and is idle, so it is the first to be evicted).
+	ln = holdListener{connset.Listener(ln, c.conns, c.connRefused)}
 	if c.tlsCfg != nil {
 		ln = tls.NewListener(ln, c.tlsCfg)
 	}
@@ -225,10 +231,8 @@ func (c *Collector) Run(ctx context.Context) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		ConnContext: func(ctx context.Context, conn net.Conn) context.Context {
-			return context.WithValue(ctx, connKey{}, conn)
-		},
-		ErrorLog: log.New(serverLog{c}, "", 0),
+		ConnContext:       connContext,
+		ErrorLog:          log.New(serverLog{c}, "", 0),
 	}
 	serveErr := make(chan error, 1)
 	var wg sync.WaitGroup

@@ -65,6 +65,8 @@ func (c *Collector) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !c.readBody(q, res) {
 		return
 	}
+	// From here on the connection waits for us, not for its peer: not evictable.
+	defer holdConn(r.Context())()
 	if !utf8.Valid(q.body) {
 		c.fail(q, http.StatusBadRequest, ReasonInvalidUTF8, issue{"error", "invalid", "body is not valid UTF-8"})
 		return

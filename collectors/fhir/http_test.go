@@ -422,6 +422,11 @@ func TestConfigValidate(t *testing.T) {
 		{"body too small", Config{MaxBodyBytes: 100}, "fhir.max_body_bytes"},
 		{"negative timeout", Config{ReadTimeout: -time.Second}, "fhir.read_timeout"},
 		{"base path", Config{BasePath: "/fhir"}, "fhir.base_path"},
+		{"budget below body", Config{MaxBodyBytes: 8 << 20, MaxInflightBytes: 4 << 20}, "fhir.max_inflight_bytes"},
+		{"budget too big", Config{MaxInflightBytes: 2 << 30}, "fhir.max_inflight_bytes"},
+		{"no connections", Config{MaxConnections: -1}, "fhir.max_connections"},
+		{"per ip over max", Config{MaxConnections: 4, MaxConnectionsPerIP: 5}, "fhir.max_connections_per_ip"},
+		{"negative per ip", Config{MaxConnectionsPerIP: -1}, "fhir.max_connections_per_ip"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := tt.cfg
@@ -438,7 +443,9 @@ func TestConfigValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if ok.MaxBodyBytes != DefaultMaxBodyBytes || ok.BasePath != "/" || ok.ReadTimeout != DefaultReadTimeout {
+	if ok.MaxBodyBytes != DefaultMaxBodyBytes || ok.BasePath != "/" || ok.ReadTimeout != DefaultReadTimeout ||
+		ok.MaxInflightBytes != DefaultMaxInflightBytes || ok.MaxConnections != DefaultMaxConnections ||
+		ok.MaxConnectionsPerIP != DefaultMaxConnectionsPerIP {
 		t.Fatalf("defaults=%+v", ok)
 	}
 	if _, err := New(Config{BearerTokensFile: filepath.Join(t.TempDir(), "missing")}, &fakeSink{}, &fakeReporter{}, testTokenizer(t), nil); err == nil {

@@ -11,4 +11,5 @@ const (
 	attrErr        = "err"
 	attrSuppressed = "suppressed"
 	attrInflight   = "inflight_bytes"
+	attrOpen       = "open"
 )

@@ -1,6 +1,10 @@
 package fhir
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/edgeaudit/edgeaudit/internal/connset"
+)
 
 // Reject reasons, reported through collectors.Reporter.Reject and counted in Stats.
 const (
@@ -23,13 +27,18 @@ const (
 	// ReasonTooComplex is a 413 for a body whose decoded tree alone would need more than
 	// the whole in-flight budget.
 	ReasonTooComplex = "too_complex"
+	// Connection refusals and evictions by the fhir.max_connections and
+	// max_connections_per_ip limits (the shared connset keywords).
+	ReasonTooManyConnections = connset.ReasonTooManyConnections
+	ReasonTooManyPerIP       = connset.ReasonTooManyPerIP
+	ReasonEvictedIdle        = connset.ReasonEvictedIdle
 )
 
 var rejectReasons = [...]string{
 	ReasonBadJSON, ReasonBadXML, ReasonXMLDoctype, ReasonInvalidUTF8, ReasonWrongResourceType,
 	ReasonTooLarge, ReasonUnsupportedMediaType, ReasonUnauthorized, ReasonMethodNotAllowed,
 	ReasonNotFound, ReasonUnsupportedBundle, ReasonInvalidEntry, ReasonReadError, ReasonTLSHandshake,
-	ReasonOverloaded, ReasonTooComplex,
+	ReasonOverloaded, ReasonTooComplex, ReasonTooManyConnections, ReasonTooManyPerIP, ReasonEvictedIdle,
 }
 
 func reasonIndex(reason string) int {
@@ -62,6 +71,8 @@ type Stats struct {
 	Overloaded uint64
 	// InflightBytes is how much of fhir.max_inflight_bytes requests hold now.
 	InflightBytes int64
+	// Connections is how many connections are open now.
+	Connections int64
 	// Rejects counts refused requests (and refused Bundle entries) per reason.
 	Rejects map[string]uint64
 }
@@ -81,6 +92,9 @@ func (c *Collector) Stats() Stats {
 	}
 	if c.budget != nil {
 		st.InflightBytes = c.budget.inUse()
+	}
+	if c.conns != nil {
+		st.Connections = c.conns.Open()
 	}
 	return st
 }

@@ -24,17 +24,36 @@ const (
 	floodMaxRSS = 256 << 20
 )
 
-// TestFHIRStalledBodiesFlood opens 300 connections that each announce a 4 MB body,
-// send most of it and stall, as a hostile or broken sender would. The daemon's peak RSS
-// (VmHWM) must stay under 256 MiB: bodies are read under fhir.max_inflight_bytes, and a
-// request past it gets 503 + Retry-After at once. During the flood an ordinary sender
-// gets 201 or a clean 503 with Retry-After; once the flood's connections close, the
-// budget is released and it gets 201. Every 201's event must be in the export.
+// TestFHIRStalledBodiesFlood opens 300 connections from 10 loopback addresses that each
+// announce a 4 MB body, send most of it and stall, as a hostile or broken sender would.
+// The daemon's peak RSS (VmHWM) must stay under 256 MiB: bodies are read under
+// fhir.max_inflight_bytes, and a request past it gets 503 + Retry-After at once. While
+// the flood stalls, an ordinary sender from 127.0.0.1 gets 201 or a clean 503 with
+// Retry-After; once the flood's connections close, the budget is released and it gets
+// 201. Every 201's event must be in the export.
+//
+// With connection limits above the flood, every flood request reaches the budget. With
+// the default limits (256 connections) the table fills up too: the ordinary sender may
+// be refused at connect until a stalled connection has been idle long enough to be
+// evicted for it, and the refusals and evictions are counted.
 func TestFHIRStalledBodiesFlood(t *testing.T) {
 	if testing.Short() {
-		t.Skip("sends 1.2 GB over loopback")
+		t.Skip("sends 1.2 GB over loopback per case")
 	}
-	d := startFHIRDaemon(t, "max_connections: 1024", "max_connections_per_ip: 512")
+	for _, tt := range []struct {
+		name     string
+		keys     []string
+		tableCap int // connections the table holds; 0: more than the flood
+	}{
+		{"limits above the flood", []string{"max_connections: 1024", "max_connections_per_ip: 512"}, 0},
+		{"default limits", nil, 256},
+	} {
+		t.Run(tt.name, func(t *testing.T) { fhirStalledFlood(t, tt.keys, tt.tableCap) })
+	}
+}
+
+func fhirStalledFlood(t *testing.T, keys []string, tableCap int) {
+	d := startFHIRDaemon(t, keys...)
 	pid := d.cmd.Process.Pid
 	base := "http://" + d.fhir + "/"
 	baseline := procStatusKiB(t, pid, "VmHWM")
@@ -78,16 +97,28 @@ func TestFHIRStalledBodiesFlood(t *testing.T) {
 		})
 	}
 
-	// An ordinary sender during the flood: 201, or a clean 503 with Retry-After.
+	wg.Wait()
+
+	// An ordinary sender while the flood stalls: 201, or a clean 503 with Retry-After.
+	// With a full table it may be refused at connect (no answer) until it can evict.
 	var created []string
-	during := map[int]int{}
-	for range 5 {
+	during := map[string]int{}
+	answered := 0
+	for attempt := 0; answered < 5; attempt++ {
+		if attempt == 200 {
+			t.Fatalf("ordinary sender answered %d times in %d attempts during the flood: %v", answered, attempt, during)
+		}
 		r, err := postAuditEvent(t.Context(), base, fhirLoginJSON)
 		if err != nil {
-			t.Errorf("ordinary POST during the flood: %v", err)
+			if tableCap == 0 {
+				t.Fatalf("ordinary POST during the flood: %v", err)
+			}
+			during["refused at connect"]++
+			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		during[r.status]++
+		answered++
+		during[fmt.Sprint(r.status)]++
 		switch {
 		case r.status == 201:
 			created = append(created, strings.TrimPrefix(r.location, "/AuditEvent/"))
@@ -97,12 +128,32 @@ func TestFHIRStalledBodiesFlood(t *testing.T) {
 				r.status, r.retryAfter, r.body)
 		}
 	}
-	wg.Wait()
 	peak := procStatusKiB(t, pid, "VmHWM") << 10
-	t.Logf("flood: %d connections, %d sent %d of %d bytes and stalled, %d cut short by the daemon, %d dial errors; "+
-		"ordinary sender during the flood %v; daemon VmHWM %.1f MiB (baseline %.1f MiB)",
-		floodConns, sentAll.Load(), floodSent, floodAnnounced, cutShort.Load(), dialErrs.Load(), during,
+	// The refused requests were answered 503 before their bodies were read: the writes
+	// above mostly "succeed" only because loopback socket buffers hold 4 MB.
+	m := d.metrics(t)
+	rejected := func(reason string) float64 {
+		return m.sum("edgeaudit_input_rejected_total", "collector", "fhir", "reason", reason)
+	}
+	overloaded := rejected("overloaded")
+	connRefusals := rejected("too_many_connections") + rejected("too_many_connections_per_ip") + rejected("evicted_idle")
+	t.Logf("flood: %d connections, %d wrote %d of %d bytes (into socket buffers) and stalled, %d cut short by the daemon, %d dial errors; "+
+		"%.0f refused at once as overloaded, %.0f connections refused or evicted; ordinary sender while the flood stalled %v; "+
+		"daemon VmHWM %.1f MiB (baseline %.1f MiB)",
+		floodConns, sentAll.Load(), floodSent, floodAnnounced, cutShort.Load(), dialErrs.Load(), overloaded, connRefusals, during,
 		float64(peak)/(1<<20), float64(baseline)/1024)
+	if dialErrs.Load() != 0 {
+		t.Errorf("%d flood connections could not connect", dialErrs.Load())
+	}
+	// 64 MiB holds at most 16 bodies of 4 MB: every other flood request that reached a
+	// handler must have been refused; with a smaller table, the rest were refused or
+	// evicted as connections.
+	if min := float64(floodConns - 64<<20/floodAnnounced); overloaded+connRefusals < min {
+		t.Errorf("%.0f flood requests refused as overloaded and %.0f connections refused or evicted, want at least %.0f together", overloaded, connRefusals, min)
+	}
+	if tableCap > 0 && connRefusals < float64(floodConns-tableCap) {
+		t.Errorf("%.0f connections refused or evicted, want at least %d (%d connections, table of %d)", connRefusals, floodConns-tableCap, floodConns, tableCap)
+	}
 	if raceEnabled {
 		t.Logf("-race build: the RSS bound of %d MiB is not checked (the race detector multiplies memory)", floodMaxRSS>>20)
 	} else if peak >= floodMaxRSS {

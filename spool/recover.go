@@ -1,7 +1,7 @@
 package spool
 
 import (
-	"crypto/ecdsa"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -51,6 +51,9 @@ func (s *Spool) recover() ([]audit.Event, error) {
 	}
 	mi, err := precheck(s.path)
 	existed := mi.size > 0
+	if err == nil && existed {
+		err = checkInChild(context.Background(), s.path)
+	}
 	if err == nil {
 		err = s.openDB()
 	}
@@ -173,30 +176,7 @@ func (s *Spool) openDB() (err error) {
 	db.AllocSize = allocSize
 	s.db = db
 	s.pageSize = int64(db.Info().PageSize)
-	if err := s.checkPages(); err != nil {
-		db.Close()
-		s.db = nil
-		return err
-	}
 	return nil
-}
-
-// checkPages runs bbolt's consistency check over every page (reachability, double
-// frees, key order), so that a flipped bit in a branch or leaf page is found at start
-// rather than by a commit in the middle of the day.
-func (s *Spool) checkPages() error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		var errs []error
-		for err := range tx.Check() {
-			if len(errs) < 4 {
-				errs = append(errs, err)
-			}
-		}
-		if len(errs) > 0 {
-			return fmt.Errorf("%w: bbolt check: %w", ErrDamaged, errors.Join(errs...))
-		}
-		return nil
-	})
 }
 
 // load creates the buckets of a new spool, or reads and verifies the head of an existing
@@ -342,18 +322,8 @@ func (s *Spool) verifyTail(tx *bolt.Tx, headSeq uint64, headHash ledger.Hash) er
 		if err != nil {
 			return fmt.Errorf("%w: seq %d: %v", ErrChainBroken, seq, err)
 		}
-		h, err := ledger.ParseHeader(b.Header)
-		switch {
-		case err != nil:
-			return fmt.Errorf("%w: seq %d: %v", ErrChainBroken, seq, err)
-		case h.Seq != seq:
-			return fmt.Errorf("%w: seq %d stored under key %d", ErrChainBroken, h.Seq, seq)
-		case prev != "" && h.Prev != prev:
-			return fmt.Errorf("%w: seq %d: prev does not match the previous header", ErrChainBroken, seq)
-		case h.Count != len(b.Events) || ledger.EventsRoot(b.Events) != mustHex32(h.Root):
-			return fmt.Errorf("%w: seq %d: events do not match count and root", ErrChainBroken, seq)
-		case h.KeyID == ours && !ecdsa.VerifyASN1(pub, sha256Of(b.Header), b.Signature):
-			return fmt.Errorf("%w: seq %d: signature does not verify", ErrChainBroken, seq)
+		if reason := checkBatch(b, seq, prev, pub, ours); reason != "" {
+			return fmt.Errorf("%w: seq %d: %s", ErrChainBroken, seq, reason)
 		}
 		hh := ledger.HeaderHash(b.Header)
 		prev, last = hex.EncodeToString(hh[:]), b.Header

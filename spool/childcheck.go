@@ -1,0 +1,114 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bbolt reads its file through a memory map. On a damaged file its consistency check
+// follows bad page pointers and key lengths into unmapped memory and faults (SIGSEGV,
+// SIGBUS) in a goroutine of its own, where no recover or SetPanicOnFault can catch it.
+// So the full page check runs in a child process: the same executable, started with
+// checkEnv naming the file; the init below runs the check and exits before anything else
+// of the program starts. A child that dies of a signal or a Go fatal error has found
+// damage just as one that reports it.
+const (
+	checkEnv     = "EDGEAUDIT_SPOOL_CHECK"
+	checkTimeout = 10 * time.Minute
+	// Child exit codes.
+	checkOK      = 0
+	checkDamaged = 3
+	checkIOError = 4
+)
+
+func init() {
+	if p := os.Getenv(checkEnv); p != "" {
+		os.Exit(childCheck(p))
+	}
+}
+
+// childCheck is the child's side: it prints the reason and returns the exit code.
+func childCheck(path string) int {
+	if _, err := precheck(path); err != nil {
+		fmt.Println(err)
+		if errors.Is(err, ErrDamaged) {
+			return checkDamaged
+		}
+		return checkIOError
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: DefaultOpenTimeout})
+	if err != nil {
+		fmt.Println(err)
+		if isDamage(err) {
+			return checkDamaged
+		}
+		return checkIOError
+	}
+	defer db.Close()
+	code := checkOK
+	db.View(func(tx *bolt.Tx) error {
+		n := 0
+		for err := range tx.Check() {
+			if n < 4 {
+				fmt.Println(err)
+			}
+			n++
+			code = checkDamaged
+		}
+		return nil
+	})
+	return code
+}
+
+// checkInChild runs bbolt's full page check of path in a child process (see above).
+// It returns nil for a sound file, ErrDamaged for damage, and other errors for I/O
+// trouble or a check that could not run.
+func checkInChild(ctx context.Context, path string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("check spool: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), checkEnv+"="+path)
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err = cmd.Run()
+	msg := firstLine(out.String())
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("check spool: no result within %s", checkTimeout)
+	case !errors.As(err, &ee):
+		return fmt.Errorf("check spool: %w", err)
+	case ee.ExitCode() == checkDamaged:
+		return fmt.Errorf("%w: %s", ErrDamaged, msg)
+	case ee.ExitCode() == checkIOError:
+		return fmt.Errorf("check spool: %s", msg)
+	}
+	// Killed by a signal, or a Go fatal error (exit 2): bbolt faulted on the file.
+	return fmt.Errorf("%w: the page check died (%v): %s", ErrDamaged, ee.ProcessState, msg)
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}

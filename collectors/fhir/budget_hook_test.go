@@ -16,3 +16,6 @@ func withLimits(cfg Config, max, perIP int) Config {
 
 // openConns is how many connections the collector tracks.
 func openConns(c *Collector) int64 { return c.Stats().Connections }
+
+// inflightBytes is how much of the budget requests hold.
+func inflightBytes(c *Collector) int64 { return c.Stats().InflightBytes }

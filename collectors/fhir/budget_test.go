@@ -268,3 +268,26 @@ func TestUnauthorizedBodyUnread(t *testing.T) {
 		t.Fatalf("server read %d bytes (at most %d expected) and closed %d connections (want 1)", got, most, closed)
 	}
 }
+
+// TestBudgetTreeBomb posts a small body that decodes into a tree many times its size
+// (300,000 one-byte numbers): the decoded nodes are charged to the budget, so a body
+// that alone would need more than all of it is refused with 413 too_complex, the budget
+// comes back whole, and an ordinary request is still accepted.
+func TestBudgetTreeBomb(t *testing.T) {
+	rep := &fakeReporter{}
+	c := newTestCollector(t, withBudget(Config{MaxBodyBytes: 1 << 20}, 1<<20), &fakeSink{}, rep)
+	bomb := `{"resourceType":"AuditEvent","a":[` + strings.Repeat("1,", 300000) + `1]}`
+	rec := post(t, c.Handler(), "/AuditEvent", "application/fhir+json", []byte(bomb))
+	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(rec.Body.String(), "OperationOutcome") {
+		t.Fatalf("status=%d %s, want 413 with an OperationOutcome", rec.Code, rec.Body)
+	}
+	if rj := rep.get(); len(rj) != 1 || rj[0].Reason != "too_complex" || rj[0].Size != int64(len(bomb)) {
+		t.Fatalf("rejects=%+v, want one too_complex of %d bytes", rj, len(bomb))
+	}
+	if got := inflightBytes(c); got != 0 {
+		t.Fatalf("%d bytes of the budget still held after the request", got)
+	}
+	if rec := post(t, c.Handler(), "/AuditEvent", "application/fhir+json", []byte(loginJSON)); rec.Code != http.StatusCreated {
+		t.Fatalf("ordinary request after the bomb: status=%d %s", rec.Code, rec.Body)
+	}
+}

@@ -153,18 +153,28 @@ func (c *Collector) readBody(q *request, res *reservation) bool {
 }
 
 // readChunked reads a body of unknown length, at most limit bytes, growing its buffer by
-// doubling and charging each growth to res first. It returns what it read with
-// errTooBig past limit (then the first limit bytes), errOverBudget when the budget cannot cover the next growth, or
-// the read error.
+// doubling (up to limit) and charging each growth to res first. It returns what it read
+// with errTooBig past limit (then the first limit bytes) or past the whole budget,
+// errOverBudget when others hold the budget the next growth needs, or the read error.
 func readChunked(r io.Reader, limit int64, res *reservation) ([]byte, error) {
 	var buf []byte
 	for {
 		if len(buf) == cap(buf) {
-			if int64(len(buf)) > limit {
-				return buf[:limit], errTooBig
+			if int64(len(buf)) >= limit {
+				// Full at the limit: one more byte, read aside, tells a body of exactly
+				// limit bytes from a longer one without charging for it.
+				var probe [1]byte
+				n, err := io.ReadFull(r, probe[:])
+				switch {
+				case n == 1:
+					return buf, errTooBig
+				case err == io.EOF:
+					return buf, nil
+				default:
+					return buf, err
+				}
 			}
-			// One byte over the limit tells a body of exactly limit bytes from a longer one.
-			n := min(max(2*int64(cap(buf)), reserveChunk), limit+1)
+			n := min(max(2*int64(cap(buf)), reserveChunk), limit)
 			if err := res.charge(n - int64(cap(buf))); err != nil {
 				return buf, err
 			}
@@ -175,9 +185,6 @@ func readChunked(r io.Reader, limit int64, res *reservation) ([]byte, error) {
 		m, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+m]
 		if err == io.EOF {
-			if int64(len(buf)) > limit {
-				return buf[:limit], errTooBig
-			}
 			return buf, nil
 		}
 		if err != nil {

@@ -50,6 +50,21 @@ func refusedAtConnect(t testing.TB, src, addr string) bool {
 	return true
 }
 
+// waitReason waits until want rejects of reason were reported, and fails if more were.
+func waitReason(t testing.TB, rep *fakeReporter, reason string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for countReason(rep, reason) < want {
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := countReason(rep, reason); got != want {
+		t.Fatalf("%d %s rejects reported, want %d: %+v", got, reason, want, rep.get())
+	}
+}
+
 func countReason(rep *fakeReporter, reason string) int {
 	n := 0
 	for _, r := range rep.get() {
@@ -102,9 +117,8 @@ func TestConnectionLimitPerIP(t *testing.T) {
 	if !refusedAtConnect(t, "127.0.0.1", addr) {
 		t.Fatal("a third connection from 127.0.0.1 was served, want it refused by max_connections_per_ip 2")
 	}
-	if got := countReason(rep, ReasonTooManyPerIP); got != 1 {
-		t.Fatalf("%d %s rejects reported, want 1: %+v", got, ReasonTooManyPerIP, rep.get())
-	}
+	// The listener closes a refused connection first and reports it after.
+	waitReason(t, rep, ReasonTooManyPerIP, 1)
 	if got := c.Stats().Rejects[ReasonTooManyPerIP]; got != 1 {
 		t.Fatalf("Stats.Rejects[%s]=%d, want 1", ReasonTooManyPerIP, got)
 	}
@@ -157,9 +171,7 @@ func TestConnectionLimitEvictsIdle(t *testing.T) {
 	}
 	resp.Body.Close()
 	mustStatus(t, resp, http.StatusCreated)
-	if got := countReason(rep, ReasonEvictedIdle); got != 1 {
-		t.Fatalf("%d %s rejects reported, want 1: %+v", got, ReasonEvictedIdle, rep.get())
-	}
+	waitReason(t, rep, ReasonEvictedIdle, 1)
 	closed := 0
 	for _, conn := range idle {
 		_ = conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))

@@ -79,6 +79,11 @@ type SpoolConfig struct {
 	Retention    time.Duration `yaml:"retention"`
 	QueueSize    int           `yaml:"queue_size"`
 	CommitEvents int           `yaml:"commit_events"`
+	// See spool.Config for these.
+	EvidenceReserveBytes int64         `yaml:"evidence_reserve_bytes"`
+	CloseGrace           time.Duration `yaml:"close_grace"`
+	ScrubInterval        time.Duration `yaml:"scrub_interval"`
+	ScrubRate            int64         `yaml:"scrub_rate"`
 }
 
 // SpoolConfig returns the spool package's config.
@@ -87,6 +92,8 @@ func (c *Config) SpoolConfig() spool.Config {
 		MaxEvents: c.Batch.MaxEvents, MaxAge: c.Batch.MaxAge, Heartbeat: c.Batch.Heartbeat,
 		MaxSizeBytes: c.Spool.MaxSizeBytes, MinFreeBytes: c.Spool.MinFreeBytes, Retention: c.Spool.Retention,
 		QueueSize: c.Spool.QueueSize, CommitEvents: c.Spool.CommitEvents,
+		EvidenceReserveBytes: c.Spool.EvidenceReserveBytes, CloseGrace: c.Spool.CloseGrace,
+		ScrubInterval: c.Spool.ScrubInterval, ScrubRate: c.Spool.ScrubRate,
 	}
 }
 

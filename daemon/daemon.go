@@ -71,6 +71,9 @@ func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 // goroutines have exited.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	cfg := &d.cfg
+	// Everything that can fail is checked before the spool is opened, so that a daemon
+	// that cannot start leaves no chain with a start and no stop: keys, privacy, TLS
+	// material (the collectors' New), the ports.
 	signer, created, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
 	if err != nil {
 		return err
@@ -81,19 +84,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := attest.WritePublicPEM(cfg.PublicKeyPath(), signer.Public()); err != nil {
 		return err
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{
-		Site: cfg.Site, Device: cfg.Device, Signer: signer,
-		Logger: d.log.With("component", "spool"),
-	})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := sp.Close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
-
 	priv, err := openPrivacy(cfg, d.log.With("component", "privacy"))
 	if err != nil {
 		return err
@@ -108,10 +98,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	// The collectors are built (which loads their TLS material) before the spool exists;
+	// they reach it through sink once it is open.
+	sink := &lateSink{}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	self := newSelfAudit(sp, reg, d.log.With("component", "selfaudit"))
-	sl, err := syslog.New(cfg.Syslog, sp, self, d.log.With("component", "collector.syslog"))
+	self := newSelfAudit(sink, reg, d.log.With("component", "selfaudit"))
+	sl, err := syslog.New(cfg.Syslog, sink, self, d.log.With("component", "collector.syslog"))
 	if err != nil {
 		return err
 	}
@@ -119,10 +112,56 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if priv.redact != nil {
 		sl.SetRedactor(priv.redact)
 	}
-	registerMetrics(reg, d, sp, sl)
+	comps := []component{sl}
+	var h *hl7.Collector
+	if cfg.HL7.Enabled() {
+		if h, err = hl7.New(cfg.HL7, sink, self, priv.tok, d.log.With("component", "collector.hl7")); err != nil {
+			return err
+		}
+		comps = append(comps, h)
+	}
+	var f *fhir.Collector
+	if cfg.FHIR.Enabled() {
+		if f, err = fhir.New(cfg.FHIR, sink, self, priv.tok, d.log.With("component", "collector.fhir")); err != nil {
+			return err
+		}
+		if priv.redact != nil {
+			f.SetRedactor(priv.redact)
+		}
+		comps = append(comps, f)
+	}
 	d.mu.Lock()
-	d.syslog = sl
+	d.syslog, d.hl7, d.fhir = sl, h, f
 	d.mu.Unlock()
+	if err := probePorts(cfg); err != nil {
+		return err
+	}
+	var adminLn net.Listener
+	if cfg.Admin != "" {
+		if adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
+			return fmt.Errorf("listen admin %s: %w", cfg.Admin, err)
+		}
+		defer adminLn.Close()
+	}
+	unclean, err := markRunning(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{
+		Site: cfg.Site, Device: cfg.Device, Signer: signer,
+		Logger: d.log.With("component", "spool"),
+	})
+	if err != nil {
+		return err
+	}
+	sink.set(sp)
+	defer func() {
+		if cerr := sp.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	registerMetrics(reg, d, sp, sl)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -138,24 +177,21 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	pruneCtx, stopPrune := context.WithCancel(context.Background())
 	defer stopPrune()
 	wg.Go(func() { d.pruneLoop(pruneCtx, sp) })
+	wg.Go(func() { sp.RunScrub(pruneCtx) })
 
 	var adminSrv *http.Server
-	if cfg.Admin != "" {
-		ln, err := net.Listen("tcp", cfg.Admin)
-		if err != nil {
-			return fmt.Errorf("listen admin %s: %w", cfg.Admin, err)
-		}
+	if adminLn != nil {
 		d.mu.Lock()
-		d.admin = ln.Addr()
+		d.admin = adminLn.Addr()
 		d.mu.Unlock()
 		mux := d.adminHandler(reg, sp, signer)
 		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		// On an early return (a collector that cannot start) the deferred wg.Wait must
-		// not wait for a server nobody stops; after the orderly Shutdown this is a no-op.
+		// On an early return the deferred wg.Wait must not wait for a server nobody
+		// stops; after the orderly Shutdown this is a no-op.
 		defer adminSrv.Close()
 		wg.Go(func() {
-			if err := adminSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("admin endpoint", "err", err)
 			}
 		})
@@ -163,35 +199,19 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	start := self.event(ActionStart, audit.OutcomeSuccess, "")
 	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind()}
+	if unclean {
+		// The previous run ended without its stop event: killed, crashed, or power lost.
+		start.Outcome = audit.OutcomeMinorFailure
+		start.Reason = "previous run did not stop cleanly"
+		start.Detail["previous_stop"] = "unclean"
+	}
+	// A full spool does not keep the appliance from starting: senders get backpressure,
+	// health says so, and the start event comes out of the evidence reserve.
 	if err := self.record(ctx, start); err != nil {
-		return fmt.Errorf("record start: %w", err)
+		d.log.Error("record start", "err", err)
 	}
 
 	// Collectors start last, each in its goroutine; the first one to fail stops them all.
-	comps := []component{sl}
-	if cfg.HL7.Enabled() {
-		h, err := hl7.New(cfg.HL7, sp, self, priv.tok, d.log.With("component", "collector.hl7"))
-		if err != nil {
-			return err
-		}
-		comps = append(comps, h)
-		d.mu.Lock()
-		d.hl7 = h
-		d.mu.Unlock()
-	}
-	if cfg.FHIR.Enabled() {
-		f, err := fhir.New(cfg.FHIR, sp, self, priv.tok, d.log.With("component", "collector.fhir"))
-		if err != nil {
-			return err
-		}
-		if priv.redact != nil {
-			f.SetRedactor(priv.redact)
-		}
-		comps = append(comps, f)
-		d.mu.Lock()
-		d.fhir = f
-		d.mu.Unlock()
-	}
 	collCtx, stopColl := context.WithCancel(context.Background())
 	defer stopColl()
 	collErr := make(chan error, len(comps))
@@ -256,6 +276,9 @@ wait:
 	stopVault()
 	pos, _ := sp.Position()
 	d.log.Info("edgeaudit stopped", "head_seq", pos.HeadSeq, "took", time.Since(begin).Round(time.Millisecond))
+	if err := clearRunning(cfg.DataDir); err != nil {
+		d.log.Error("clear run marker", "err", err)
+	}
 	return runErr
 }
 
@@ -308,7 +331,7 @@ func (d *Daemon) AdminAddr() net.Addr {
 
 // Health is what /healthz answers.
 type Health struct {
-	Status     string   `json:"status"` // ok|warning
+	Status     string   `json:"status"` // ok|warning|failure
 	Version    string   `json:"version"`
 	Site       string   `json:"site"`
 	Device     string   `json:"device"`
@@ -320,7 +343,13 @@ type Health struct {
 	Signer     string   `json:"signer"`
 	KeyID      string   `json:"key_id"`
 	Committed  uint64   `json:"events_committed"`
+	Lost       uint64   `json:"events_lost,omitempty"`
 	Warnings   []string `json:"warnings,omitempty"`
+	Failures   []string `json:"failures,omitempty"`
+	// Incidents are what the spool found at start and since (quarantine, rollback,
+	// damaged batches); a failure incident stays until the daemon restarts, and the chain
+	// holds the event for each.
+	Incidents []spool.Incident `json:"incidents,omitempty"`
 }
 
 func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) *http.ServeMux {
@@ -347,11 +376,37 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 		if signer.Kind() == "software" {
 			h.Warnings = append(h.Warnings, "signing key is a software key, not sealed by a TPM")
 		}
-		if st.Full {
-			h.Status = "warning"
+		if st.Full && !st.Holding {
 			h.Warnings = append(h.Warnings, "spool full: senders get backpressure")
 		}
+		if st.Holding {
+			h.Failures = append(h.Failures, "spool commits are failing (disk full or I/O errors): events are held in memory and senders get backpressure")
+		}
+		if st.Lost > 0 {
+			h.Lost = st.Lost
+			h.Failures = append(h.Failures, fmt.Sprintf("%d accepted events could not be committed and were lost (recorded)", st.Lost))
+		}
+		if st.HeadFileErrors > 0 {
+			h.Warnings = append(h.Warnings, "the head file could not be written (rollback detection is degraded)")
+		}
+		h.Incidents = sp.Incidents()
+		for _, in := range h.Incidents {
+			msg := in.Action + ": " + in.Reason
+			if in.Failure {
+				h.Failures = append(h.Failures, msg)
+			} else {
+				h.Warnings = append(h.Warnings, msg)
+			}
+		}
+		code := http.StatusOK
+		switch {
+		case len(h.Failures) > 0:
+			h.Status, code = "failure", http.StatusServiceUnavailable
+		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0):
+			h.Status = "warning"
+		}
 		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
 		json.NewEncoder(w).Encode(h)
 	})
 	return mux
@@ -376,6 +431,11 @@ var (
 	mHead        = prometheus.NewDesc("edgeaudit_spool_head_seq", "Seq of the last sealed batch.", nil, nil)
 	mAcked       = prometheus.NewDesc("edgeaudit_spool_acked_seq", "Seq up to which central acknowledged.", nil, nil)
 	mFull        = prometheus.NewDesc("edgeaudit_spool_full", "1 while the spool refuses events.", nil, nil)
+	mHolding     = prometheus.NewDesc("edgeaudit_spool_holding", "1 while commits fail or wait for room and their events are held in memory.", nil, nil)
+	mLost        = prometheus.NewDesc("edgeaudit_spool_events_lost_total", "Accepted events that could not be committed before close (each loss is recorded in the chain).", nil, nil)
+	mHeadErrs    = prometheus.NewDesc("edgeaudit_spool_head_file_errors_total", "Failed writes of the head file kept outside bbolt.", nil, nil)
+	mScrubbed    = prometheus.NewDesc("edgeaudit_spool_scrubbed_batches_total", "Batches verified by the background scrub.", nil, nil)
+	mScrubBad    = prometheus.NewDesc("edgeaudit_spool_scrub_damaged_total", "Damaged batches found by the background scrub.", nil, nil)
 	mReceived    = prometheus.NewDesc("edgeaudit_syslog_received_total", "Syslog messages handed to the spool.", []string{"transport"}, nil)
 	mMalformed   = prometheus.NewDesc("edgeaudit_syslog_malformed_total", "Syslog messages kept although they did not parse.", nil, nil)
 	mConnsOpen   = prometheus.NewDesc("edgeaudit_syslog_connections_open", "Open syslog TCP and TLS connections.", nil, nil)
@@ -394,6 +454,7 @@ func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *s
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
+		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad,
 		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mFHIREvents, mFHIRUnavail} {
 		ch <- d
 	}
@@ -418,6 +479,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		full = 1
 	}
 	g(mFull, full)
+	holding := 0.0
+	if st.Holding {
+		holding = 1
+	}
+	g(mHolding, holding)
+	c(mLost, st.Lost)
+	c(mHeadErrs, st.HeadFileErrors)
+	c(mScrubbed, st.Scrubbed)
+	c(mScrubBad, st.ScrubDamaged)
 	ss := m.sl.Stats()
 	for _, t := range []string{"udp", "tcp", "tls"} {
 		ch <- prometheus.MustNewConstMetric(mReceived, prometheus.CounterValue, float64(ss.Received[t]), t)

@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -151,42 +153,45 @@ func TestRunLifecycle(t *testing.T) {
 	}
 }
 
-func TestRunFailsOnBusyPort(t *testing.T) {
+// A daemon that cannot start (a port in use, TLS files missing, for each collector)
+// returns an error naming the problem, and does so before it opens the spool: no chain
+// with a start and no stop is left behind.
+func TestRunFailsBeforeOpeningTheSpool(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cfg := testConfig(t)
-	cfg.Syslog.TCP = ln.Addr().String()
-	d, err := New(cfg, "test", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
+	missing := func(t *testing.T) (string, string) {
+		return filepath.Join(t.TempDir(), "missing.pem"), filepath.Join(t.TempDir(), "missing-key.pem")
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := d.Run(ctx); err == nil || !strings.Contains(err.Error(), ln.Addr().String()) {
-		t.Fatalf("err=%v, want a bind error naming %s", err, ln.Addr())
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, cfg *Config)
+		want  string
+	}{
+		{"busy syslog port", func(t *testing.T, cfg *Config) { cfg.Syslog.TCP = ln.Addr().String() }, ln.Addr().String()},
+		{"busy mllp port", func(t *testing.T, cfg *Config) { cfg.HL7.MLLP = ln.Addr().String() }, "hl7.mllp"},
+		{"busy fhir port", func(t *testing.T, cfg *Config) { cfg.FHIR.HTTP = ln.Addr().String() }, "fhir.http"},
+		{"hl7 tls files missing", func(t *testing.T, cfg *Config) { cfg.HL7.TLSCert, cfg.HL7.TLSKey = missing(t) }, "hl7.tls_cert"},
+		{"fhir tls files missing", func(t *testing.T, cfg *Config) { cfg.FHIR.TLSCert, cfg.FHIR.TLSKey = missing(t) }, "fhir.tls_cert"},
 	}
-}
-
-// A collector that cannot start (its TLS files are missing) makes Run return an error
-// naming them, without hanging on the goroutines already started.
-func TestRunFailsOnBadCollectorTLS(t *testing.T) {
-	cfg := testConfig(t)
-	cfg.HL7.TLSCert, cfg.HL7.TLSKey = filepath.Join(t.TempDir(), "missing.pem"), filepath.Join(t.TempDir(), "missing-key.pem")
-	d, err := New(cfg, "test", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- d.Run(t.Context()) }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "hl7.tls_cert") {
-			t.Fatalf("err=%v, want one naming hl7.tls_cert", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20s")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			tt.setup(t, &cfg)
+			d, err := New(cfg, "test", slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			if err := d.Run(ctx); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err=%v, want one naming %s", err, tt.want)
+			}
+			if _, err := os.Stat(cfg.SpoolPath()); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("spool exists after a failed start (stat: %v); it must not be opened", err)
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // bbolt reads its file through a memory map. On a damaged file its consistency check
@@ -27,6 +28,7 @@ const (
 	checkOK      = 0
 	checkDamaged = 3
 	checkIOError = 4
+	checkLocked  = 5
 )
 
 func init() {
@@ -47,6 +49,9 @@ func childCheck(path string) int {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: DefaultOpenTimeout})
 	if err != nil {
 		fmt.Println(err)
+		if errors.Is(err, berrors.ErrTimeout) {
+			return checkLocked
+		}
 		if isDamage(err) {
 			return checkDamaged
 		}
@@ -95,6 +100,8 @@ func checkInChild(ctx context.Context, path string) error {
 		return fmt.Errorf("check spool: %w", err)
 	case ee.ExitCode() == checkDamaged:
 		return fmt.Errorf("%w: %s", ErrDamaged, msg)
+	case ee.ExitCode() == checkLocked:
+		return ErrLocked
 	case ee.ExitCode() == checkIOError:
 		return fmt.Errorf("check spool: %s", msg)
 	}

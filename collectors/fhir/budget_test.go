@@ -291,3 +291,45 @@ func TestBudgetTreeBomb(t *testing.T) {
 		t.Fatalf("ordinary request after the bomb: status=%d %s", rec.Code, rec.Body)
 	}
 }
+
+// TestRefusalReachesEagerSender: a sender that writes a large body right after its
+// headers, without waiting, still reads its 401, although the collector leaves the body
+// unread and closes. (Closing a socket with unread data sends a RST, which on some
+// stacks destroys the answer in the sender's kernel; closeUnread sends FIN first and
+// lingers, as net/http does. Linux loopback keeps the answer even without that, so here
+// this guards the answer, not the linger.)
+func TestRefusalReachesEagerSender(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte("secret-one\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCollector(t, Config{HTTP: "127.0.0.1:0", BearerTokensFile: path}, &fakeSink{}, &fakeReporter{})
+	startCollector(t, c)
+	const bodySize = 4 << 20
+	body := []byte(strings.Repeat("x", bodySize))
+	for i := range 5 {
+		conn, err := net.DialTimeout("tcp", c.Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		head := fmt.Sprintf("POST /AuditEvent HTTP/1.1\r\nHost: fhir\r\nContent-Type: application/fhir+json\r\nContent-Length: %d\r\n\r\n", bodySize)
+		wrote := make(chan struct{})
+		go func() {
+			defer close(wrote)
+			_, _ = conn.Write(append([]byte(head), body...)) // fails once the server closes
+		}()
+		// Let the body fill the socket buffers before reading, as a sender busy
+		// writing would.
+		time.Sleep(50 * time.Millisecond)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			conn.Close()
+			t.Fatalf("attempt %d: no answer: %v", i, err)
+		}
+		resp.Body.Close()
+		conn.Close()
+		<-wrote
+		mustStatus(t, resp, http.StatusUnauthorized)
+	}
+}

@@ -121,8 +121,8 @@ type fhirPost struct {
 }
 
 // postAuditEvent posts body to {base}AuditEvent on a connection of its own, with a
-// bounded timeout.
-func postAuditEvent(ctx context.Context, base, body string) (fhirPost, error) {
+// bounded timeout, with a bearer token unless token is empty.
+func postAuditEvent(ctx context.Context, base, token, body string) (fhirPost, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"AuditEvent", strings.NewReader(body))
@@ -130,6 +130,9 @@ func postAuditEvent(ctx context.Context, base, body string) (fhirPost, error) {
 		return fhirPost{}, err
 	}
 	req.Header.Set("Content-Type", "application/fhir+json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

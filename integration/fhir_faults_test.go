@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,7 +38,9 @@ const (
 // With connection limits above the flood, every flood request reaches the budget. With
 // the default limits (256 connections) the table fills up too: the ordinary sender may
 // be refused at connect until a stalled connection has been idle long enough to be
-// evicted for it, and the refusals and evictions are counted.
+// evicted for it, and the refusals and evictions are counted. With bearer tokens
+// required, the flood (without a token) is answered 401 before any body byte is read,
+// and only the ordinary sender has the token.
 func TestFHIRStalledBodiesFlood(t *testing.T) {
 	if testing.Short() {
 		t.Skip("sends 1.2 GB over loopback per case")
@@ -43,16 +48,27 @@ func TestFHIRStalledBodiesFlood(t *testing.T) {
 	for _, tt := range []struct {
 		name     string
 		keys     []string
-		tableCap int // connections the table holds; 0: more than the flood
+		tableCap int  // connections the table holds; 0: more than the flood
+		tokens   bool // fhir.bearer_tokens_file is set; the flood has no token
 	}{
-		{"limits above the flood", []string{"max_connections: 1024", "max_connections_per_ip: 512"}, 0},
-		{"default limits", nil, 256},
+		{"limits above the flood", []string{"max_connections: 1024", "max_connections_per_ip: 512"}, 0, false},
+		{"default limits", nil, 256, false},
+		{"unauthenticated flood", []string{"max_connections: 1024", "max_connections_per_ip: 512"}, 0, true},
 	} {
-		t.Run(tt.name, func(t *testing.T) { fhirStalledFlood(t, tt.keys, tt.tableCap) })
+		t.Run(tt.name, func(t *testing.T) { fhirStalledFlood(t, tt.keys, tt.tableCap, tt.tokens) })
 	}
 }
 
-func fhirStalledFlood(t *testing.T, keys []string, tableCap int) {
+func fhirStalledFlood(t *testing.T, keys []string, tableCap int, tokens bool) {
+	token := ""
+	if tokens {
+		token = "it-feeder-token"
+		path := filepath.Join(t.TempDir(), "tokens")
+		if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, "bearer_tokens_file: "+strconv.Quote(path))
+	}
 	d := startFHIRDaemon(t, keys...)
 	pid := d.cmd.Process.Pid
 	base := "http://" + d.fhir + "/"
@@ -108,7 +124,7 @@ func fhirStalledFlood(t *testing.T, keys []string, tableCap int) {
 		if attempt == 200 {
 			t.Fatalf("ordinary sender answered %d times in %d attempts during the flood: %v", answered, attempt, during)
 		}
-		r, err := postAuditEvent(t.Context(), base, fhirLoginJSON)
+		r, err := postAuditEvent(t.Context(), base, token, fhirLoginJSON)
 		if err != nil {
 			if tableCap == 0 {
 				t.Fatalf("ordinary POST during the flood: %v", err)
@@ -135,20 +151,25 @@ func fhirStalledFlood(t *testing.T, keys []string, tableCap int) {
 	rejected := func(reason string) float64 {
 		return m.sum("edgeaudit_input_rejected_total", "collector", "fhir", "reason", reason)
 	}
-	overloaded := rejected("overloaded")
+	overloaded, unauthorized := rejected("overloaded"), rejected("unauthorized")
 	connRefusals := rejected("too_many_connections") + rejected("too_many_connections_per_ip") + rejected("evicted_idle")
 	t.Logf("flood: %d connections, %d wrote %d of %d bytes (into socket buffers) and stalled, %d cut short by the daemon, %d dial errors; "+
-		"%.0f refused at once as overloaded, %.0f connections refused or evicted; ordinary sender while the flood stalled %v; "+
+		"%.0f refused at once as overloaded, %.0f as unauthorized, %.0f connections refused or evicted; ordinary sender while the flood stalled %v; "+
 		"daemon VmHWM %.1f MiB (baseline %.1f MiB)",
-		floodConns, sentAll.Load(), floodSent, floodAnnounced, cutShort.Load(), dialErrs.Load(), overloaded, connRefusals, during,
+		floodConns, sentAll.Load(), floodSent, floodAnnounced, cutShort.Load(), dialErrs.Load(), overloaded, unauthorized, connRefusals, during,
 		float64(peak)/(1<<20), float64(baseline)/1024)
 	if dialErrs.Load() != 0 {
 		t.Errorf("%d flood connections could not connect", dialErrs.Load())
 	}
 	// 64 MiB holds at most 16 bodies of 4 MB: every other flood request that reached a
 	// handler must have been refused; with a smaller table, the rest were refused or
-	// evicted as connections.
-	if min := float64(floodConns - 64<<20/floodAnnounced); overloaded+connRefusals < min {
+	// evicted as connections. Without a token, every one is unauthorized and none
+	// reaches the budget.
+	if tokens {
+		if unauthorized != floodConns || overloaded != 0 {
+			t.Errorf("%.0f flood requests unauthorized and %.0f overloaded, want %d and 0", unauthorized, overloaded, floodConns)
+		}
+	} else if min := float64(floodConns - 64<<20/floodAnnounced); overloaded+connRefusals < min {
 		t.Errorf("%.0f flood requests refused as overloaded and %.0f connections refused or evicted, want at least %.0f together", overloaded, connRefusals, min)
 	}
 	if tableCap > 0 && connRefusals < float64(floodConns-tableCap) {
@@ -171,7 +192,7 @@ func fhirStalledFlood(t *testing.T, keys []string, tableCap int) {
 	mu.Unlock()
 	var after fhirPost
 	eventually(t, 30*time.Second, func() (bool, string) {
-		r, err := postAuditEvent(t.Context(), base, fhirLoginJSON)
+		r, err := postAuditEvent(t.Context(), base, token, fhirLoginJSON)
 		if err != nil {
 			return false, err.Error()
 		}

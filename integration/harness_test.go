@@ -470,27 +470,57 @@ func (d *daemon) get(ctx context.Context, path string) ([]byte, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, body)
+		return nil, &httpStatusError{path: path, status: resp.Status, code: resp.StatusCode, body: body}
 	}
 	return body, nil
 }
 
 // health is the part of /healthz the tests read.
 type health struct {
-	Status     string `json:"status"`
-	HeadSeq    uint64 `json:"head_seq"`
-	OpenEvents int    `json:"open_events"`
-	Committed  uint64 `json:"events_committed"`
+	Status     string   `json:"status"`
+	HeadSeq    uint64   `json:"head_seq"`
+	OpenEvents int      `json:"open_events"`
+	Committed  uint64   `json:"events_committed"`
+	SpoolFull  bool     `json:"spool_full"`
+	Warnings   []string `json:"warnings"`
+	Failures   []string `json:"failures"`
+	Incidents  []struct {
+		Action  string `json:"action"`
+		Failure bool   `json:"failure"`
+	} `json:"incidents"`
 }
 
+// healthz returns the daemon's health once it is up: ok, warning, or failure (which
+// /healthz answers with 503 and the same JSON). "starting" is an error.
 func (d *daemon) healthz(ctx context.Context) (health, error) {
 	var h health
 	b, err := d.get(ctx, "/healthz")
+	var he *httpStatusError
+	if errors.As(err, &he) && he.code == http.StatusServiceUnavailable {
+		b, err = he.body, nil
+	}
 	if err != nil {
 		return h, err
 	}
-	err = json.Unmarshal(b, &h)
-	return h, err
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, err
+	}
+	switch h.Status {
+	case "ok", "warning", "failure":
+		return h, nil
+	}
+	return h, fmt.Errorf("/healthz status %q", h.Status)
+}
+
+// httpStatusError is a non-200 answer of the admin endpoint.
+type httpStatusError struct {
+	path, status string
+	code         int
+	body         []byte
+}
+
+func (e *httpStatusError) Error() string {
+	return fmt.Sprintf("GET %s: %s: %s", e.path, e.status, e.body)
 }
 
 func (d *daemon) mustHealth(t testing.TB) health {

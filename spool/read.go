@@ -2,11 +2,14 @@ package spool
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -89,7 +92,7 @@ func batches(db *bolt.DB, from uint64, fn func(*ledger.Batch) error) error {
 	// the file) while the writer keeps committing.
 	for seq := max(from, 1); ; seq++ {
 		var b *ledger.Batch
-		err := db.View(func(tx *bolt.Tx) error {
+		err := safeView(db, func(tx *bolt.Tx) error {
 			var err error
 			if p := position(tx); seq <= p.PrunedSeq {
 				seq = p.PrunedSeq + 1
@@ -101,12 +104,24 @@ func batches(db *bolt.DB, from uint64, fn func(*ledger.Batch) error) error {
 			return nil
 		}
 		if err != nil {
-			return err
+			return fmt.Errorf("seq %d: %w", seq, err)
 		}
 		if err := fn(b); err != nil {
 			return err
 		}
 	}
+}
+
+// safeView is db.View with a damaged page (a bbolt panic, a fault in the map) turned into
+// ErrDamaged.
+func safeView(db *bolt.DB, fn func(*bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: bbolt: %v", ErrDamaged, r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return db.View(fn)
 }
 
 // Ack records that central verified and stored every batch up to seq. It never moves
@@ -191,8 +206,27 @@ func (s *Spool) pruneSome(now time.Time, limit int) (int, error) {
 // verify and export.
 type Reader struct{ db *bolt.DB }
 
-// OpenReader opens a spool file read-only. It fails with ErrLocked while a daemon runs.
-func OpenReader(path string) (*Reader, error) {
+// OpenReader opens a spool file read-only. It fails with ErrLocked while a daemon runs,
+// and with ErrDamaged (naming the file and the reason) for a file that bbolt could not
+// read without crashing: the same checks as Open, before bbolt maps it.
+func OpenReader(path string) (r *Reader, err error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("open spool: %w", err)
+	}
+	if _, err := precheck(path); err != nil {
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	if err := checkInChild(context.Background(), path); err != nil {
+		if errors.Is(err, ErrLocked) {
+			return nil, fmt.Errorf("open spool %s: %w (stop the daemon first)", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	defer func() {
+		if rec := recover(); rec != nil {
+			r, err = nil, fmt.Errorf("open spool %s: %w: bbolt: %v", path, ErrDamaged, rec)
+		}
+	}()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -205,7 +239,7 @@ func OpenReader(path string) (*Reader, error) {
 
 // Position returns the chain position.
 func (r *Reader) Position() (p Position, err error) {
-	err = r.db.View(func(tx *bolt.Tx) error { p = position(tx); return nil })
+	err = safeView(r.db, func(tx *bolt.Tx) error { p = position(tx); return nil })
 	return p, err
 }
 
@@ -217,7 +251,7 @@ func (r *Reader) Batches(from uint64, fn func(*ledger.Batch) error) error {
 // OpenEvents returns the committed events of the open (not yet sealed) batch.
 func (r *Reader) OpenEvents() ([][]byte, error) {
 	var out [][]byte
-	err := r.db.View(func(tx *bolt.Tx) error {
+	err := safeView(r.db, func(tx *bolt.Tx) error {
 		prefix := seqKey(position(tx).HeadSeq + 1)
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {

@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"encoding/hex"
 	"fmt"
-	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -74,7 +73,7 @@ func (s *Spool) scrubOnce(ctx context.Context, reported map[uint64]bool) (ScrubR
 		end := min(seq+scrubChunk-1, pos.HeadSeq)
 		var bytesRead int64
 		var bad []badBatch
-		err := s.scrubView(func(tx *bolt.Tx) error {
+		err := safeView(s.db, func(tx *bolt.Tx) error {
 			for ; seq <= end; seq++ {
 				b, err := readBatch(tx, seq)
 				if err != nil {
@@ -131,17 +130,6 @@ func (s *Spool) scrubOnce(ctx context.Context, reported map[uint64]bool) (ScrubR
 type badBatch struct {
 	seq    uint64
 	reason string
-}
-
-// scrubView runs fn in a read transaction, with a damaged page turned into an error.
-func (s *Spool) scrubView(fn func(*bolt.Tx) error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: bbolt: %v", ErrDamaged, r)
-		}
-	}()
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	return s.db.View(fn)
 }
 
 // checkBatch returns why batch b (stored under seq) does not verify, or "". prev is the

@@ -39,7 +39,9 @@ func (s *Spool) admit(cost int64, evidence bool) bool {
 	if !evidence && s.holding.Load() {
 		return false
 	}
-	floor := int64(0)
+	// Collectors' events stop while less than fullSlack is left, so that "full" in
+	// health and in Append mean the same; evidence may go into the reserve.
+	floor := int64(fullSlack)
 	if evidence {
 		floor = -s.cfg.EvidenceReserveBytes
 	}

@@ -273,14 +273,21 @@ const handshakePrefix = "http: TLS handshake error from "
 func (l serverLog) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	if rest, ok := strings.CutPrefix(line, handshakePrefix); ok {
-		addr, _, _ := strings.Cut(rest, ": ")
+		addr, cause, _ := strings.Cut(rest, ": ")
 		ip := peerIP(addr)
-		l.c.rep.Reject(audit.KindFHIR, "https", ip, ReasonTLSHandshake, "", 0)
-		if i := reasonIndex(ReasonTLSHandshake); i >= 0 {
+		// A client that never finishes its handshake (net/http bounds it at
+		// min(10s, read_timeout)) is told apart from one that fails it, as the syslog and
+		// MLLP listeners do.
+		reason := ReasonTLSHandshake
+		if strings.HasSuffix(cause, "i/o timeout") {
+			reason = ReasonHandshakeTimeout
+		}
+		l.c.rep.Reject(audit.KindFHIR, "https", ip, reason, "", 0)
+		if i := reasonIndex(reason); i >= 0 {
 			l.c.stats.rejects[i].Add(1)
 		}
-		if ok, n := l.c.limit.Allow("reject/"+ReasonTLSHandshake, l.c.now()); ok {
-			l.c.log.Debug("fhir TLS handshake failed", attrPeer, ip, attrSuppressed, n)
+		if ok, n := l.c.limit.Allow("reject/"+reason, l.c.now()); ok {
+			l.c.log.Debug("fhir TLS handshake failed", attrPeer, ip, attrReason, reason, attrSuppressed, n)
 		}
 		return len(p), nil
 	}

@@ -183,3 +183,26 @@ func TestConnectionLimitEvictsIdle(t *testing.T) {
 		t.Fatalf("%d idle connections closed, want 1", closed)
 	}
 }
+
+// TestTLSHandshakeTimeout: a client that opens a TLS connection and never sends its
+// ClientHello is cut off by the handshake deadline (min(10s, read_timeout)) and
+// reported as tls_handshake_timeout, not as a failed handshake.
+func TestTLSHandshakeTimeout(t *testing.T) {
+	p := newPKI(t)
+	rep := &fakeReporter{}
+	c := newTestCollector(t, Config{HTTP: "127.0.0.1:0", TLSCert: p.serverCert, TLSKey: p.serverKey, ReadTimeout: time.Second}, &fakeSink{}, rep)
+	startCollector(t, c)
+	conn, err := net.DialTimeout("tcp", c.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		t.Fatalf("silent TLS client: %v, want the server to close the connection", err)
+	}
+	waitReason(t, rep, "tls_handshake_timeout", 1)
+	if got := countReason(rep, ReasonTLSHandshake); got != 0 {
+		t.Fatalf("%d %s rejects, want 0", got, ReasonTLSHandshake)
+	}
+}

@@ -32,6 +32,8 @@ const (
 	ReasonTooManyConnections = connset.ReasonTooManyConnections
 	ReasonTooManyPerIP       = connset.ReasonTooManyPerIP
 	ReasonEvictedIdle        = connset.ReasonEvictedIdle
+	// ReasonHandshakeTimeout is a TLS handshake that did not finish in time.
+	ReasonHandshakeTimeout = connset.ReasonHandshakeTimeout
 )
 
 var rejectReasons = [...]string{
@@ -39,6 +41,7 @@ var rejectReasons = [...]string{
 	ReasonTooLarge, ReasonUnsupportedMediaType, ReasonUnauthorized, ReasonMethodNotAllowed,
 	ReasonNotFound, ReasonUnsupportedBundle, ReasonInvalidEntry, ReasonReadError, ReasonTLSHandshake,
 	ReasonOverloaded, ReasonTooComplex, ReasonTooManyConnections, ReasonTooManyPerIP, ReasonEvictedIdle,
+	ReasonHandshakeTimeout,
 }
 
 func reasonIndex(reason string) int {

@@ -68,6 +68,7 @@ type Collector struct {
 	mu    sync.Mutex
 	addrs [numTransports]net.Addr
 	conns *connset.Set // open TCP/TLS connections, for the limits and for shutdown
+	relp  *RELPServer  // nil unless syslog.relp or syslog.relp_tls is set
 	drain connset.Drain
 	// hard is the context of appends: unlike Run's ctx it stays live through the drain
 	// and is cancelled when the drain budget is spent. handleConn tests cancel it.
@@ -120,8 +121,19 @@ func New(cfg Config, sink collectors.Sink, rep collectors.Reporter, logger *slog
 		}
 		c.tlsCfg = tc
 	}
+	if cfg.RELPEnabled() {
+		r, err := c.NewRELP(cfg.RELPConfig)
+		if err != nil {
+			return nil, err
+		}
+		c.relp = r
+	}
 	return c, nil
 }
+
+// RELP returns the RELP listener (for its addresses and Stats), or nil when syslog.relp
+// and syslog.relp_tls are empty.
+func (c *Collector) RELP() *RELPServer { return c.relp }
 
 func loadTLS(cfg Config) (*tls.Config, error) {
 	return tlsconf.Server("syslog", cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA)
@@ -168,6 +180,21 @@ func (c *Collector) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var relpLns []net.Listener
+	if c.relp != nil {
+		if relpLns, err = c.relp.Listen(ctx); err != nil {
+			// Every configured address or none: close what listen opened.
+			if udp != nil {
+				udp.Close()
+			}
+			for _, ln := range []net.Listener{tcpLn, tlsLn} {
+				if ln != nil {
+					ln.Close()
+				}
+			}
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer c.hardCancel()
@@ -196,6 +223,11 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	if tlsLn != nil {
 		wg.Go(func() { fail(c.serveStream(ctx, &wg, tlsLn, transportTLS)) })
+	}
+	// RELP sessions stop on their own when ctx is done (Serve closes its listener; each
+	// session answers what commits within drain_timeout, then sends serverclose).
+	for _, ln := range relpLns {
+		wg.Go(func() { fail(c.relp.Serve(ctx, &wg, ln)) })
 	}
 	close(c.ready)
 

@@ -90,6 +90,10 @@ type Config struct {
 	// read in, e.g. "Europe/Berlin" or "UTC". Empty means the appliance's local zone,
 	// which is what rsyslog assumes too.
 	RFC3164TimeZone string `yaml:"rfc3164_timezone"`
+
+	// RELPConfig holds the RELP listener's keys (relp, relp_tls, relp_window,
+	// relp_full_wait; see relp.go), inline beside the other listeners.
+	RELPConfig `yaml:",inline"`
 }
 
 // SetDefaults fills zero fields with the Default* values.
@@ -115,10 +119,11 @@ func (c *Config) SetDefaults() {
 	if c.UDPReadBuffer == 0 {
 		c.UDPReadBuffer = DefaultUDPReadBuffer
 	}
+	c.RELPConfig.SetDefaults()
 }
 
 // Enabled reports whether at least one listener is configured.
-func (c Config) Enabled() bool { return c.UDP != "" || c.TCP != "" || c.TLS != "" }
+func (c Config) Enabled() bool { return c.UDP != "" || c.TCP != "" || c.TLS != "" || c.RELPEnabled() }
 
 // ConfigError is one invalid config value, naming the YAML field (e.g. "syslog.tls_cert").
 type ConfigError = configerr.Error
@@ -173,5 +178,6 @@ func (c Config) Validate() error {
 			bad("rfc3164_timezone", c.RFC3164TimeZone, "unknown time zone")
 		}
 	}
+	errs = append(errs, c.ValidateRELP(c.TLSCert, c.TLSKey)...)
 	return errors.Join(errs...)
 }

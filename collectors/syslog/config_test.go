@@ -76,8 +76,19 @@ rfc3164_timezone: UTC
 	if c != want {
 		t.Fatalf("decoded %+v, want %+v", c, want)
 	}
+	c.SetDefaults() // the RELP keys (relp_window, relp_full_wait) are left out above
 	if err := c.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
+	}
+	var r Config
+	if err := yaml.Unmarshal([]byte("relp: \"127.0.0.1:2514\"\nrelp_window: 64\n"), &r); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.RELPConfig, (RELPConfig{RELP: "127.0.0.1:2514", RELPWindow: 64}); got != want {
+		t.Fatalf("RELP keys decoded as %+v, want %+v (inline beside udp, tcp and tls)", got, want)
+	}
+	if !r.Enabled() {
+		t.Error("Enabled() = false with only relp set")
 	}
 }
 

@@ -5,7 +5,7 @@
 //
 // # Admission
 //
-// Track(conn, ip) admits a connection or says why not:
+// Track(conn, ip, label) admits a connection or says why not:
 //
 //   - When ip already holds Limits.MaxPerIP connections, that IP's own longest-idle
 //     connection is closed to make room (Admission.Evicted), so a sender is never locked
@@ -32,6 +32,14 @@
 // Every refusal and eviction has a stable reason keyword (the Reason* constants) that the
 // caller counts and reports through collectors.Reporter; the set itself neither logs nor
 // reports.
+//
+// # Shutdown
+//
+// Shutdown refuses new connections and returns the tracked ones without closing them;
+// Drain.Begin then wakes their readers, which, reading through a DeadlineReader with that
+// Drain, wait at most Drain.Quiet for more bytes instead of the idle timeout. The
+// collector decides what a drain means for its protocol (syslog: read and append what is
+// queued, count what is left; MLLP: finish the message in hand) and ends with CloseAll.
 package connset
 
 import (

@@ -176,6 +176,11 @@ if [ ! -d ../shared/corpus ]; then note "note: ../shared/corpus not found; corpu
 # shellcheck disable=SC2086
 go test -race -count=1 -timeout "$GO_TEST_TIMEOUT" ${GO_TEST_FLAGS:-} ./... || failed+=(test)
 
+step "benchmarks once under -race (-benchtime 5x): they must run, not be fast"
+# shellcheck disable=SC2086
+go test -race -count=1 -run '^$' -bench . -benchtime 5x -timeout "$GO_TEST_TIMEOUT" ./... >/tmp/edgeaudit-bench-race.txt 2>&1 || { tail -40 /tmp/edgeaudit-bench-race.txt; failed+=(bench-race); }
+grep -E '^(ok|FAIL|---)' /tmp/edgeaudit-bench-race.txt || true
+
 step "done in $((SECONDS - start))s"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED: ${failed[*]}"

@@ -56,6 +56,8 @@ func probePorts(cfg *Config) error {
 		{"syslog.udp", "udp", cfg.Syslog.UDP},
 		{"syslog.tcp", "tcp", cfg.Syslog.TCP},
 		{"syslog.tls", "tcp", cfg.Syslog.TLS},
+		{"syslog.relp", "tcp", cfg.Syslog.RELP},
+		{"syslog.relp_tls", "tcp", cfg.Syslog.RELPTLS},
 		{"hl7.mllp", "tcp", cfg.HL7.MLLP},
 		{"fhir.http", "tcp", cfg.FHIR.HTTP},
 	}

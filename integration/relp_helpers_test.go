@@ -1,0 +1,189 @@
+package integration
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// requireOmrelp checks that rsyslog's RELP output module (Debian's rsyslog-relp) is
+// installed.
+func requireOmrelp(t testing.TB) {
+	t.Helper()
+	for _, g := range []string{"/usr/lib/*/rsyslog/omrelp.so", "/usr/lib/rsyslog/omrelp.so"} {
+		if m, _ := filepath.Glob(g); len(m) > 0 {
+			return
+		}
+	}
+	missingPeer(t, "rsyslog's omrelp.so not found (package rsyslog-relp)")
+}
+
+// relpRsyslog is a running rsyslogd that forwards what it receives on input (imtcp, LF
+// framing) to the daemon's RELP listener with omrelp. rsyslogd keeps every frame the
+// daemon has not acknowledged and resends it after reconnecting, which is what the
+// kill -9 test relies on.
+type relpRsyslog struct {
+	*process
+	input string
+}
+
+// startRsyslogRELP runs rsyslogd in the foreground with its own config, work folder and
+// pid file. tlsOpts are extra omrelp parameters ("" for plain RELP). It returns once
+// imtcp accepts connections.
+func startRsyslogRELP(t testing.TB, bin, target, tlsOpts string) *relpRsyslog {
+	t.Helper()
+	mustLoopback(t, target)
+	dir := t.TempDir()
+	rs := &relpRsyslog{input: freeAddr(t, "tcp")}
+	mustLoopback(t, rs.input)
+	host, port, _ := net.SplitHostPort(target)
+	// No imuxsock or imklog: this rsyslogd must not touch the machine's /dev/log. The
+	// input is bound to its own ruleset, so rsyslogd's own messages are not forwarded.
+	// resumeRetryCount -1: never give up on the daemon (it is killed and restarted).
+	conf := fmt.Sprintf(`global(workDirectory=%q)
+module(load="imtcp")
+module(load="omrelp")
+input(type="imtcp" address="127.0.0.1" port=%q ruleset="fwd")
+ruleset(name="fwd") {
+  action(type="omrelp" target=%q port=%q template="RSYSLOG_SyslogProtocol23Format"
+         windowSize="128" timeout="30" conn.timeout="5"
+         action.resumeRetryCount="-1" action.resumeInterval="1" %s)
+}
+`, dir, portOf(t, rs.input), host, port, tlsOpts)
+	confPath := filepath.Join(dir, "rsyslog.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.CommandContext(t.Context(), bin, "-N1", "-f", confPath).CombinedOutput(); err != nil {
+		t.Fatalf("rsyslogd -N1 (config check): %v\n%s\n%s", err, out, conf)
+	}
+	cmd := exec.Command(bin, "-n", "-f", confPath, "-i", filepath.Join(dir, "rsyslogd.pid"))
+	rs.process = startProcess(t, "rsyslogd", dir, cmd)
+	eventually(t, startTimeout, func() (bool, string) {
+		if rs.done() {
+			t.Fatalf("rsyslogd exited: %v\n%s", rs.waitErr, rs.log())
+		}
+		c, err := net.DialTimeout("tcp", rs.input, time.Second)
+		if err != nil {
+			return false, fmt.Sprintf("rsyslogd input %s: %v\n%s", rs.input, err, rs.log())
+		}
+		c.Close()
+		return true, ""
+	})
+	return rs
+}
+
+// relpLine is one message as the tests feed it to rsyslogd's imtcp.
+func relpLine(msg string) string { return rfc5424(msg) + "\n" }
+
+// feedRsyslog writes msgs to rsyslogd's input over one connection.
+func feedRsyslog(t testing.TB, rs *relpRsyslog, msgs []string) {
+	t.Helper()
+	c := dial(t, "tcp", rs.input)
+	defer c.Close()
+	var b strings.Builder
+	for _, m := range msgs {
+		b.WriteString(relpLine(m))
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write([]byte(b.String())); err != nil {
+		t.Fatalf("write to rsyslogd: %v", err)
+	}
+}
+
+// relpDaemon is one `edgeaudit run` with a RELP listener on a fixed port: rsyslogd's
+// omrelp target does not change across the restarts of the kill -9 test.
+type relpDaemon struct {
+	*process
+	config, dataDir string
+}
+
+// relpDaemonConfig is the config of the RELP tests: small batches and a short max_age
+// so that kills land in commits that also seal. extra is appended to the syslog section.
+func relpDaemonConfig(dataDir, relp, admin, extra string) string {
+	q := strconv.Quote
+	return fmt.Sprintf(`site: %s
+device: %s
+data_dir: %s
+syslog:
+  tcp: "127.0.0.1:0"
+  relp: %s
+%sbatch:
+  max_events: 50
+  max_age: 100ms
+admin: %s
+shutdown_timeout: 8s
+log_level: info
+`, testSite, testDevice, q(dataDir), q(relp), extra, q(admin))
+}
+
+// startRELPDaemon starts the daemon on config and returns once its RELP listener is
+// bound (the log line "listening transport=relp..." or transport=relp+tls). A daemon
+// that exits first or never opens it fails the test, with its log: until syslog.relp is
+// wired into the syslog collector's Config and Run, this is where the RELP tests fail.
+func startRELPDaemon(t testing.TB, dir, config, dataDir, transport string) *relpDaemon {
+	t.Helper()
+	d := &relpDaemon{config: config, dataDir: dataDir}
+	cmd := exec.Command(binPath, "run", "--config", config)
+	// A log file per start: the listening line of an earlier run must not count.
+	d.process = startProcess(t, fmt.Sprintf("edgeaudit-relp-%d", relpStarts.Add(1)), dir, cmd)
+	want := "transport=" + transport + " "
+	deadline := time.Now().Add(startTimeout)
+	for {
+		log := d.log()
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(line, "msg=listening") && strings.Contains(line+" ", want) {
+				return d
+			}
+		}
+		if d.done() {
+			t.Fatalf("daemon exited before its RELP listener (%s) was bound: %v (is syslog.relp wired into the syslog collector's config and Run?)\n%s",
+				transport, d.waitErr, log)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon logged no \"msg=listening %s\" within %v (is syslog.relp wired into the syslog collector's config and Run?)\n%s",
+				want, startTimeout, log)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+var relpStarts atomic.Int64
+
+// kill sends SIGKILL and waits until the process is gone.
+func (d *relpDaemon) kill(t testing.TB) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil && !d.done() {
+		t.Fatalf("kill -9: %v", err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(stopTimeout):
+		t.Fatalf("daemon still running %v after SIGKILL", stopTimeout)
+	}
+}
+
+// relpCount returns, for each marker with prefix, how often it is in the chain over
+// transport, and the number of syslog events with another transport or source.
+func relpCount(evs []event, prefix, transport string) (count map[string]int, wrong int) {
+	count = map[string]int{}
+	for _, e := range evs {
+		if e.Source.Kind != "syslog" || !strings.HasPrefix(e.Message, prefix) {
+			continue
+		}
+		if e.Source.Transport != transport || e.Source.IP != "127.0.0.1" || e.Malformed {
+			wrong++
+			continue
+		}
+		count[e.Message]++
+	}
+	return count, wrong
+}

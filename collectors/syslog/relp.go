@@ -706,7 +706,11 @@ func (sess *relpSession) write() bool {
 		if bw.Buffered() == 0 {
 			return true
 		}
-		_ = sess.conn.SetWriteDeadline(time.Now().Add(relpWriteTimeout))
+		d := relpWriteTimeout
+		if sess.stopping.Load() {
+			d = time.Second // a stop must not wait on a sender that does not read
+		}
+		_ = sess.conn.SetWriteDeadline(time.Now().Add(d))
 		if err := bw.Flush(); err != nil {
 			s.logConn("relp write failed", sess.name, sess.ip, err)
 			return false

@@ -212,3 +212,55 @@ func fhirStalledFlood(t *testing.T, keys []string, tableCap int, tokens bool) {
 		}
 	}
 }
+
+// TestFHIRTreeBombFlood sends 32 complete 4 MB bodies at once that each decode into a
+// tree of two million nodes (a JSON array of one-digit numbers: about 70 MB of Go heap
+// each, were it decoded whole). The decoded nodes are charged to fhir.max_inflight_bytes,
+// so each is refused (413 too_complex, or 503 while others hold the budget) and the
+// daemon's peak RSS stays under 256 MiB. An ordinary sender gets 201 afterwards.
+func TestFHIRTreeBombFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 128 MB of JSON to be decoded")
+	}
+	const bombs = 32
+	d := startFHIRDaemon(t)
+	pid := d.cmd.Process.Pid
+	base := "http://" + d.fhir + "/"
+	prefix := `{"resourceType":"AuditEvent","a":[`
+	n := (floodAnnounced - len(prefix) - 2) / 2
+	bomb := prefix + strings.Repeat("1,", n-1) + "1]}"
+
+	var wg sync.WaitGroup
+	statuses := make([]int, bombs)
+	errs := make([]error, bombs)
+	for i := range bombs {
+		wg.Go(func() {
+			r, err := postAuditEvent(t.Context(), base, "", bomb)
+			statuses[i], errs[i] = r.status, err
+		})
+	}
+	wg.Wait()
+	peak := procStatusKiB(t, pid, "VmHWM") << 10
+	got := map[int]int{}
+	for i := range bombs {
+		if errs[i] != nil {
+			t.Errorf("bomb %d: %v", i, errs[i])
+			continue
+		}
+		got[statuses[i]]++
+		if statuses[i] != 413 && statuses[i] != 503 {
+			t.Errorf("bomb %d: status %d, want 413 or 503", i, statuses[i])
+		}
+	}
+	t.Logf("%d bombs of %d bytes (%d numbers each): statuses %v; daemon VmHWM %.1f MiB", bombs, len(bomb), n, got, float64(peak)/(1<<20))
+	if raceEnabled {
+		t.Logf("-race build: the RSS bound of %d MiB is not checked", floodMaxRSS>>20)
+	} else if peak >= floodMaxRSS {
+		t.Errorf("daemon peak RSS %.1f MiB, want < %d MiB", float64(peak)/(1<<20), floodMaxRSS>>20)
+	}
+	r, err := postAuditEvent(t.Context(), base, "", fhirLoginJSON)
+	if err != nil || r.status != 201 {
+		t.Fatalf("ordinary POST after the bombs: %d %v", r.status, err)
+	}
+	d.stop(t)
+}

@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -186,4 +189,208 @@ func relpCount(evs []event, prefix, transport string) (count map[string]int, wro
 		count[e.Message]++
 	}
 	return count, wrong
+}
+
+// startRELPDaemonCmd is startRELPDaemon for a prepared command (the daemon under
+// strace) with its own start bound.
+func startRELPDaemonCmd(t testing.TB, dir string, cmd *exec.Cmd, transport string, bound time.Duration) *relpDaemon {
+	t.Helper()
+	d := &relpDaemon{}
+	d.process = startProcess(t, fmt.Sprintf("edgeaudit-relp-%d", relpStarts.Add(1)), dir, cmd)
+	want := "transport=" + transport + " "
+	deadline := time.Now().Add(bound)
+	for {
+		log := d.log()
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(line, "msg=listening") && strings.Contains(line+" ", want) {
+				return d
+			}
+		}
+		if d.done() {
+			t.Fatalf("daemon exited before its RELP listener was bound: %v\n%s", d.waitErr, log)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon logged no \"msg=listening %s\" within %v\n%s", want, bound, log)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// stopTracedProcess sends SIGTERM to strace's child, the daemon (strace would detach on
+// its own SIGTERM and leave the daemon running), and waits for strace to end with it.
+func stopTracedProcess(t testing.TB, p *process) {
+	t.Helper()
+	spid := p.cmd.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", spid, spid))
+	if err != nil {
+		t.Fatalf("find the traced daemon: %v", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatal("strace has no child")
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(2 * stopTimeout):
+		t.Fatalf("traced daemon did not stop\n%s", p.log())
+	}
+	if p.waitErr != nil {
+		t.Fatalf("traced daemon exited with %v\n%s", p.waitErr, p.log())
+	}
+}
+
+// relpClient is a minimal RELP client: one command at a time, each answer read before
+// the next command, so that in a trace the first rsp written after a command's read is
+// its answer.
+type relpClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+	txnr int
+}
+
+func dialRELPClient(t testing.TB, addr string) *relpClient {
+	t.Helper()
+	c := dial(t, "tcp", addr)
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	return &relpClient{conn: c, br: bufio.NewReader(c), txnr: 1}
+}
+
+// command sends one command and returns the data of its rsp.
+func (c *relpClient) command(t testing.TB, cmd, data string) string {
+	t.Helper()
+	n := c.txnr
+	c.txnr++
+	frame := fmt.Sprintf("%d %s %d", n, cmd, len(data))
+	if data != "" {
+		frame += " " + data
+	}
+	if _, err := io.WriteString(c.conn, frame+"\n"); err != nil {
+		t.Fatalf("relp %s: %v", cmd, err)
+	}
+	var txnr, size int
+	var word string
+	if _, err := fmt.Fscanf(c.br, "%d %s %d", &txnr, &word, &size); err != nil {
+		t.Fatalf("relp answer to %s: %v", cmd, err)
+	}
+	if txnr != n || word != "rsp" {
+		t.Fatalf("relp answer to %d %s: %d %s, want %d rsp", n, cmd, txnr, word, n)
+	}
+	body := make([]byte, size+1) // the SP before the data (when any) or the LF trailer
+	if size == 0 {
+		body = body[:1]
+	} else {
+		body = append(body, 0)
+	}
+	if _, err := io.ReadFull(c.br, body); err != nil {
+		t.Fatalf("relp answer to %s: %v", cmd, err)
+	}
+	if size == 0 {
+		return ""
+	}
+	return string(body[1 : 1+size])
+}
+
+func (c *relpClient) open(t testing.TB) {
+	t.Helper()
+	rsp := c.command(t, "open", "relp_version=0\nrelp_software=edgeaudit-it\ncommands=syslog")
+	if !strings.HasPrefix(rsp, "200 OK\n") {
+		t.Fatalf("relp open: %q, want 200 OK and offers", rsp)
+	}
+}
+
+func (c *relpClient) syslog(t testing.TB, msg string) string {
+	t.Helper()
+	return c.command(t, "syslog", msg)
+}
+
+func (c *relpClient) close(t testing.TB) {
+	t.Helper()
+	if rsp := c.command(t, "close", ""); !strings.HasPrefix(rsp, "200") {
+		t.Fatalf("relp close: %q, want 200", rsp)
+	}
+	c.conn.Close()
+}
+
+var traceRELPAck = regexp.MustCompile(`\d+ rsp 6 200 OK\\n`)
+
+// checkRELPAckOrdering walks the trace like checkAckOrdering (fsync_order_test.go) with
+// RELP's acknowledgement: for each marker (in the order sent) it finds the read that
+// brought the command in, then the first "rsp 200" written to a socket after it, and
+// requires a completed fdatasync of spool.db in between.
+func checkRELPAckOrdering(t testing.TB, trace string, markers []string) (covered int, why string) {
+	t.Helper()
+	b, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	unfinished := map[string]bool{} // pid → an fdatasync of spool.db is in flight
+	synced := make([]bool, len(lines))
+	for i, l := range lines {
+		pid, _, _ := strings.Cut(l, " ")
+		switch {
+		case strings.Contains(l, "fdatasync(") && strings.Contains(l, "spool.db>") && strings.Contains(l, "<unfinished ..."):
+			unfinished[pid] = true
+		case strings.Contains(l, "<... fdatasync resumed>") && unfinished[pid]:
+			delete(unfinished, pid)
+			synced[i] = strings.Contains(l, "= 0")
+		case strings.Contains(l, "fdatasync(") && strings.Contains(l, "spool.db>") && strings.Contains(l, ") = 0"):
+			synced[i] = true
+		}
+	}
+	isCall := func(l string, names ...string) bool {
+		_, rest, _ := strings.Cut(l, " ")
+		rest = strings.TrimLeft(rest, " ")
+		rest = strings.TrimPrefix(rest, "<... ")
+		for _, n := range names {
+			if strings.HasPrefix(rest, n+"(") || strings.HasPrefix(rest, n+" resumed>") {
+				return true
+			}
+		}
+		return false
+	}
+	pos := 0
+	for _, m := range markers {
+		read := -1
+		for i := pos; i < len(lines); i++ {
+			if isCall(lines[i], "read", "recvfrom") && strings.Contains(lines[i], m) {
+				read = i
+				break
+			}
+		}
+		if read < 0 {
+			return covered, fmt.Sprintf("no read of %s in the trace", m)
+		}
+		ack := -1
+		for i := read + 1; i < len(lines); i++ {
+			if isCall(lines[i], "write", "writev", "sendto", "sendmsg") && strings.Contains(lines[i], "socket:[") && traceRELPAck.MatchString(lines[i]) {
+				ack = i
+				break
+			}
+		}
+		if ack < 0 {
+			return covered, fmt.Sprintf("no rsp 200 to %s in the trace", m)
+		}
+		ok := false
+		for i := read + 1; i < ack; i++ {
+			if synced[i] {
+				ok = true
+				break
+			}
+		}
+		if ok {
+			covered++
+		} else if why == "" {
+			why = fmt.Sprintf("%s: read at trace line %d, answered at line %d, no fdatasync of spool.db completed in between", m, read+1, ack+1)
+		}
+		pos = ack + 1
+	}
+	return covered, why
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -213,5 +214,63 @@ func relpUntil(t testing.TB, d **relpDaemon, dir, end, transport string) []event
 			t.Fatalf("%q not in the chain a minute after it was fed\n%s", end, cur.log())
 		}
 		*d = startRELPDaemon(t, dir, cur.config, cur.dataDir, transport)
+	}
+}
+
+// TestRELPAckAfterFdatasync proves the ordering behind the RELP acknowledgement, as
+// TestAckAfterFdatasync does for HL7 and FHIR: the daemon runs under strace, and every
+// "rsp 200" to a syslog command must be written after a completed fdatasync of spool.db
+// that follows the read of that command. A binary whose spool never syncs (build tag
+// edgeaudit_unsafe_nosync) must fail the same check.
+func TestRELPAckAfterFdatasync(t *testing.T) {
+	straceBin := peer(t, "strace", "STRACE")
+	nosync := filepath.Join(t.TempDir(), "edgeaudit-nosync")
+	build := exec.CommandContext(t.Context(), "go", "build", "-tags", "edgeaudit_unsafe_nosync", "-o", nosync, "github.com/edgeaudit/edgeaudit/cmd/edgeaudit")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the no-sync control binary: %v\n%s", err, out)
+	}
+	const n = 20
+	tests := []struct {
+		name   string
+		bin    string
+		wantOK bool
+	}{
+		{"real binary", binPath, true},
+		{"no-sync control", nosync, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			data, cfg := filepath.Join(dir, "data"), filepath.Join(dir, "edgeaudit.yaml")
+			relp, admin := freeAddr(t, "tcp"), freeAddr(t, "tcp")
+			if err := os.WriteFile(cfg, []byte(relpDaemonConfig(data, relp, admin, "")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			trace := filepath.Join(dir, "strace.txt")
+			cmd := exec.Command(straceBin, "-f", "-qq", "-y", "-s", "1024", "-o", trace,
+				"-e", "trace=read,write,writev,sendto,sendmsg,recvfrom,pwrite64,fdatasync,fsync",
+				tt.bin, "run", "--config", cfg)
+			d := startRELPDaemonCmd(t, dir, cmd, "relp", 2*startTimeout)
+			c := dialRELPClient(t, relp)
+			c.open(t)
+			var markers []string
+			for i := range n {
+				m := fmt.Sprintf("relp-fsync-%04d", i)
+				if rsp := c.syslog(t, rfc5424(m)); rsp != "200 OK" {
+					t.Fatalf("rsp to %s: %q, want 200 OK", m, rsp)
+				}
+				markers = append(markers, m)
+			}
+			c.close(t)
+			stopTracedProcess(t, d.process)
+			covered, why := checkRELPAckOrdering(t, trace, markers)
+			if tt.wantOK && covered != len(markers) {
+				t.Fatalf("%d of %d rsp 200 follow an fdatasync of spool.db that covers them; first problem: %s", covered, len(markers), why)
+			}
+			if !tt.wantOK && covered != 0 {
+				t.Fatalf("the check passed %d acknowledgements of a binary that never syncs its spool: it proves nothing", covered)
+			}
+			t.Logf("%s: %d of %d rsp 200 covered by an fdatasync", tt.name, covered, len(markers))
+		})
 	}
 }

@@ -36,7 +36,7 @@ func eventCost(e *audit.Event) int64 { return 2*int64(e.SizeHint()) + 64 }
 // admit reserves cost for an event, or reports that it does not fit. evidence events may
 // go down to -reserve.
 func (s *Spool) admit(cost int64, evidence bool) bool {
-	if !evidence && s.holding.Load() {
+	if !evidence && (s.holding.Load() || s.full.Load()) {
 		return false
 	}
 	// Collectors' events stop while less than fullSlack is left, so that "full" in
@@ -56,9 +56,14 @@ func (s *Spool) admit(cost int64, evidence bool) bool {
 	return true
 }
 
-// fullSlack: the spool counts as full (health, metrics) while less than this is left for
-// collectors' events, about the largest event there is.
-const fullSlack = 64 << 10
+// fullSlack: collectors' events stop while less than this would be left. Once refused,
+// they stay refused until the room is back above fullSlack+fullHysteresis, so that a
+// spool at its limit does not flap between taking and refusing events, and "full" in
+// health means what Append does.
+const (
+	fullSlack      = 64 << 10
+	fullHysteresis = 64 << 10
+)
 
 func (sp *space) release(cost int64)   { sp.queued.Add(-cost) }
 func (sp *space) committed(cost int64) { sp.queued.Add(-cost) }
@@ -80,7 +85,8 @@ func (s *Spool) refreshSpace() {
 	}
 	room -= s.cfg.EvidenceReserveBytes
 	s.space.room.Store(room)
-	full := room-s.space.queued.Load() < fullSlack || s.holding.Load()
+	left := room - s.space.queued.Load()
+	full := left < fullSlack || s.holding.Load() || (s.full.Load() && left < fullSlack+fullHysteresis)
 	if full && !s.full.Load() {
 		if ok, _ := s.logs.Allow("full", time.Now()); ok {
 			s.log.Warn("spool full: refusing new events (backpressure) until central acknowledges and retention prunes",

@@ -239,6 +239,9 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	s.head = hf
 	// The head file names this chain from now on, also when recovery started a new one.
 	s.writeHead()
+	// Start as full: collectors' events are taken only once the room is above the
+	// hysteresis band, as after any other refusal.
+	s.full.Store(true)
 	s.refreshSpace()
 	go s.encoder()
 	go s.writer()

@@ -236,6 +236,10 @@ func (e *ConfigError) Error() string {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// drainMargin is what the shutdown budget keeps beyond the collectors' drain: the rest
+// of the syslog drain's counting window, the stop event, the seal, the spool's close.
+const drainMargin = 3 * time.Second
+
 // SetDefaults fills what the file left empty.
 func (c *Config) SetDefaults() {
 	if c.Device == "" {
@@ -283,6 +287,14 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Syslog.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	// A collector's drain at stop, and the seal and close after it, must fit the
+	// shutdown budget; the syslog drain may run about a second past its timeout.
+	if d := c.Syslog.DrainTimeout; d > c.ShutdownTimeout-drainMargin {
+		bad("syslog.drain_timeout", d, fmt.Sprintf("must be at most shutdown_timeout (%s) minus %s", c.ShutdownTimeout, drainMargin))
+	}
+	if d := c.HL7.DrainTimeout; c.HL7.Enabled() && d > c.ShutdownTimeout-drainMargin {
+		bad("hl7.drain_timeout", d, fmt.Sprintf("must be at most shutdown_timeout (%s) minus %s", c.ShutdownTimeout, drainMargin))
 	}
 	if c.HL7.Enabled() {
 		if err := c.HL7.Validate(); err != nil {

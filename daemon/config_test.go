@@ -75,6 +75,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"bad duration", "site: s1\nbatch: {max_age: soon}\n", "max_age"},
 		{"bad log level", "site: s1\nlog_level: loud\n", "log_level"},
 		{"bad shutdown", "site: s1\nshutdown_timeout: 1h\n", "shutdown_timeout"},
+		{"drain past the shutdown budget", "site: s1\nshutdown_timeout: 5s\nsyslog: {tcp: \"127.0.0.1:5514\", drain_timeout: 4s}\n", "syslog.drain_timeout"},
+		{"bad evidence reserve", "site: s1\nspool: {evidence_reserve_bytes: 10}\n", "spool.evidence_reserve_bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -446,6 +446,13 @@ var (
 	mHL7Conns    = prometheus.NewDesc("edgeaudit_hl7_connections_open", "Open MLLP connections.", nil, nil)
 	mFHIREvents  = prometheus.NewDesc("edgeaudit_fhir_events_total", "FHIR AuditEvents committed (201).", nil, nil)
 	mFHIRUnavail = prometheus.NewDesc("edgeaudit_fhir_unavailable_total", "FHIR AuditEvents answered 503 because the spool could not take them.", nil, nil)
+	mFHIRConns   = prometheus.NewDesc("edgeaudit_fhir_connections_open", "Open FHIR connections.", nil, nil)
+	mFHIRInfl    = prometheus.NewDesc("edgeaudit_fhir_inflight_bytes", "Bytes of request bodies and decoded resources held now (fhir.max_inflight_bytes bounds it).", nil, nil)
+	mFHIROver    = prometheus.NewDesc("edgeaudit_fhir_overloaded_total", "FHIR requests answered 503 because the in-flight byte budget was spent.", nil, nil)
+	mEvicted     = prometheus.NewDesc("edgeaudit_connections_evicted_total", "Idle connections closed to make room for a new one.", []string{"collector"}, nil)
+	mDrained     = prometheus.NewDesc("edgeaudit_syslog_drained_total", "Syslog events stored during the drain at stop.", nil, nil)
+	mUnreadFr    = prometheus.NewDesc("edgeaudit_syslog_shutdown_unread_frames_total", "Syslog frames still queued when the drain budget ran out (counted, recorded, not kept).", nil, nil)
+	mUnreadBy    = prometheus.NewDesc("edgeaudit_syslog_shutdown_unread_bytes_total", "Syslog bytes still queued when the drain budget ran out.", nil, nil)
 )
 
 func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *syslog.Collector) {
@@ -455,7 +462,8 @@ func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *s
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
 		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad,
-		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mFHIREvents, mFHIRUnavail} {
+		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mFHIREvents, mFHIRUnavail,
+		mFHIRConns, mFHIRInfl, mFHIROver, mEvicted, mDrained, mUnreadFr, mUnreadBy} {
 		ch <- d
 	}
 }
@@ -496,6 +504,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	g(mConnsOpen, float64(ss.ConnsOpen))
 	c(mConnsRefuse, ss.ConnsRefused)
 	c(mWaits, ss.BackpressureWaits)
+	ch <- prometheus.MustNewConstMetric(mEvicted, prometheus.CounterValue, float64(ss.ConnsEvicted), "syslog")
+	c(mDrained, ss.Drained)
+	c(mUnreadFr, ss.UnreadFrames)
+	c(mUnreadBy, ss.UnreadBytes)
 	m.d.mu.Lock()
 	h, f := m.d.hl7, m.d.fhir
 	m.d.mu.Unlock()
@@ -504,10 +516,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		c(mHL7Received, hs.Received)
 		c(mHL7StoreErr, hs.StoreErrors)
 		g(mHL7Conns, float64(hs.ConnsOpen))
+		ch <- prometheus.MustNewConstMetric(mEvicted, prometheus.CounterValue, float64(hs.ConnsEvicted), "hl7")
 	}
 	if f != nil {
 		fs := f.Stats()
 		c(mFHIREvents, fs.Events)
 		c(mFHIRUnavail, fs.Unavailable)
+		g(mFHIRConns, float64(fs.Connections))
+		g(mFHIRInfl, float64(fs.InflightBytes))
+		c(mFHIROver, fs.Overloaded)
 	}
 }

@@ -22,7 +22,12 @@ import (
 // which is after set.
 type lateSink struct{ sp atomic.Pointer[spool.Spool] }
 
-var _ eacollectors.Sink = (*lateSink)(nil)
+// The FHIR collector finds AppendAll by a type assertion; without these checks, losing it
+// would silently turn every transaction Bundle into a 501.
+var (
+	_ eacollectors.AtomicSink = (*lateSink)(nil)
+	_ eacollectors.AtomicSink = (*spool.Spool)(nil)
+)
 
 func (l *lateSink) set(sp *spool.Spool) { l.sp.Store(sp) }
 

@@ -519,6 +519,9 @@ func (sess *relpSession) read(ctx context.Context) relpEnd {
 				// Shutdown, maybe inside a frame: what was not answered is resent.
 				return relpEndStop
 			}
+			if sess.tc.Evicted() {
+				return relpEndPeer // closed to make room (reported by Serve): nothing to say
+			}
 			if fe != nil {
 				s.reject(sess.name, sess.ip, fe.Reason.Error(), fe.SHA256, fe.Size)
 				if fe.Reason == ErrRELPFrame {

@@ -1,6 +1,7 @@
 package syslog
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -337,4 +339,103 @@ func writeClientPEM(t testing.TB, p *testPKI) (cert, key string) {
 		t.Fatal(err)
 	}
 	return cert, key
+}
+
+// TestRsyslogRELP500IsFinal pins the librelp behaviour that the listener's handling of
+// a full spool rests on: omrelp drops a message answered "rsp 500" for good (it logs
+// "peer sent error response" and goes on with the next one), while a message whose
+// session ends unanswered is resent on the next session. So the listener answers 500
+// only for input that no resend can fix (oversize, protocol errors), and for a full
+// spool holds the session and then closes it unanswered. A responder in the test
+// answers the third message with 500 or closes the connection instead.
+func TestRsyslogRELP500IsFinal(t *testing.T) {
+	tests := []struct {
+		mode  string
+		want3 int // how often marker 3 reaches the server
+	}{
+		{"500", 1},   // answered 500: never sent again
+		{"close", 2}, // unanswered: sent again after the reconnect
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var (
+				mu      sync.Mutex
+				got     []string
+				tripped bool
+				wg      sync.WaitGroup
+			)
+			t.Cleanup(func() { ln.Close(); wg.Wait() })
+			serve := func(conn net.Conn) {
+				defer conn.Close()
+				fr := NewRELPFramer(bufio.NewReader(conn), 1<<20)
+				for {
+					f, err := fr.Next()
+					if err != nil {
+						return
+					}
+					rsp, data := relpOK, []byte(nil)
+					switch string(f.Command) {
+					case "open":
+						rsp, data = openResponse(f.Data)
+					case "syslog":
+						var m []string // the marker is the message's last word
+						if w := strings.Fields(string(f.Data)); len(w) > 0 {
+							m = markerRE.FindStringSubmatch(w[len(w)-1])
+						}
+						mu.Lock()
+						if m != nil {
+							got = append(got, m[2])
+						}
+						trip := m != nil && m[2] == "3" && !tripped
+						tripped = tripped || trip
+						mu.Unlock()
+						if trip && tt.mode == "close" {
+							return
+						}
+						if trip {
+							rsp = relpSpoolFull
+						}
+					}
+					if _, err := conn.Write(appendRSP(nil, f.Txnr, rsp, data)); err != nil {
+						return
+					}
+				}
+			}
+			wg.Go(func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					wg.Go(func() { serve(conn) })
+				}
+			})
+			seen := func(marker string) bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return slices.Contains(got, marker)
+			}
+			rs := startRsyslogRELP(t, ln.Addr(), "")
+			rs.feed(t, "final", 1, 3)
+			waitFor(t, "marker 3", func() bool { return seen("3") })
+			rs.feed(t, "final", 4, 6)
+			// rsyslogd sends in order: a resend of 3 comes before 6.
+			waitFor(t, "marker 6", func() bool { return seen("6") })
+			mu.Lock()
+			defer mu.Unlock()
+			n := 0
+			for _, m := range got {
+				if m == "3" {
+					n++
+				}
+			}
+			if n != tt.want3 {
+				t.Errorf("marker 3 reached the server %d times (all: %v), want %d", n, got, tt.want3)
+			}
+		})
+	}
 }

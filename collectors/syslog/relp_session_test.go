@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/edgeaudit/edgeaudit/internal/connset"
 )
 
 // replies reads the server's frames in the background (net.Pipe writes block until
@@ -526,5 +528,24 @@ func TestRELPLifecycle(t *testing.T) {
 	secure.expectServerClose()
 	if got := s.Stats().ConnsOpen; got != 0 {
 		t.Errorf("ConnsOpen = %d after Serve returned, want 0", got)
+	}
+}
+
+// TestRELPEviction: with the table full, a new sender's connection closes the
+// longest-idle session (reported as evicted_idle) instead of being refused.
+func TestRELPEviction(t *testing.T) {
+	rep := &fakeReporter{}
+	s := newRELPServer(t, Config{MaxConnections: 1, MaxConnectionsPerIP: 1}, RELPConfig{RELP: "127.0.0.1:0"}, &heldSink{auto: true}, rep)
+	serveRELP(t, s)
+	idle := dialRELP(t, s.Addr())
+	idle.open()
+	time.Sleep(connset.DefaultMinIdle + 500*time.Millisecond) // idle long enough to be evicted
+	fresh := dialRELP(t, s.Addr())
+	fresh.open()
+	fresh.expect(fresh.send("syslog", syslogMsg(1)), relpOK)
+	idle.expectEOF()
+	rejects := rep.getRejects()
+	if len(rejects) != 1 || rejects[0].Reason != ReasonEvictedIdle || rejects[0].Transport != TransportRELP {
+		t.Errorf("rejects = %+v, want one evicted_idle over relp", rejects)
 	}
 }

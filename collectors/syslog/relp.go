@@ -35,9 +35,11 @@ const (
 
 // Defaults and bounds of the RELP keys.
 const (
-	// DefaultRELPWindow is how many commands one session may have unanswered; it is
-	// librelp's default window, so a sender never waits on ours before its own.
-	DefaultRELPWindow = 128
+	// DefaultRELPWindow is how many commands one session may have unanswered. A slot
+	// costs a few dozen bytes (the event itself waits in the spool's bounded queue), and
+	// a large window is what makes RELP fast: omrelp with windowSize 1024 commits about
+	// 74k messages/s here with this window, 38k/s with librelp's 128 (see the README).
+	DefaultRELPWindow = 1024
 	// MaxRELPWindow bounds relp_window: each slot may hold a frame being committed, and
 	// the RELP spec warns that a very large window is a denial-of-service lever.
 	MaxRELPWindow = 65536
@@ -74,7 +76,7 @@ const (
 // RELPConfig holds the RELP keys of the syslog config. Config embeds it inline, so the
 // keys sit beside udp, tcp and tls (syslog.relp, syslog.relp_tls, ...). RELP uses the
 // collector's max_message_size (for DATALEN), max_connections and
-// max_connections_per_ip (a table of their own), idle_timeout, handshake_timeout,
+// max_connections_per_ip (shared with TCP and TLS), idle_timeout, handshake_timeout,
 // drain_timeout (how long a stop waits for commits to answer) and, for relp_tls,
 // tls_cert, tls_key and tls_client_ca.
 type RELPConfig struct {
@@ -182,9 +184,11 @@ func (c *Collector) NewRELP(cfg RELPConfig) (*RELPServer, error) {
 	s := &RELPServer{
 		c:   c,
 		cfg: cfg,
-		// A table of its own: RELP sessions end with serverclose and their own drain
-		// (see relpSession.Read), not with the TCP listeners' drain.
-		conns: connset.New(connset.Limits{Max: c.cfg.MaxConnections, MaxPerIP: c.cfg.MaxConnectionsPerIP}),
+		// The collector's table: max_connections and max_connections_per_ip bound TCP,
+		// TLS and RELP together, so a sender gains nothing by opening both kinds. Its
+		// drain only wakes RELP readers early; sessions still stop as relpSession.Read
+		// says, and Run's CloseAll comes after they ended.
+		conns: c.conns,
 		drain: c.cfg.DrainTimeout,
 	}
 	if cfg.RELPTLS != "" {

@@ -549,3 +549,37 @@ func TestRELPEviction(t *testing.T) {
 		t.Errorf("rejects = %+v, want one evicted_idle over relp", rejects)
 	}
 }
+
+// TestRELPInRun: the collector's Run serves syslog.relp beside TCP and, when stopped,
+// its sessions still get serverclose (the TCP drain of the shared connection table
+// does not cut them short), and Run returns nil after they ended.
+func TestRELPInRun(t *testing.T) {
+	sink, rep := &fakeSink{}, &fakeReporter{}
+	c, err := New(Config{TCP: "127.0.0.1:0", RELPConfig: RELPConfig{RELP: "127.0.0.1:0"}}, sink, rep, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
+	select {
+	case <-c.Ready():
+	case err := <-errc:
+		t.Fatalf("Run: %v", err)
+	}
+	if c.RELP() == nil || c.RELP().Addr() == nil {
+		t.Fatal("syslog.relp is set but no RELP listener is bound")
+	}
+	p := dialRELP(t, c.RELP().Addr())
+	p.open()
+	p.expect(p.send("syslog", syslogMsg(1)), relpOK)
+	cancel()
+	p.expectServerClose()
+	if err := <-errc; err != nil {
+		t.Errorf("Run = %v, want nil", err)
+	}
+	if got, want := sink.len(), 1; got != want {
+		t.Errorf("events = %d, want %d", got, want)
+	}
+}

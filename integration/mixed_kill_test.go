@@ -47,7 +47,8 @@ func TestKill9MixedLoad(t *testing.T) {
 
 	dir := t.TempDir()
 	data, cfg := filepath.Join(dir, "data"), filepath.Join(dir, "edgeaudit.yaml")
-	tcp, relp, mllp, fhirAddr, admin := freeAddr(t, "tcp"), freeAddr(t, "tcp"), freeAddr(t, "tcp"), freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	ports := distinctAddrs(t, 5)
+	tcp, relp, mllp, fhirAddr, admin := ports[0], ports[1], ports[2], ports[3], ports[4]
 	q := strconv.Quote
 	conf := fmt.Sprintf("site: %s\ndevice: %s\ndata_dir: %s\nsyslog:\n  tcp: %s\n  relp: %s\nhl7:\n  mllp: %s\nfhir:\n  http: %s\n"+
 		"batch:\n  max_events: 50\n  max_age: 100ms\nadmin: %s\nlog_level: info\n",
@@ -195,6 +196,24 @@ func TestKill9MixedLoad(t *testing.T) {
 	t.Logf("%d kills: %d MLLP AA, %d FHIR 201, %d RELP fed, all in the chain; %d starts after an unclean stop",
 		kills, len(ackedHL7), len(acked201), fedRELP, unclean)
 	rs.terminate(t, stopTimeout)
+}
+
+// distinctAddrs returns n free loopback TCP addresses, all different: freeAddr releases
+// the port it found, so two calls in a row may return the same one.
+func distinctAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	seen := map[string]bool{}
+	var out []string
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 100*n {
+			t.Fatalf("no %d distinct free ports", n)
+		}
+		if a := freeAddr(t, "tcp"); !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // postMixed posts one AuditEvent whose requestor is marker and reports whether it got 201.

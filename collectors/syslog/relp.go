@@ -156,22 +156,33 @@ type RELPServer struct {
 }
 
 type relpCounters struct {
-	received  atomic.Uint64 // events the sink committed and that were answered 200
-	refused   atomic.Uint64 // commands answered 500
-	unacked   atomic.Uint64 // appended frames whose session ended before their answer
-	waits     atomic.Uint64 // appends the sink refused and that were retried
+	received  [2]atomic.Uint64 // events committed and answered 200: plain, TLS
+	refused   atomic.Uint64    // commands answered 500
+	unacked   atomic.Uint64    // appended frames whose session ended before their answer
+	waits     atomic.Uint64    // appends the sink refused and that were retried
 	accepted  atomic.Uint64
 	rejected  atomic.Uint64 // connections refused at the limit
 	sessions  atomic.Uint64 // sessions opened (open answered 200)
 	srvCloses atomic.Uint64 // serverclose hints sent
 }
 
-// RELPStats is a snapshot of the RELP counters.
+// RELPStats is a snapshot of the RELP counters. Open connections are counted with the
+// collector's (Stats.ConnsOpen): they share its table.
 type RELPStats struct {
-	Received, Refused, Unacked, BackpressureWaits uint64
-	ConnsOpen                                     int64
-	ConnsAccepted, ConnsRefused                   uint64
-	Sessions, ServerCloses                        uint64
+	// Received and ReceivedTLS count events committed and answered "rsp 200", over
+	// "relp" and "relp+tls".
+	Received, ReceivedTLS uint64
+	// Refused counts commands answered 500 (oversize, protocol errors).
+	Refused uint64
+	// Unacked counts appended frames whose session ended before their answer (shutdown
+	// after the drain, a failed commit, a sender gone): the sender resends them.
+	Unacked uint64
+	// BackpressureWaits counts appends the sink refused and that were retried.
+	BackpressureWaits uint64
+	// ConnsAccepted and ConnsRefused count RELP connections admitted and refused.
+	ConnsAccepted, ConnsRefused uint64
+	// Sessions counts open commands answered 200; ServerCloses the serverclose hints.
+	Sessions, ServerCloses uint64
 }
 
 // NewRELP returns the RELP listener for c, configured by cfg (defaults applied here). It
@@ -220,8 +231,8 @@ func (s *RELPServer) addr(i int) net.Addr {
 func (s *RELPServer) Stats() RELPStats {
 	st := &s.stats
 	return RELPStats{
-		Received: st.received.Load(), Refused: st.refused.Load(), Unacked: st.unacked.Load(),
-		BackpressureWaits: st.waits.Load(), ConnsOpen: s.conns.Open(),
+		Received: st.received[0].Load(), ReceivedTLS: st.received[1].Load(),
+		Refused: st.refused.Load(), Unacked: st.unacked.Load(), BackpressureWaits: st.waits.Load(),
 		ConnsAccepted: st.accepted.Load(), ConnsRefused: st.rejected.Load(),
 		Sessions: st.sessions.Load(), ServerCloses: st.srvCloses.Load(),
 	}
@@ -389,6 +400,7 @@ const (
 
 type relpSession struct {
 	s        *RELPServer
+	ti       int           // 0 plain, 1 TLS: the index of the per-transport counters
 	tc       *connset.Conn // the tracked socket: idle state, eviction
 	conn     net.Conn      // the socket, for deadlines
 	rw       net.Conn      // what is read and written (conn or its TLS layer)
@@ -407,7 +419,7 @@ type relpSession struct {
 func newRELPSession(s *RELPServer, tc *connset.Conn, rw net.Conn, name, ip string) *relpSession {
 	w := s.cfg.RELPWindow
 	sess := &relpSession{
-		s: s, tc: tc, conn: tc.Conn, rw: rw, name: name, ip: ip,
+		s: s, tc: tc, conn: tc.Conn, rw: rw, name: name, ip: ip, ti: boolInt(name == TransportRELPTLS),
 		free:    make(chan *relpSlot, w),
 		queue:   make(chan *relpSlot, w),
 		abandon: make(chan struct{}),
@@ -772,7 +784,7 @@ func (sess *relpSession) write() bool {
 				s.stats.unacked.Add(1)
 				continue
 			}
-			s.stats.received.Add(1)
+			s.stats.received[sess.ti].Add(1)
 		} else if len(sl.rsp) >= 3 && sl.rsp[0] == '5' {
 			s.stats.refused.Add(1)
 		}
@@ -852,4 +864,11 @@ func nextTxnr(t int) int {
 		return 1
 	}
 	return t + 1
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -313,6 +313,13 @@ func TestRELPRsyslogTLS(t *testing.T) {
 			t.Fatalf("event %d is marker %d, want %d", i, m, i+1)
 		}
 	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Stats().ReceivedTLS < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := s.Stats(); st.ReceivedTLS != n || st.Received != 0 {
+		t.Errorf("Stats = %+v, want %d received over relp+tls, none over relp", st, n)
+	}
 	if r := rep.getRejects(); len(r) != 0 {
 		t.Errorf("rejects = %+v, want none", r)
 	}

@@ -526,7 +526,7 @@ func TestRELPLifecycle(t *testing.T) {
 	}
 	plain.expectServerClose()
 	secure.expectServerClose()
-	if got := s.Stats().ConnsOpen; got != 0 {
+	if got := s.conns.Open(); got != 0 {
 		t.Errorf("ConnsOpen = %d after Serve returned, want 0", got)
 	}
 }

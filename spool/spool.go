@@ -231,6 +231,11 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.st.headSeq > 0 || len(s.st.leaves) > 0 {
+		// Logged here, once per Open: the reload after every failed commit reads the
+		// same state, and must not log it each time.
+		s.log.Info("spool recovered", "head_seq", s.st.headSeq, "open_events", len(s.st.leaves))
+	}
 	hf, err := openHeadFile(headPath(path))
 	if err != nil {
 		s.db.Close()

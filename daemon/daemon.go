@@ -449,6 +449,8 @@ var (
 	mFHIRConns   = prometheus.NewDesc("edgeaudit_fhir_connections_open", "Open FHIR connections.", nil, nil)
 	mFHIRInfl    = prometheus.NewDesc("edgeaudit_fhir_inflight_bytes", "Bytes of request bodies and decoded resources held now (fhir.max_inflight_bytes bounds it).", nil, nil)
 	mFHIROver    = prometheus.NewDesc("edgeaudit_fhir_overloaded_total", "FHIR requests answered 503 because the in-flight byte budget was spent.", nil, nil)
+	mRELPRefused = prometheus.NewDesc("edgeaudit_relp_refused_total", "RELP commands answered rsp 500.", nil, nil)
+	mRELPUnacked = prometheus.NewDesc("edgeaudit_relp_unacked_total", "RELP frames appended but left unanswered (the sender resends them).", nil, nil)
 	mEvicted     = prometheus.NewDesc("edgeaudit_connections_evicted_total", "Idle connections closed to make room for a new one.", []string{"collector"}, nil)
 	mDrained     = prometheus.NewDesc("edgeaudit_syslog_drained_total", "Syslog events stored during the drain at stop.", nil, nil)
 	mUnreadFr    = prometheus.NewDesc("edgeaudit_syslog_shutdown_unread_frames_total", "Syslog frames still queued when the drain budget ran out (counted, recorded, not kept).", nil, nil)
@@ -463,7 +465,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
 		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad,
 		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mFHIREvents, mFHIRUnavail,
-		mFHIRConns, mFHIRInfl, mFHIROver, mEvicted, mDrained, mUnreadFr, mUnreadBy} {
+		mFHIRConns, mFHIRInfl, mFHIROver, mEvicted, mDrained, mUnreadFr, mUnreadBy, mRELPRefused, mRELPUnacked} {
 		ch <- d
 	}
 }
@@ -499,6 +501,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ss := m.sl.Stats()
 	for _, t := range []string{"udp", "tcp", "tls"} {
 		ch <- prometheus.MustNewConstMetric(mReceived, prometheus.CounterValue, float64(ss.Received[t]), t)
+	}
+	if r := m.sl.RELP(); r != nil {
+		rs := r.Stats()
+		ch <- prometheus.MustNewConstMetric(mReceived, prometheus.CounterValue, float64(rs.Received), "relp")
+		ch <- prometheus.MustNewConstMetric(mReceived, prometheus.CounterValue, float64(rs.ReceivedTLS), "relp+tls")
+		c(mRELPRefused, rs.Refused)
+		c(mRELPUnacked, rs.Unacked)
 	}
 	c(mMalformed, ss.Malformed)
 	g(mConnsOpen, float64(ss.ConnsOpen))

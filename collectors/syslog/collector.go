@@ -32,9 +32,6 @@ const (
 	readBufferSize = 64 << 10
 	// udpBufferSize holds any UDP datagram (the IPv4 payload maximum is 65507 bytes).
 	udpBufferSize = 64 << 10
-	// maxHandshake caps the TLS handshake of the RELP listener (relp.go); the TCP/TLS
-	// listener uses the configured handshake_timeout.
-	maxHandshake = 30 * time.Second
 	// drainQuiet is how long a read waits for more bytes once the drain has begun: a
 	// sender whose last write returned has all of it in our receive queue or in its send
 	// queue, and loopback or LAN delivery of the latter takes microseconds to
@@ -386,7 +383,16 @@ func (c *Collector) serveStream(ctx context.Context, wg *sync.WaitGroup, ln net.
 		}
 		if ev := adm.Evicted; ev != nil {
 			c.stats.evicted.Add(1)
-			c.reject(transportOf(ev.Label()), ev.IP(), ReasonEvictedIdle, "", 0)
+			// The table is shared with RELP: report the eviction under the evicted
+			// connection's own transport.
+			if l := ev.Label(); (l == TransportRELP || l == TransportRELPTLS) && c.relp != nil {
+				if i := reasonIndex(ReasonEvictedIdle); i >= 0 {
+					c.stats.rejects[i].Add(1)
+				}
+				c.relp.reject(l, ev.IP(), ReasonEvictedIdle, "", 0)
+			} else {
+				c.reject(transportOf(l), ev.IP(), ReasonEvictedIdle, "", 0)
+			}
 		}
 		c.stats.accepted.Add(1)
 		wg.Go(func() {

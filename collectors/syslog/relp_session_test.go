@@ -614,10 +614,9 @@ func TestRELPSharesConnectionTable(t *testing.T) {
 	for _, r := range rep.getRejects() {
 		got = append(got, r.Transport+"/"+r.Reason)
 	}
-	// The second eviction is reported by the TCP accept loop, which names the transport
-	// of the evicted connection through transportOf: "relp" needs collector.go to report
-	// RELP labels as they are, so only the count is checked for it here.
-	if len(got) != 2 || got[0] != "tcp/"+ReasonEvictedIdle || !strings.HasSuffix(got[1], "/"+ReasonEvictedIdle) {
+	// The second eviction is reported by the TCP accept loop under the evicted
+	// connection's own transport.
+	if len(got) != 2 || got[0] != "tcp/"+ReasonEvictedIdle || got[1] != TransportRELP+"/"+ReasonEvictedIdle {
 		t.Errorf("rejects = %v, want tcp/%s then an %s of the relp session", got, ReasonEvictedIdle, ReasonEvictedIdle)
 	}
 	if got, want := c.Stats().Rejects[ReasonEvictedIdle], uint64(2); got != want {

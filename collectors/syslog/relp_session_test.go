@@ -610,6 +610,8 @@ func TestRELPSharesConnectionTable(t *testing.T) {
 	}
 	defer tcp2.Close()
 	p.expectEOF()
+	// The eviction closes the session inside Track, before the accept loop reports it.
+	waitFor(t, "the second eviction's report", func() bool { return len(rep.getRejects()) >= 2 })
 	var got []string
 	for _, r := range rep.getRejects() {
 		got = append(got, r.Transport+"/"+r.Reason)

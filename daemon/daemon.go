@@ -153,6 +153,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		Logger: d.log.With("component", "spool"),
 	})
 	if err != nil {
+		// Nothing ran: the next start must not read this as an unclean stop (unless the
+		// run before this one ended uncleanly, which it still has to say).
+		if !unclean {
+			if cerr := clearRunning(cfg.DataDir); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
 		return err
 	}
 	sink.set(sp)

@@ -653,3 +653,41 @@ func TestFailingCommitLogsAreRateLimited(t *testing.T) {
 		t.Fatalf("%d recovery lines, want 1", got)
 	}
 }
+
+// TestCloseWhileCommitsFailAndQueueIsFull: the writer retries a failing commit while an
+// Append of the appliance's own event is blocked on the full queue and Close waits for
+// it. Close must still return (after close_grace, with the events counted as lost): the
+// writer must not wait on the lock that Close is queued for.
+func TestCloseWhileCommitsFailAndQueueIsFull(t *testing.T) {
+	sig := &flakySigner{Signer: newSigner(t)}
+	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"),
+		Config{MaxEvents: 1, MaxAge: time.Hour, QueueSize: 2, CloseGrace: 100 * time.Millisecond}, sig)
+	sig.broken.Store(true)
+	blocked := make(chan struct{})
+	go func() {
+		defer close(blocked)
+		for i := range 50 {
+			e := selfEvent(time.Now(), "audit.test", audit.OutcomeSuccess, strconv.Itoa(i))
+			if err := s.Append(context.Background(), &e, nil); err != nil {
+				return // ErrClosed once Close has begun
+			}
+		}
+	}()
+	for sig.fails.Load() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return: the writer and Close wait on each other")
+	}
+	<-blocked
+	if s.Stats().Lost == 0 {
+		t.Fatal("no loss counted for the events that could not be committed")
+	}
+}

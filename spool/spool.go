@@ -123,11 +123,12 @@ type Spool struct {
 	db   *bolt.DB
 	log  *slog.Logger
 
-	mu     sync.RWMutex // held for reading while sending on raw; Close takes it to close raw
-	closed bool
-	raw    chan rawItem // Append → encoder
-	queue  chan item    // encoder → writer
-	done   chan struct{}
+	mu      sync.RWMutex // held for reading while sending on raw; Close takes it to close raw
+	closed  bool
+	closing atomic.Bool  // set by Close before it takes mu, for the writer's retry loop
+	raw     chan rawItem // Append → encoder
+	queue   chan item    // encoder → writer
+	done    chan struct{}
 
 	st       state     // writer-owned
 	stale    bool      // writer-owned: a failed commit's reload failed; reload before committing
@@ -389,6 +390,7 @@ func (s *Spool) Seal(ctx context.Context) error {
 // committed (a disk that stays full or failing), Close retries for close_grace, then
 // counts them as lost and records the loss for the next Open.
 func (s *Spool) Close() error {
+	s.closing.Store(true)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

@@ -170,11 +170,10 @@ func (s *Spool) commitRetrying(items []item, forceSeal, closing bool) error {
 	}
 }
 
-func (s *Spool) isClosed() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.closed
-}
+// isClosed reports whether Close has begun. It must not take s.mu: Close may be waiting
+// for the write lock behind an Append blocked on the full queue that this very writer
+// is not draining while it retries, and a pending writer blocks new readers.
+func (s *Spool) isClosed() bool { return s.closing.Load() }
 
 // errNoRoom is a commit that was not attempted because the file system has less free
 // space than the commit needs: ENOSPC avoided rather than met.

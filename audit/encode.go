@@ -35,6 +35,7 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	dst = appendOpt(dst, `,"msg_id":`, s.MsgID)
 	dst = appendOpt(dst, `,"facility":`, s.Facility)
 	dst = appendOpt(dst, `,"severity":`, s.Severity)
+	dst = appendOpt(dst, `,"workstation":`, s.Workstation)
 	dst = append(dst, '}')
 
 	dst = append(dst, `,"action":`...)
@@ -87,6 +88,15 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 		dst = strconv.AppendInt(dst, int64(e.Count), 10)
 	}
 	dst = appendOpt(dst, `,"correlation_id":`, e.CorrelationID)
+	dst = appendOpt(dst, `,"object":`, e.Object)
+	dst = appendOpt(dst, `,"purpose":`, e.Purpose)
+	if e.BreakGlass {
+		dst = append(dst, `,"break_glass":true`...)
+	}
+	dst = appendOpt(dst, `,"method":`, e.Method)
+	dst = appendOpt(dst, `,"endpoint":`, e.Endpoint)
+	dst = appendOpt(dst, `,"query_scope":`, e.QueryScope)
+	dst = appendOpt(dst, `,"error_code":`, e.ErrorCode)
 	if len(e.Codes) > 0 {
 		dst = append(dst, `,"codes":[`...)
 		for i, c := range e.Codes {
@@ -130,7 +140,8 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 
 // SizeHint estimates the encoded size, so that one allocation usually fits the encoding.
 func (e *Event) SizeHint() int {
-	n := 448 + len(e.Message) + len(e.Reason) + len(e.Source.Host) + len(e.Source.App)
+	n := 448 + len(e.Message) + len(e.Reason) + len(e.Source.Host) + len(e.Source.App) +
+		len(e.Object) + len(e.Endpoint) + len(e.Source.Workstation) + len(e.Purpose) + len(e.ErrorCode)
 	for k, v := range e.Detail {
 		n += len(k) + len(v) + 6
 	}

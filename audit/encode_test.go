@@ -20,6 +20,8 @@ func sampleEvents() []Event {
 			Accession: "acc", Reason: "why", Count: 3, CorrelationID: "c", Codes: []Code{{System: "DCM", Code: "110112", Text: "Query"}, {System: "x", Code: "y"}},
 			Malformed: true, Detail: map[string]string{"z": "1", "a": "2"}},
 		{Actor: Actor{Requestor: true}, Count: -2},
+		{Source: Source{Kind: KindFHIR, Workstation: "RAD-WS-04"}, Object: "ImagingStudy", Purpose: "ETREAT", BreakGlass: true,
+			Method: "GET", Endpoint: "/ImagingStudy", QueryScope: "broad", ErrorCode: "not-found"},
 	}
 }
 

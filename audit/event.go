@@ -50,6 +50,26 @@ type Event struct {
 	Count         int      `json:"count,omitempty"`
 	CorrelationID string   `json:"correlation_id,omitempty"`
 
+	// Object is what was acted on, by type, never by value: "Patient", "ImagingStudy",
+	// "DiagnosticReport", a DICOM SOP class name, an HL7 message structure.
+	Object string `json:"object,omitempty"`
+	// Purpose is the purpose of use the source gives (e.g. TREAT, HPAYMT, ETREAT);
+	// BreakGlass marks emergency access ("break the glass") as such.
+	Purpose    string `json:"purpose,omitempty"`
+	BreakGlass bool   `json:"break_glass,omitempty"`
+	// Method and Endpoint name an API call (FHIR, DICOMweb): "GET", "/Patient" or
+	// "/studies/{uid}/series" with identifiers replaced, never a query string in clear.
+	Method   string `json:"method,omitempty"`
+	Endpoint string `json:"endpoint,omitempty"`
+	// QueryScope says what a query (C-FIND, PDQ, a FHIR search) asked for: "patient"
+	// when one patient is named (Patient then holds the token), "broad" for queries
+	// without a patient, with wildcards or over all patients. The HIPAA guide asks for
+	// weekly review of broad queries.
+	QueryScope string `json:"query_scope,omitempty"`
+	// ErrorCode is the source's own error or status code for a failure (HL7 ERR-3,
+	// FHIR OperationOutcome code, DICOM status), beside the normalized outcome.
+	ErrorCode string `json:"error_code,omitempty"`
+
 	// Codes keeps the source's own codes beside the taxonomy code (e.g. DICOM EventID).
 	Codes []Code `json:"codes,omitempty"`
 	// Message is the human-readable text of the source (syslog MSG); PHI redaction applies.
@@ -75,9 +95,14 @@ type Source struct {
 	MsgID     string `json:"msg_id,omitempty"`
 	Facility  string `json:"facility,omitempty"` // syslog facility keyword
 	Severity  string `json:"severity,omitempty"` // syslog severity keyword
+	// Workstation is the machine where a person acted, when the source names both (the
+	// person is the actor): a workstation host, a DICOM network access point or process.
+	Workstation string `json:"workstation,omitempty"`
 }
 
-// Actor is who did it.
+// Actor is who did it: the person when a source names a person and a machine, else
+// the process or AE. User is a workforce ID (never a patient's name); docs/taxonomy.md
+// gives each source's rules.
 type Actor struct {
 	User      string `json:"user,omitempty"`
 	Role      string `json:"role,omitempty"`

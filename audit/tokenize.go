@@ -75,6 +75,16 @@ func (t *Tokenizer) Token(kind, value string) string {
 	return tok
 }
 
+// PatientToken is the token of a patient identifier from any source: value is the ID
+// itself (HL7 CX.1, DICOM ParticipantObjectID without its ^^^ suffix, a FHIR
+// identifier's value or a Patient resource id, syslog PatientID=), authority is the
+// assigning authority or identifier system as the source names it, "" if none. The same
+// patient gets the same token from every source: only the value is tokenized while the
+// site has one identifier domain.
+func (t *Tokenizer) PatientToken(value, authority string) string {
+	return t.Token(IDPatient, value)
+}
+
 // IsToken reports whether s has the shape of a token of kind.
 func IsToken(kind, s string) bool {
 	rest, ok := strings.CutPrefix(s, kind+"_")

@@ -40,6 +40,29 @@ const (
 	ActionRBACChange      = "admin.rbac_change"
 	ActionHL7Exchange     = "data.hl7_exchange"
 	ActionFHIROther       = "fhir.other"
+
+	// The HIPAA guide's minimum events that the list above did not name (issue 7).
+	ActionPHIQuery         = "phi.query"          // a search for patient data (FHIR search, PDQ); query_scope says how wide
+	ActionPHIPrint         = "phi.print"          // patient data printed
+	ActionPHIShare         = "phi.share"          // patient data shared with another party or organization
+	ActionPatientMerge     = "patient.merge"      // patient records merged or linked (HL7 A40, A24)
+	ActionPatientRegister  = "patient.register"   // a patient registered, admitted or updated (HL7 ADT)
+	ActionOrderCancel      = "order.cancel"       // an order cancelled or discontinued (ORC-1 CA/DC/OC)
+	ActionAppointment      = "order.schedule"     // an appointment booked, changed or cancelled (SIU)
+	ActionResultPrelim     = "report.preliminary" // a preliminary result or report (OBR-25/OBX-11 P)
+	ActionResultFinal      = "report.final"       // a final result (F)
+	ActionResultCorrected  = "report.addendum"    // a corrected result or addendum (C)
+	ActionDocument         = "report.document"    // a clinical document created or changed (MDM/TXA)
+	ActionAuthMFA          = "auth.mfa"           // a multi-factor challenge
+	ActionAuthTokenRefresh = "auth.token_refresh" // an access token refreshed
+	ActionDICOMWorklist    = "dicom.worklist"     // a modality worklist query
+	ActionDICOMCommit      = "dicom.commit"       // a storage commitment
+	ActionConfigChange     = "admin.config_change"
+	ActionKeyChange        = "admin.key_change"
+	ActionPolicyChange     = "admin.policy_change"
+	ActionDataExtract      = "data.extract" // a bulk extract of records
+	ActionBackup           = "system.backup"
+	ActionRestore          = "system.restore"
 )
 
 // DICOM EventTypeCodes that refine an EventID's action.

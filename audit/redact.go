@@ -3,39 +3,128 @@ package audit
 import (
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 )
 
 // RedactRule replaces identifiers found in free text (syslog MSG) by tokens. Pattern is
-// an RE2 expression whose first capture group is the identifier; the rest of the match
-// (the label) stays, so "MRN: 12345" becomes "MRN: pat_3f…".
+// an RE2 expression; the first of its capture groups that took part in the match is the
+// identifier, and the rest of the match (the label) stays, so "MRN: 12345" becomes
+// "MRN: pat_3f…". Trailing '.', ',', ';', ':' and '-' are left out of the identifier (the
+// end of a sentence), and a value that is already a token is left alone, so redacting
+// twice changes nothing.
 type RedactRule struct {
 	Name    string `yaml:"name"`
 	Pattern string `yaml:"pattern"`
 	// Kind is the token namespace (pat, name, dob, acc, ...); see the ID* constants.
+	// KindAuto chooses per value: pat when it holds a digit, name otherwise.
 	Kind string `yaml:"kind"`
 	// Hints are lowercase words of which at least one must occur (case-insensitively)
 	// before the expression runs: the cheap test that keeps redaction off the hot path
 	// for the vast majority of lines, which name no patient at all. Hints are matched where
 	// a word starts. A hint starting with "~" is a shape in which "d" stands for any digit
-	// ("~ddd-dd-dddd"), matched where a number starts. Empty means always.
+	// ("~ddd-dd-dddd"), matched where a number starts. A hint starting with a byte that is
+	// not a letter, digit or '_' ("^") is matched anywhere. Empty means always.
 	Hints []string `yaml:"hints"`
+	// NotAfter are lowercase words that, standing right before the match (separated by
+	// space, '_' or '-'), cancel it: "user name: x" is not a patient's name.
+	NotAfter []string `yaml:"not_after"`
 }
 
+// KindAuto is the Kind of rules whose values may be a patient id or a person's name.
+const KindAuto = "auto"
+
+// Pieces of the default rules. A label is followed by an optional quote, then either an
+// explicit separator (':', '=', '#', with or without spaces) and a loose value, or only
+// space and a strict value, one that holds a digit (so "MRN lookup failed" keeps its
+// words).
+const (
+	// labelSuffix: "number", "num", "nbr", "no", "no.", "#", "id" after a label.
+	labelSuffix = `(?:[ _-]?(?:number|num|nbr|no\.?|#|id))?`
+	quote       = `["']?`
+	explicitSep = `\s*[:=#]\s*` + quote
+	spaceSep    = `\s+(?:-\s+)?` + quote
+	// looseID: anything id-like after an explicit separator; '^' and '&' keep a whole
+	// CX (12345^^^HOSP&1.2.3&ISO) together.
+	looseID = `[A-Za-z0-9][A-Za-z0-9^&._/-]{0,63}`
+	// strictID: an id after mere space: starts with a digit and is two bytes or more,
+	// or a short letter prefix and a digit (ACC998877, M-1234).
+	strictID = `\d[A-Za-z0-9^&._/-]{1,63}|[A-Za-z]{1,8}[-_]?\d[A-Za-z0-9^&._/-]{0,63}`
+	// hl7Name: a person name in HL7 / DICOM PN form, A^B, A^B^C (up to 5 components),
+	// letters only, so message types (ADT^A08) and CX values (123^^^HOSP) do not match.
+	hl7Name = `[A-Za-z][A-Za-z'-]*\^[A-Za-z][A-Za-z'-]*\b(?:\^(?:[A-Za-z][A-Za-z'.-]*\b)?){0,4}`
+	// wordsName: "John Smith", "Smith, John", "JOHN Q. SMITH", "o'Neil-Smith": up to four
+	// capitalized words, or two lowercase ones.
+	wordsName = `[A-Z][A-Za-z'-]+(?:,? [A-Z][A-Za-z'.-]*\b){0,3}|[a-z][a-z'-]+\b(?: [a-z][a-z'-]+\b)?`
+	quotedVal = `"([^"\n]{1,64})"|'([^'\n]{1,64})'`
+	// date: ISO, compact (19700102), numeric with / . -, and month names.
+	date = `\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{8}\b|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|` +
+		`(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d{1,2},? \d{4}|\d{1,2} (?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d{4}`
+)
+
 // DefaultRedactRules are the rules a site gets unless it configures its own: labelled
-// patient ids, names, birth dates and accession numbers, and US social security numbers.
-// Hints are chosen so that common words ("Accepted", "path") do not wake the expressions.
+// patient ids, names, birth dates, accession and order numbers, study UIDs, person names
+// in HL7/DICOM form anywhere, and US social security numbers. Hints are chosen so that
+// common words ("Accepted", "path", "pid") do not wake the expressions.
 var DefaultRedactRules = []RedactRule{
-	{Name: "patient-id", Kind: IDPatient, Hints: []string{"mrn", "patient", "pid", "pat_", "pat-", "pat id", "patid"},
-		Pattern: `(?i)\b(?:mrn|patient[ _-]?id|pat[ _-]?id|pid)\s*[:=#]\s*"?([A-Za-z0-9^&._-]{2,64})`},
-	{Name: "patient-name", Kind: IDName, Hints: []string{"patient"},
-		Pattern: `(?i)\bpatient[ _-]?name\s*[:=]\s*"?([^",;\]\n]{2,64})`},
-	{Name: "birth-date", Kind: IDBirthDate, Hints: []string{"dob", "birth"},
-		Pattern: `(?i)\b(?:dob|birth[ _-]?date|date of birth)\s*[:=]\s*"?([0-9./-]{6,10})`},
-	{Name: "accession", Kind: IDAccession, Hints: []string{"accession", "acc_", "acc-", "acc#", "acc:", "acc=", "acc no", "accno", "acc num"},
-		Pattern: `(?i)\b(?:accession(?:[ _-]?(?:no|num|number))?|acc[ _-]?(?:no|num))\s*[:=#]\s*"?([A-Za-z0-9._-]{2,64})`},
+	{Name: "patient-id", Kind: IDPatient,
+		Hints: []string{"mrn", "medical", "patient", "pat id", "pat-id", "pat_id", "patid", "pt id", "pt-id", "pt_id", "ptid", "pid-3", "pid3", "pid_3", "pid 3", "chart", "pat#", "pat #", "pat no"},
+		Pattern: `(?i:\b(?:mrn|medical[ _-]?record|patient[ _-]?(?:id|identifier|number|num|nbr|no\.?|#)|pat[ _-]?(?:id|no\.?|#)|pt[ _-]?id|pid[ _-]?3|chart)` + labelSuffix + `)` + quote +
+			`(?:` + explicitSep + `(` + looseID + `)|` + spaceSep + `(` + strictID + `))`},
+	{Name: "patient-name", Kind: IDName,
+		Hints:    []string{"name", "patientname", "patient", "pat_name", "pat-name", "pt_name", "pt-name", "ptname", "surname"},
+		NotAfter: notAfterName,
+		Pattern: `(?i:\b(?:(?:patient|pat|pt)(?:'s)?[ _-]?)?(?:(?:full|last|first|given|family|middle)[ _-]?)?(?:name|surname)\b)` + quote +
+			`(?:\s*[:=]\s*(?:` + quotedVal + `|(` + hl7Name + `)|(` + wordsName + `))|\s+(?:` + quotedVal + `|(` + hl7Name + `)))`},
+	{Name: "patient", Kind: KindAuto, Hints: []string{"patient"},
+		Pattern: `(?i:\bpatient(?:'s)?)` + quote +
+			`(?:\s*[:=#]\s*(?:` + quotedVal + `|(` + hl7Name + `)|(` + looseID + `)|(` + wordsName + `))|\s+(?:` + quotedVal + `|(` + hl7Name + `)|(` + strictID + `))|/([A-Za-z0-9.-]{1,64}))`},
+	{Name: "birth-date", Kind: IDBirthDate,
+		Hints: []string{"dob", "d.o.b", "birth", "date of birth", "born", "patientbirth"},
+		Pattern: `(?i:\b(?:d\.?o\.?b\.?|(?:patient[ _-]?)?birth[ _-]?(?:date|day)|date[ _-]of[ _-]birth|born(?: on)?)\b)` + quote +
+			`(?:\s*[:=]\s*|\s+)` + quote + `(` + date + `)`},
+	{Name: "accession", Kind: IDAccession,
+		Hints: []string{"accession", "acc_", "acc-", "acc#", "acc:", "acc=", "acc no", "accno", "acc num", "acc ", "acc.", "accn", "acsn"},
+		Pattern: `(?i:\b(?:accession|acc\.?|accn|acsn)` + labelSuffix + `)` + quote +
+			`(?:` + explicitSep + `(` + looseID + `)|` + spaceSep + `(` + strictID + `))`},
+	{Name: "order", Kind: IDOrder, Hints: []string{"order", "placer", "filler"},
+		Pattern: `(?i:\b(?:(?:placer|filler)[ _-]?(?:order)?|order)(?:[ _-]?(?:number|num|nbr|no\.?|#|id))?)` + quote +
+			`(?:` + explicitSep + `(` + looseID + `)|\s+(?:#\s*)?(` + strictID + `))`},
+	{Name: "study-uid", Kind: IDStudy, Hints: []string{"study", "studyinstance"},
+		Pattern: `(?i:\bstudy[ _-]?(?:instance[ _-]?)?uid)` + quote + `(?:\s*[:=]\s*|\s+)` + quote + `(\d+(?:\.\d+){3,})`},
+	{Name: "hl7-name", Kind: IDName, Hints: []string{"^"},
+		Pattern: `\b(` + hl7Name + `)`},
+	{Name: "ssn-label", Kind: IDText, Hints: []string{"ssn", "social", "ss#", "ss #", "ss no", "ss-no", "ss_no"},
+		Pattern: `(?i:\b(?:ssn|social[ _-]?security|ss[ _-]?#|ss[ _-]?no\.?)` + labelSuffix + `)` + quote +
+			`(?:\s*[:=#]\s*|\s+)` + quote + `(\d{3}[- ]?\d{2}[- ]?\d{4})\b`},
 	{Name: "ssn", Kind: IDText, Hints: []string{"~ddd-dd-dddd"},
 		Pattern: `\b(\d{3}-\d{2}-\d{4})\b`},
+}
+
+// notAfterName: words before "name" that make it a thing's name, not a person's.
+var notAfterName = []string{"user", "host", "file", "service", "device", "station", "printer", "queue", "node",
+	"ae", "application", "app", "domain", "server", "image", "series", "protocol", "job", "task", "volume",
+	"disk", "share", "group", "role", "process", "program", "table", "column", "field", "key", "param",
+	"parameter", "dns", "cert", "common", "computer", "machine", "network", "interface", "tag", "attribute",
+	"class", "module", "package", "container", "pod", "database", "db", "bucket", "schema", "index", "path",
+	"test", "type", "event", "metric", "login", "account", "folder", "dir", "directory", "site", "vendor",
+	"product", "model", "modality", "institution", "department", "workstation", "cluster", "zone", "realm",
+	"certificate", "variable", "env", "policy", "rule", "plugin", "thread", "channel", "tenant", "project",
+	"resource", "method", "function", "operation", "property", "profile", "report", "template", "code",
+	"config", "setting", "option", "study", "procedure", "exam", "body", "part", "sop", "transfer", "syntax",
+	"ref", "object", "operator", "physician", "doctor", "referring", "performing", "reading", "staff", "tech",
+	"technologist", "radiologist", "nurse", "provider", "author", "signer", "sender", "receiver", "facility", "location", "room", "unit", "ward", "bed", "org", "organization"}
+
+// IdentifierPattern is one of the site's own identifier formats (its MRN or accession
+// shape), recognized anywhere in free text: Pattern, an RE2 expression, must match a
+// whole word (a run of letters, digits, '.', '_' and '-', without the '.', '_' or '-' at
+// its ends), so `M\d{7}` finds "M1234567" in "moved M1234567, done" but not inside
+// "XM12345678".
+type IdentifierPattern struct {
+	Name    string `yaml:"name"`
+	Pattern string `yaml:"pattern"`
+	// Kind is the token namespace: pat (default), acc, ord, txt...
+	Kind string `yaml:"kind"`
 }
 
 // Redactor applies rules to free text. Safe for concurrent use.
@@ -43,14 +132,29 @@ type Redactor struct {
 	tok   *Tokenizer
 	rules []compiledRule
 	// words indexes every rule's hint words by their first byte, so one pass over a line
-	// finds which rules can match at all.
+	// finds which rules can match at all; punct holds hints that start with a separator
+	// byte, matched at any position.
 	words [256][]hintWord
+	punct [256][]hintWord
+
+	ids  []idPattern
+	seen *SeenSet
+	// idLens has bit n set when some identifier pattern can match an n-byte word (bit
+	// 63: 63 or more).
+	idLens uint64
 }
 
 type compiledRule struct {
 	RedactRule
-	re     *regexp.Regexp
-	always bool // no hints: always run
+	re       *regexp.Regexp
+	always   bool // no hints: always run
+	notAfter map[string]bool
+}
+
+type idPattern struct {
+	IdentifierPattern
+	re       *regexp.Regexp
+	min, max int // length bounds of a match; max -1 unbounded
 }
 
 type hintWord struct {
@@ -80,6 +184,12 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 			rule.Kind = IDText
 		}
 		c := compiledRule{RedactRule: rule, re: re, always: len(rule.Hints) == 0}
+		if len(rule.NotAfter) > 0 {
+			c.notAfter = make(map[string]bool, len(rule.NotAfter))
+			for _, w := range rule.NotAfter {
+				c.notAfter[strings.ToLower(w)] = true
+			}
+		}
 		for _, h := range rule.Hints {
 			if shape, ok := strings.CutPrefix(h, "~"); ok && shape != "" {
 				// Index the shape under every byte its first position can match.
@@ -95,6 +205,10 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 				c.always = true
 				continue
 			}
+			if byteClass[h[0]] == 0 {
+				r.punct[h[0]] = append(r.punct[h[0]], hintWord{rule: i, word: h})
+				continue
+			}
 			r.words[h[0]] = append(r.words[h[0]], hintWord{rule: i, word: h})
 		}
 		r.rules = append(r.rules, c)
@@ -102,41 +216,334 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 	return r, nil
 }
 
+// SetIdentifierPatterns adds the site's own identifier formats, before the redactor is
+// shared. An error names the bad pattern by index and name.
+func (r *Redactor) SetIdentifierPatterns(ps []IdentifierPattern) error {
+	r.ids, r.idLens = nil, 0
+	for i, p := range ps {
+		ip, err := compileIdentifierPattern(p)
+		if err != nil {
+			return fmt.Errorf("identifier_patterns[%d] (%s): %w", i, p.Name, err)
+		}
+		r.ids = append(r.ids, ip)
+		for n := ip.min; n <= 63 && (ip.max < 0 || n <= ip.max); n++ {
+			r.idLens |= lenBit(n)
+		}
+		if ip.max < 0 || ip.max >= 63 {
+			r.idLens |= lenBit(63)
+		}
+	}
+	return nil
+}
+
+func compileIdentifierPattern(p IdentifierPattern) (idPattern, error) {
+	if strings.TrimSpace(p.Pattern) == "" {
+		return idPattern{}, fmt.Errorf("empty pattern")
+	}
+	re, err := regexp.Compile(`^(?:` + p.Pattern + `)$`)
+	if err != nil {
+		return idPattern{}, err
+	}
+	if re.MatchString("") {
+		return idPattern{}, fmt.Errorf("pattern %q matches the empty word", p.Pattern)
+	}
+	st, err := syntax.Parse(p.Pattern, syntax.Perl)
+	if err != nil {
+		return idPattern{}, err
+	}
+	st = st.Simplify()
+	if p.Kind == "" {
+		p.Kind = IDPatient
+	}
+	if !validKind(p.Kind) {
+		return idPattern{}, fmt.Errorf("kind %q: must be 2-8 lowercase letters", p.Kind)
+	}
+	return idPattern{IdentifierPattern: p, re: re, min: minLen(st), max: maxLen(st)}, nil
+}
+
+func validKind(k string) bool {
+	if len(k) < 2 || len(k) > 8 || k == KindAuto {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 'a' || k[i] > 'z' {
+			return false
+		}
+	}
+	return true
+}
+
+// minLen and maxLen bound the byte length of what a parsed expression matches (maxLen
+// -1: unbounded); they let the word pass skip words an identifier pattern cannot match.
+func minLen(re *syntax.Regexp) int {
+	switch re.Op {
+	case syntax.OpLiteral:
+		n := 0
+		for _, r := range re.Rune {
+			n += len(string(r))
+		}
+		return n
+	case syntax.OpCharClass, syntax.OpAnyChar, syntax.OpAnyCharNotNL:
+		return 1
+	case syntax.OpCapture, syntax.OpPlus:
+		return minLen(re.Sub[0])
+	case syntax.OpRepeat:
+		return re.Min * minLen(re.Sub[0])
+	case syntax.OpConcat:
+		n := 0
+		for _, s := range re.Sub {
+			n += minLen(s)
+		}
+		return n
+	case syntax.OpAlternate:
+		n := -1
+		for _, s := range re.Sub {
+			if m := minLen(s); n < 0 || m < n {
+				n = m
+			}
+		}
+		return max(n, 0)
+	}
+	return 0 // star, quest, empty, anchors, boundaries
+}
+
+func maxLen(re *syntax.Regexp) int {
+	switch re.Op {
+	case syntax.OpLiteral:
+		n := 0
+		for _, r := range re.Rune {
+			n += len(string(r))
+		}
+		return n
+	case syntax.OpCharClass, syntax.OpAnyChar, syntax.OpAnyCharNotNL:
+		return 4 // one rune, up to 4 bytes of UTF-8
+	case syntax.OpCapture, syntax.OpQuest:
+		return maxLen(re.Sub[0])
+	case syntax.OpStar, syntax.OpPlus:
+		return -1
+	case syntax.OpRepeat:
+		m := maxLen(re.Sub[0])
+		if re.Max < 0 || m < 0 {
+			return -1
+		}
+		return re.Max * m
+	case syntax.OpConcat:
+		n := 0
+		for _, s := range re.Sub {
+			m := maxLen(s)
+			if m < 0 {
+				return -1
+			}
+			n += m
+		}
+		return n
+	case syntax.OpAlternate:
+		n := 0
+		for _, s := range re.Sub {
+			m := maxLen(s)
+			if m < 0 {
+				return -1
+			}
+			n = max(n, m)
+		}
+		return n
+	}
+	return 0
+}
+
+// SetSeen makes the redactor replace, wherever they stand in free text, the identifiers
+// remembered in s (the set the tokenizer fills, see Tokenizer.SetSeen), before the
+// redactor is shared.
+func (r *Redactor) SetSeen(s *SeenSet) { r.seen = s }
+
 // Redact returns s with every identifier the rules find replaced by its token, and how
-// many were replaced.
+// many were replaced. Rules run first (their labels say what a value is), then one pass
+// over the words replaces those that match a site identifier pattern or were seen in
+// structured messages.
 func (r *Redactor) Redact(s string) (string, int) {
 	hit := r.hints(s)
 	n := 0
-	for i, rule := range r.rules {
+	for i := range r.rules {
+		rule := &r.rules[i]
 		if hit&(1<<i) == 0 && !rule.always {
 			continue
 		}
-		locs := rule.re.FindAllStringSubmatchIndex(s, -1)
-		if locs == nil {
-			continue
-		}
-		var b strings.Builder
-		last := 0
-		for _, m := range locs {
-			if m[2] < 0 {
-				continue
-			}
-			b.WriteString(s[last:m[2]])
-			b.WriteString(r.tok.Token(rule.Kind, s[m[2]:m[3]]))
-			last = m[3]
-			n++
-		}
-		b.WriteString(s[last:])
-		s = b.String()
+		var k int
+		s, k = r.apply(rule, s)
+		n += k
+	}
+	if len(r.ids) > 0 || r.seen != nil && r.seen.lens.Load() != 0 {
+		var k int
+		s, k = r.words1(s)
+		n += k
 	}
 	return s, n
 }
 
+// apply runs one rule over s.
+func (r *Redactor) apply(rule *compiledRule, s string) (string, int) {
+	locs := rule.re.FindAllStringSubmatchIndex(s, -1)
+	if locs == nil {
+		return s, 0
+	}
+	var b strings.Builder
+	last, n := 0, 0
+	for _, m := range locs {
+		lo, hi := -1, -1
+		for g := 2; g+1 < len(m); g += 2 {
+			if m[g] >= 0 {
+				lo, hi = m[g], m[g+1]
+				break
+			}
+		}
+		if lo < 0 || lo < last {
+			continue
+		}
+		for hi > lo && strings.IndexByte(".,;:-", s[hi-1]) >= 0 {
+			hi--
+		}
+		v := s[lo:hi]
+		if strings.TrimSpace(v) == "" || looksToken(v) {
+			continue
+		}
+		if rule.notAfter != nil && rule.notAfter[wordBefore(s, m[0])] {
+			continue
+		}
+		tok := r.tokenFor(rule.Kind, v)
+		if tok == "" {
+			continue
+		}
+		b.WriteString(s[last:lo])
+		b.WriteString(tok)
+		last = hi
+		n++
+	}
+	if n == 0 {
+		return s, 0
+	}
+	b.WriteString(s[last:])
+	return b.String(), n
+}
+
+func (r *Redactor) tokenFor(kind, v string) string {
+	if kind == KindAuto {
+		kind = IDName
+		if strings.ContainsAny(v, "0123456789") {
+			kind = IDPatient
+		}
+	}
+	if kind == IDPatient {
+		return r.tok.PatientToken(v, "")
+	}
+	return r.tok.Token(kind, v)
+}
+
+// wordBefore returns the lowercase word that ends right before i, skipping one run of
+// space, '_' or '-'.
+func wordBefore(s string, i int) string {
+	j := i
+	for j > 0 && (s[j-1] == ' ' || s[j-1] == '_' || s[j-1] == '-') {
+		j--
+	}
+	if j == i && i > 0 && byteClass[s[i-1]] != 0 {
+		// The match starts inside a word ("PatientName"): nothing before it.
+		return ""
+	}
+	k := j
+	for k > 0 && byteClass[s[k-1]] == classWord && s[k-1] != '_' {
+		k--
+	}
+	return strings.ToLower(s[k:j])
+}
+
+// looksToken reports whether v is a token of any kind: "<2-8 lowercase letters>_<32 hex>".
+func looksToken(v string) bool {
+	i := strings.IndexByte(v, '_')
+	if i < 2 || i > 8 || len(v)-i-1 != TokenLen {
+		return false
+	}
+	for j := 0; j < i; j++ {
+		if v[j] < 'a' || v[j] > 'z' {
+			return false
+		}
+	}
+	for j := i + 1; j < len(v); j++ {
+		c := v[j]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// idByte: the bytes of a word for the word pass.
+func idByte(c byte) bool {
+	return byteClass[c] != 0 || c == '.' || c == '-'
+}
+
+// words1 is the word pass: every word that matches a site identifier pattern or was
+// seen in a structured message becomes its token.
+func (r *Redactor) words1(s string) (string, int) {
+	var b strings.Builder
+	last, n := 0, 0
+	for i := 0; i < len(s); {
+		if !idByte(s[i]) {
+			i++
+			continue
+		}
+		j := i
+		digit := false
+		for j < len(s) && idByte(s[j]) {
+			if byteClass[s[j]] == classDigit {
+				digit = true
+			}
+			j++
+		}
+		lo, hi := i, j
+		i = j
+		for lo < hi && (s[lo] == '.' || s[lo] == '-' || s[lo] == '_') {
+			lo++
+		}
+		for hi > lo && (s[hi-1] == '.' || s[hi-1] == '-' || s[hi-1] == '_') {
+			hi--
+		}
+		if hi-lo < 2 {
+			continue
+		}
+		w := s[lo:hi]
+		tok := ""
+		if r.idLens&lenBit(len(w)) != 0 && !looksToken(w) {
+			for k := range r.ids {
+				p := &r.ids[k]
+				if len(w) >= p.min && (p.max < 0 || len(w) <= p.max) && p.re.MatchString(w) {
+					tok = r.tokenFor(p.Kind, w)
+					break
+				}
+			}
+		}
+		if tok == "" && digit && r.seen != nil {
+			tok, _ = r.seen.Lookup(w, r.tok)
+		}
+		if tok == "" {
+			continue
+		}
+		b.WriteString(s[last:lo])
+		b.WriteString(tok)
+		last = hi
+		n++
+	}
+	if n == 0 {
+		return s, 0
+	}
+	b.WriteString(s[last:])
+	return b.String(), n
+}
+
 // hints returns the bitmask of rules one of whose hints occurs in s, ignoring ASCII
 // case, in one pass without allocating: the cheap test that keeps the expressions off the
-// hot path for lines that name no patient. Hints are only looked for where a word starts
-// (the byte before is not a letter, digit or '_'), as the rules' expressions begin with
-// \b too; so a long run of letters costs one lookup, not one per byte.
+// hot path for lines that name no patient. Word hints are only looked for where a word
+// starts (the byte before is not a letter, digit or '_'), as the rules' expressions begin
+// with \b too; so a long run of letters costs one lookup, not one per byte.
 func (r *Redactor) hints(s string) uint64 {
 	var hit uint64
 	prev := byte(0) // class of the byte before i
@@ -149,6 +556,12 @@ func (r *Redactor) hints(s string) uint64 {
 					continue
 				}
 				if w.shape && hasShapeAt(s[i:], w.word) || !w.shape && hasPrefixFold(s[i:], w.word) {
+					hit |= 1 << w.rule
+				}
+			}
+		} else if cls == 0 {
+			for _, w := range r.punct[c] {
+				if hit&(1<<w.rule) == 0 && hasPrefixFold(s[i:], w.word) {
 					hit |= 1 << w.rule
 				}
 			}

@@ -25,7 +25,8 @@ func TestRedactDefaults(t *testing.T) {
 		{"accession", "Accession# A20261127-9 stored", []string{"A20261127-9"}, []string{"stored"}, 1},
 		{"ssn", "billing ref 123-45-6789 sent", []string{"123-45-6789"}, []string{"billing ref"}, 1},
 		{"nothing", "sshd[42]: Accepted publickey for tech from 10.0.0.7 port 2222", nil, []string{"Accepted publickey for tech from 10.0.0.7 port 2222"}, 0},
-		{"case-insensitive label", "mrn=77 and Pid: 88", []string{"=77", ": 88"}, nil, 2},
+		{"case-insensitive label", "mrn=77 and Mrn: 88", []string{"=77", ": 88"}, nil, 2},
+		{"pid is a process id", "kernel: audit pid=4242 uid=0", nil, []string{"pid=4242"}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package hl7
 
 import (
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -21,6 +22,64 @@ const (
 	textStoreFailed = "cannot store, retry"
 	textRejected    = "rejected: "
 )
+
+// Acknowledgement conditions of MSH-15 and MSH-16 (HL7 table 0155).
+const (
+	condAlways  = "AL"
+	condNever   = "NE"
+	condError   = "ER"
+	condSuccess = "SU"
+)
+
+// ackCodeFor returns the acknowledgement code answering a message with outcome o under
+// the ack mode, and false when no ACK is to be sent. m may be nil (its MSH could not be
+// read): that is answered in original mode. At most one ACK answers a message:
+//
+//   - original mode (ack_mode original, or auto with MSH-15 and MSH-16 both empty):
+//     AA/AE/AR, always;
+//   - enhanced mode: a commit ACK CA/CE/CR when MSH-15 asks for one (AL always, ER on
+//     error, SU on success, NE never; empty or unknown counts as AL, so a sender that
+//     waits is answered); else an application ACK AA/AE/AR when MSH-16 asks for one
+//     (same conditions; empty counts as NE), since the commit is the whole processing
+//     of an audit sink (HL7 v2.5.1 2.9.3: NE/AL is original mode); else none.
+func ackCodeFor(mode string, m *Message, o outcome) (string, bool) {
+	original := [...]string{AckAccept, AckError, AckReject}
+	commit := [...]string{AckCommitAccept, AckCommitError, AckCommitReject}
+	if m == nil || mode == ACKModeOriginal {
+		return original[o], true
+	}
+	accept := strings.ToUpper(strings.TrimSpace(m.Component(m.Field("MSH", 15), 1)))
+	app := strings.ToUpper(strings.TrimSpace(m.Component(m.Field("MSH", 16), 1)))
+	if accept == "" && app == "" && mode != ACKModeEnhanced {
+		return original[o], true
+	}
+	switch accept {
+	case condNever, condError, condSuccess:
+	default:
+		accept = condAlways
+	}
+	if wanted(accept, o) {
+		return commit[o], true
+	}
+	if wanted(app, o) {
+		return original[o], true
+	}
+	return "", false
+}
+
+// wanted reports whether an acknowledgement condition (table 0155) asks for an ACK of
+// outcome o. Anything but AL, ER and SU asks for none.
+func wanted(cond string, o outcome) bool {
+	switch cond {
+	case condAlways:
+		return true
+	case condError:
+		return o != outcomeAccepted
+	case condSuccess:
+		return o == outcomeAccepted
+	}
+	return false
+}
 
 var ackCounter atomic.Uint64
 

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -358,34 +357,32 @@ func (c *Collector) handleMessage(ctx context.Context, dst, block []byte, ip str
 				c.log.Warn("sink refused an hl7 message; answered with an error ACK so the sender retries",
 					attrTransport, c.transport, attrPeer, ip, attrErr, err, attrSuppressed, n)
 			}
-			return c.ackFor(dst, msgs[0], outcomeStoreFailed, ""), nil
+			ack := c.ackFor(dst, msgs[0], outcomeStoreFailed, "")
+			if len(ack) == len(dst) {
+				// The sender asked for no error ACK (MSH-15/16 NE or SU): it will not
+				// resend, so what was not stored is lost, and recorded as such.
+				n := uint64(len(msgs) - i)
+				c.rep.Lost(audit.KindHL7, c.transport, LossStoreNoACK, n)
+			}
+			return ack, nil
 		}
 		c.stats.received.Add(1)
 	}
 	return c.ackFor(dst, msgs[0], outcomeAccepted, ""), nil
 }
 
-// ackFor builds the ACK for an outcome, honouring the ack mode and, in enhanced mode,
-// the message's MSH-15 accept-acknowledgement type. It returns dst unchanged when no
-// ACK is to be sent.
+// ackFor builds the ACK for an outcome as the ack mode and the message's MSH-15/MSH-16
+// ask (ackCodeFor). It returns dst unchanged when no ACK is to be sent.
 func (c *Collector) ackFor(dst []byte, m *Message, o outcome, reason string) []byte {
-	codes := [...]string{AckAccept, AckError, AckReject}
-	if c.cfg.ACKMode == ACKModeEnhanced && m != nil {
-		if at := strings.ToUpper(m.Component(m.Field("MSH", 15), 1)); at != "" {
-			codes = [...]string{AckCommitAccept, AckCommitError, AckCommitReject}
-			switch {
-			case at == "NE",
-				at == "ER" && o == outcomeAccepted,
-				at == "SU" && o != outcomeAccepted:
-				return dst
-			}
-		}
+	code, ok := ackCodeFor(c.cfg.ACKMode, m, o)
+	if !ok {
+		return dst
 	}
 	text := ""
 	if o == outcomeStoreFailed {
 		text = textStoreFailed
 	}
-	return AppendACK(dst, m, codes[o], reason, text, c.now())
+	return AppendACK(dst, m, code, reason, text, c.now())
 }
 
 func (c *Collector) writeACK(w net.Conn, ack []byte, ip string) bool {

@@ -151,31 +151,71 @@ func TestBadInputAndIsolation(t *testing.T) {
 	}
 }
 
+// TestEnhancedMode sends messages that ask for enhanced-mode acknowledgements under the
+// default ack mode (auto) and checks what is answered, in order, on one connection.
 func TestEnhancedMode(t *testing.T) {
 	sink := &fakeSink{}
-	c := startCollector(t, Config{ACKMode: ACKModeEnhanced}, sink, &fakeReporter{})
+	rep := &fakeReporter{}
+	c := startCollector(t, Config{}, sink, rep)
 	cl := dialMLLP(t, c.Addr())
-	msg := func(ctl, accept string) string {
-		return "MSH|^~\\&|A|B|C|D|2026||ADT^A08|" + ctl + "|P|2.5|||" + accept + "|NE\rPID|||1\r"
+	msg := func(ctl, accept, app string) string {
+		return "MSH|^~\\&|A|B|C|D|2026||ADT^A08|" + ctl + "|P|2.5|||" + accept + "|" + app + "\rPID|||1\r"
 	}
-	cl.send(t, msg("E0", "NE")) // never acknowledge
-	cl.send(t, msg("E1", "ER")) // only errors: success is silent
-	cl.send(t, msg("E2", "AL"))
+	cl.send(t, msg("E0", "NE", "NE")) // never acknowledge
+	cl.send(t, msg("E1", "ER", "NE")) // only errors: success is silent
+	cl.send(t, msg("E2", "AL", "NE"))
 	ack := cl.readACK(t)
 	if got, want := ackCode(ack)+" "+ack.Component(ack.Field("MSA", 2), 1), "CA E2"; got != want {
 		t.Fatalf("ack %q, want %q", got, want)
 	}
-	cl.send(t, adt("E3")) // MSH-15 empty: original mode
+	cl.send(t, msg("E3", "NE", "AL")) // no commit ACK, an application ACK
+	ack = cl.readACK(t)
+	if got, want := ackCode(ack)+" "+ack.Component(ack.Field("MSA", 2), 1), "AA E3"; got != want {
+		t.Fatalf("ack %q, want %q", got, want)
+	}
+	cl.send(t, adt("E4")) // MSH-15 and MSH-16 empty: original mode
 	if got, want := ackCode(cl.readACK(t)), AckAccept; got != want {
 		t.Fatalf("code=%s, want %s", got, want)
 	}
 	sink.set(func(s *fakeSink) { s.refuseAll = true })
-	cl.send(t, msg("E4", "AL"))
-	if got, want := ackCode(cl.readACK(t)), AckCommitError; got != want {
-		t.Fatalf("code=%s, want %s", got, want)
+	cl.send(t, msg("E5", "SU", "NE")) // a failure the sender does not want to hear of
+	cl.send(t, msg("E6", "AL", "NE"))
+	ack = cl.readACK(t)
+	if got, want := ackCode(ack)+" "+ack.Component(ack.Field("MSA", 2), 1), AckCommitError+" E6"; got != want {
+		t.Fatalf("ack %q, want %q", got, want)
 	}
-	if got, want := sink.len(), 4; got != want {
+	if got, want := sink.len(), 5; got != want {
 		t.Fatalf("committed %d, want %d", got, want)
+	}
+	rep.mu.Lock()
+	lost := rep.lost["mllp/"+LossStoreNoACK]
+	rep.mu.Unlock()
+	if got, want := lost, uint64(1); got != want {
+		t.Fatalf("lost %s=%d, want %d (E5 refused, not acknowledged)", LossStoreNoACK, got, want)
+	}
+}
+
+// TestACKModeOverride checks that ack_mode original and enhanced override what the
+// message asks.
+func TestACKModeOverride(t *testing.T) {
+	tests := []struct {
+		mode, accept, app, want string
+	}{
+		{ACKModeOriginal, "NE", "NE", AckAccept},
+		{ACKModeOriginal, "AL", "AL", AckAccept},
+		{ACKModeEnhanced, "", "", AckCommitAccept},
+		{ACKModeEnhanced, "NE", "AL", AckAccept},
+		{ACKModeAuto, "", "", AckAccept},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode+"/"+tt.accept+"/"+tt.app, func(t *testing.T) {
+			c := startCollector(t, Config{ACKMode: tt.mode}, &fakeSink{}, &fakeReporter{})
+			cl := dialMLLP(t, c.Addr())
+			cl.send(t, "MSH|^~\\&|A|B|C|D|2026||ADT^A08|O1|P|2.5|||"+tt.accept+"|"+tt.app+"\rPID|||1\r")
+			if got := ackCode(cl.readACK(t)); got != tt.want {
+				t.Fatalf("code=%s, want %s", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -24,16 +24,26 @@ const (
 	// DefaultIdleTimeout closes a connection that sent nothing for this long. Interface
 	// engines keep MLLP connections open for hours, so this is generous.
 	DefaultIdleTimeout = 10 * time.Minute
-	// DefaultACKMode answers every message with an application ACK (AA/AE/AR).
-	DefaultACKMode = ACKModeOriginal
+	// DefaultACKMode answers each message as it asks: original mode when MSH-15 and
+	// MSH-16 are both empty, enhanced mode otherwise (HL7 v2.5.1 chapter 2).
+	DefaultACKMode = ACKModeAuto
 )
 
-// ACK modes (key `hl7.ack_mode`).
+// ACK modes (key `hl7.ack_mode`). Whatever the mode, an ACK is written only after the
+// message's event is committed, and at most one ACK answers a message.
 const (
-	// ACKModeOriginal answers AA/AE/AR (HL7 v2 original acknowledgement mode).
+	// ACKModeAuto honours what each message asks. MSH-15 and MSH-16 both empty:
+	// original mode, AA/AE/AR. Either valued: enhanced mode, a commit ACK CA/CE/CR as
+	// MSH-15 asks (AL always, NE never, ER on error, SU on success; empty or unknown
+	// counts as AL); when MSH-15 asks for none, an application ACK AA/AE/AR as MSH-16
+	// asks (the commit is all the processing an audit sink does); else nothing.
+	ACKModeAuto = "auto"
+	// ACKModeOriginal answers every message with AA/AE/AR, whatever MSH-15/16 say: for
+	// senders that fill MSH-15/16 but wait for an original-mode ACK.
 	ACKModeOriginal = "original"
-	// ACKModeEnhanced answers CA/CE/CR commit acknowledgements when the message asks for
-	// them in MSH-15, and AA/AE/AR when MSH-15 is empty.
+	// ACKModeEnhanced treats every message as enhanced mode, even with MSH-15 and MSH-16
+	// empty (then a CA/CE/CR always): for senders that wait for commit ACKs but do not
+	// ask for them.
 	ACKModeEnhanced = "enhanced"
 )
 
@@ -81,8 +91,8 @@ type Config struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// IdleTimeout is the read deadline of each connection. Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
-	// ACKMode is "original" (AA/AE/AR) or "enhanced" (CA/CE/CR when MSH-15 asks for a
-	// commit acknowledgement). Empty means "original".
+	// ACKMode is "auto" (as each message asks in MSH-15/MSH-16), "original" (always
+	// AA/AE/AR) or "enhanced" (always enhanced-mode rules). Empty means "auto".
 	ACKMode string `yaml:"ack_mode"`
 	// Timezone is the IANA zone in which MSH-7 and PID-7 times without an offset are
 	// read, e.g. "Europe/Berlin". Empty means the appliance's local zone.
@@ -163,8 +173,8 @@ func (c Config) Validate() error {
 	if c.IdleTimeout <= 0 {
 		bad("idle_timeout", c.IdleTimeout.String(), "must be positive")
 	}
-	if c.ACKMode != ACKModeOriginal && c.ACKMode != ACKModeEnhanced {
-		bad("ack_mode", c.ACKMode, `must be "original" or "enhanced"`)
+	if c.ACKMode != ACKModeAuto && c.ACKMode != ACKModeOriginal && c.ACKMode != ACKModeEnhanced {
+		bad("ack_mode", c.ACKMode, `must be "auto", "original" or "enhanced"`)
 	}
 	if c.Timezone != "" {
 		if _, err := time.LoadLocation(c.Timezone); err != nil {

@@ -8,18 +8,13 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 )
 
-// Taxonomy actions used by this collector (docs/taxonomy.md).
-const (
-	ActionExchange    = audit.ActionHL7Exchange
-	ActionOrderCreate = audit.ActionOrderCreate
-	ActionReportSign  = audit.ActionReportSign
-)
-
 // Map fills ev from m. It sets Time, Source.Kind/App/Host, Action, ActionCode,
-// Outcome, Actor, Patient, PatientAge, Study, Accession, CorrelationID, Codes and
-// Detail; the caller sets Received, Source.IP/Transport and RawSHA256. Identifiers are
-// replaced by tokens from tok; names, birth dates, addresses, phone numbers, OBX values
-// and notes are never read into ev. loc is the zone of times without an offset.
+// Outcome, Actor, Patient, PatientAge, Study, Accession, CorrelationID, Object,
+// QueryScope, ErrorCode, Count, Codes and Detail; the caller sets Received,
+// Source.IP/Transport and RawSHA256. Identifiers are replaced by tokens from tok;
+// patients' names, birth dates, addresses, phone numbers, query values, OBX values and
+// notes are never read into ev, nor are staff names (only staff IDs). loc is the zone
+// of times without an offset.
 func Map(ev *audit.Event, m *Message, tok *audit.Tokenizer, loc *time.Location, received time.Time) {
 	msh := m.Segment("MSH")
 	ev.Source.Kind = audit.KindHL7
@@ -45,92 +40,197 @@ func Map(ev *audit.Event, m *Message, tok *audit.Tokenizer, loc *time.Location, 
 	}
 	ev.CorrelationID = m.Component(msh.Field(10), 1)
 	ev.Codes = append(ev.Codes[:0], audit.Code{System: "HL7", Code: msgType})
+	ev.Object = structure(m, msh)
 
 	ev.Time = received
 	if t, ok := parseDTM(m.Component(msh.Field(7), 1), loc); ok {
 		ev.Time = t
 	}
 
-	// Action and action code, by message type (README "Taxonomy mapping").
+	// Action, action code, object and who acted, by message type (README "Taxonomy
+	// mapping"; docs/taxonomy.md).
 	ev.Action = ActionExchange
 	ev.Outcome = audit.OutcomeSuccess
-	switch code {
-	case "ADT":
-		switch trigger {
-		case "A01", "A04", "A05", "A28":
-			ev.ActionCode = "C"
-		case "A08", "A31":
-			ev.ActionCode = "U"
-		case "A23", "A29":
-			ev.ActionCode = "D"
+	actors := defaultActors
+	set := func(a action) { ev.Action, ev.ActionCode = a.name, a.code }
+	switch {
+	case code == "ADT":
+		if a, ok := adtAction(trigger); ok {
+			set(a)
+			ev.Object = ObjectPatient
 		}
-	case "ORM", "OMG", "OMI":
-		ev.ActionCode = "C"
-		if m.Component(m.Field("ORC", 1), 1) == "NW" {
-			ev.Action = ActionOrderCreate
+		if trigger == "A19" { // QRY^A19 is the query; ADT^A19 (v2.3) is its response
+			ev.Object = ObjectPatient
 		}
-	case "QRY", "QBP":
-		ev.ActionCode = "E"
-	case "ORU":
-		ev.ActionCode = "C"
-		for _, obr := range m.All("OBR") {
-			if m.Component(obr.Field(25), 1) == "F" {
-				ev.Action = ActionReportSign
-				break
+	case code == "SIU" || code == "SRM":
+		if a, ok := scheduleAction(trigger); ok {
+			set(a)
+		}
+		ev.Object = ObjectAppointment
+		actors = scheduleActors
+	case isOrderMessage(code):
+		ev.Object = ObjectOrder
+		actors = orderActors
+		var controls []string
+		for _, orc := range m.All("ORC") {
+			if c := safeCode(m.Component(orc.Field(1), 1)); c != "" && len(c) <= 2 {
+				controls = appendUnique(controls, c)
 			}
 		}
-	case "ACK":
-		switch ack := m.Component(m.Field("MSA", 1), 1); ack {
-		case "AE", "AR", "CE", "CR":
+		first := ""
+		if len(controls) > 0 {
+			first = controls[0]
+		}
+		a, failed := orderAction(first)
+		set(a)
+		if failed {
+			ev.Outcome = audit.OutcomeMinorFailure
+			ev.ErrorCode = first
+		}
+		put("order_control", strings.Join(controls, ","))
+	case code == "ORU" || code == "OUL":
+		ev.Object = ObjectResult
+		actors = resultActors
+		best, bestRank, obx := "", rankNone, false
+		var statuses []string
+		for _, obr := range m.All("OBR") {
+			st := m.Component(obr.Field(25), 1)
+			if st == "" {
+				continue
+			}
+			statuses = appendUnique(statuses, safeCode(st))
+			if r := resultRank(st, false); r > bestRank {
+				best, bestRank = st, r
+			}
+		}
+		if best == "" { // no OBR-25: the observations' OBX-11 say it
+			for _, x := range m.All("OBX") {
+				st := m.Component(x.Field(11), 1)
+				if st == "" {
+					continue
+				}
+				statuses = appendUnique(statuses, safeCode(st))
+				if r := resultRank(st, true); r > bestRank {
+					best, bestRank, obx = st, r, true
+				}
+			}
+		}
+		if a, ok := resultAction(best, obx); ok {
+			set(a)
+		} else {
+			ev.ActionCode = "C"
+		}
+		put("result_status", strings.Join(statuses, ","))
+	case code == "MDM":
+		ev.Object = ObjectDocument
+		completion := safeCode(m.Component(m.Field("TXA", 17), 1))
+		a, signed := documentAction(trigger, completion)
+		set(a)
+		actors = documentActors
+		if signed {
+			actors = signActors
+		}
+		put("completion_status", completion)
+		put("document_type", safeCode(m.Component(m.Field("TXA", 2), 1)))
+	case code == "QBP" || code == "QRY" || code == "VXQ":
+		ev.Action, ev.ActionCode = ActionQuery, "E"
+		ev.Object = ObjectPatient
+		q := readQuery(m, tok)
+		ev.QueryScope = q.scope
+		if q.scope == ScopePatient {
+			ev.Patient = q.patient[0]
+		} else if len(q.patient) > 0 {
+			put("patient_ids", strings.Join(q.patient, ","))
+		}
+		put("query_fields", strings.Join(q.fields, ","))
+		put("query_name", q.name)
+		put("query_tag", q.tag)
+	}
+
+	// Acknowledgements and responses (ACK, RSP, ORR ...): MSA-1 gives the outcome, ERR
+	// (or MSA-6) the source's error code.
+	if msa := m.Segment("MSA"); msa != nil {
+		switch ack := m.Component(msa.Field(1), 1); ack {
+		case AckError, AckReject, AckCommitError, AckCommitReject:
 			ev.Outcome = audit.OutcomeMinorFailure
 			put("ack_code", ack)
+			if ec := errorCode(m); ec != "" {
+				ev.ErrorCode = ec
+			}
 		case "":
 		default:
-			put("ack_code", ack)
+			put("ack_code", safeCode(ack))
 		}
+		put("ack_control_id", safeCode(m.Component(msa.Field(2), 1)))
+	}
+	if qak := m.Segment("QAK"); qak != nil {
+		put("query_tag", safeCode(m.Component(qak.Field(1), 1)))
+		put("query_status", safeCode(m.Component(qak.Field(2), 1)))
 	}
 
 	if evn := m.Segment("EVN"); evn != nil {
 		put("event_type", m.Component(evn.Field(1), 1))
-		// EVN-5 is an XCN: only the operator's ID (component 1) is kept, never the name.
-		ev.Actor.User = m.Component(evn.Field(5), 1)
+	}
+	if id, role, nameOnly := pickActor(m, actors); id != "" {
+		ev.Actor.User, ev.Actor.Role = id, role
+	} else {
+		put("actor_name_only", nameOnly)
 	}
 
-	// Patient identifiers: PID-3, every repetition, as ID^^^authority.
+	// Patient identifiers: PID-3 of every PID segment (an RSP lists each patient
+	// found), every repetition, by ID and assigning authority.
 	var pats []string
-	if pid := m.Segment("PID"); pid != nil {
+	pids := m.All("PID")
+	for _, pid := range pids {
 		for _, rep := range m.Reps(pid.Field(3)) {
-			if t := tok.Token(audit.IDPatient, cxValue(m, rep)); t != "" {
+			if t := cxToken(m, tok, rep); t != "" {
 				pats = appendUnique(pats, t)
 			}
 		}
-		if len(pats) > 0 {
+	}
+	if len(pats) > 0 {
+		if ev.Patient == "" {
 			ev.Patient = pats[0]
-			put("patient_ids", strings.Join(pats, ","))
 		}
-		if dob, ok := parseDTM(m.Component(pid.Field(7), 1), time.UTC); ok {
+		put("patient_ids", strings.Join(pats, ","))
+	}
+	if len(pids) > 0 {
+		if dob, ok := parseDTM(m.Component(pids[0].Field(7), 1), time.UTC); ok {
 			ev.PatientAge = audit.AgeBand(age(dob, ev.Time))
+		}
+		if code == "RSP" {
+			ev.Count = len(pids)
+			ev.Object = ObjectPatient
 		}
 	}
 	// Prior identifiers of merges and id changes (A40, A47 ...).
 	var prior []string
 	for _, mrg := range m.All("MRG") {
 		for _, rep := range m.Reps(mrg.Field(1)) {
-			if t := tok.Token(audit.IDPatient, cxValue(m, rep)); t != "" {
+			if t := cxToken(m, tok, rep); t != "" {
 				prior = appendUnique(prior, t)
 			}
 		}
 	}
 	put("prior_patient_ids", strings.Join(prior, ","))
 
-	// Placer and filler order numbers: ORC-2/3, OBR-2/3 (EI, entity identifier).
+	// Placer and filler order numbers: ORC-2/3, OBR-2/3, TXA-14/15 (EI, entity
+	// identifier).
 	var orders []string
 	for i := range m.Segments {
 		s := &m.Segments[i]
-		if s.ID != "ORC" && s.ID != "OBR" {
+		var fields []int
+		switch s.ID {
+		case "ORC", "OBR":
+			fields = []int{2, 3}
+		case "TXA":
+			fields = []int{14, 15}
+		case "SCH":
+			fields = []int{26, 27} // placer/filler order number of the appointment
+		default:
 			continue
 		}
-		for _, n := range []int{2, 3} {
+		for _, n := range fields {
 			if t := tok.Token(audit.IDOrder, m.Component(s.Field(n), 1)); t != "" {
 				orders = appendUnique(orders, t)
 			}
@@ -169,17 +269,29 @@ func Map(ev *audit.Event, m *Message, tok *audit.Tokenizer, loc *time.Location, 
 	}
 }
 
-// cxValue is the identity of a CX: "ID^^^authority", or "ID" without an authority. The
-// authority (an HD) keeps its sub-components joined by '&'.
-func cxValue(m *Message, rep []byte) string {
+// errorCode is the source's own code of a failure answered in m: ERR-3.1 (v2.5+, HL7
+// table 0357), else ERR-1.4.1 (v2.3 ELD), else MSA-6.1.
+func errorCode(m *Message) string {
+	for _, e := range m.All("ERR") {
+		if c := safeCode(m.Component(e.Field(3), 1)); c != "" {
+			return c
+		}
+		if c := safeCode(m.SubComponent(e.Field(1), 4, 1)); c != "" {
+			return c
+		}
+	}
+	return safeCode(m.Component(m.Field("MSA", 6), 1))
+}
+
+// cxToken is the patient token of a CX: CX.1 the ID, CX.4 (an HD, sub-components joined
+// by '&') the assigning authority, through Tokenizer.PatientToken so that the same
+// patient has the same token from every source.
+func cxToken(m *Message, tok *audit.Tokenizer, rep []byte) string {
 	id := strings.TrimSpace(m.Component(rep, 1))
 	if id == "" {
 		return ""
 	}
-	if auth := strings.TrimSpace(m.Component(rep, 4)); auth != "" {
-		return id + "^^^" + auth
-	}
-	return id
+	return tok.PatientToken(id, strings.TrimSpace(m.Component(rep, 4)))
 }
 
 func appendUnique(list []string, s string) []string {

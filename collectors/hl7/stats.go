@@ -40,6 +40,11 @@ func reasonIndex(reason string) int {
 // senders resend them.
 const LossShutdown = "shutdown"
 
+// LossStoreNoACK is the loss reason for messages the sink refused (spool full, failed
+// commit) whose sender asked, in MSH-15/MSH-16, for no error acknowledgement (NE, SU):
+// nobody will resend them.
+const LossStoreNoACK = "store_failed_no_ack"
+
 type counters struct {
 	received    atomic.Uint64
 	rejects     [len(rejectReasons)]atomic.Uint64

@@ -2,7 +2,6 @@ package fhir
 
 import (
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"strconv"
 	"strings"
@@ -35,16 +34,17 @@ const (
 
 // Code systems recognized by the mapping.
 const (
-	systemDCM         = "http://dicom.nema.org/resources/ontology/DCM"
-	systemDCMOID      = "urn:oid:1.2.840.10008.2.16.4"
-	systemRESTful     = "http://hl7.org/fhir/restful-interaction"
-	systemObjectRole  = "http://terminology.hl7.org/CodeSystem/object-role"
-	systemV2IDType    = "http://terminology.hl7.org/CodeSystem/v2-0203"
-	maxCodes          = 16
-	maxCodeLen        = 128
-	maxTextLen        = 256
-	maxEntities       = 64
-	maxDetailsPerEnty = 16
+	systemDCM           = "http://dicom.nema.org/resources/ontology/DCM"
+	systemDCMOID        = "urn:oid:1.2.840.10008.2.16.4"
+	systemRESTful       = "http://hl7.org/fhir/restful-interaction"
+	systemResourceTypes = "http://hl7.org/fhir/resource-types"
+	systemObjectRole    = "http://terminology.hl7.org/CodeSystem/object-role"
+	systemV2IDType      = "http://terminology.hl7.org/CodeSystem/v2-0203"
+	maxCodes            = 16
+	maxCodeLen          = 128
+	maxTextLen          = 256
+	maxEntities         = 64
+	maxDetailsPerEnty   = 16
 )
 
 // severities maps R5 AuditEvent.severity (audit-event-severity) to syslog keywords.
@@ -127,12 +127,39 @@ type mapper struct {
 	redact *audit.Redactor // for the sender's free text (outcome description); nil = off
 }
 
+// kindDigest is the tokenizer namespace of keyed digests of queries and entity details
+// (the DICOM collector's namespace too): a plain SHA-256 would give short values away
+// to anyone who hashes candidates.
+const kindDigest = "dig"
+
+// patientTok is one patient token and how it was found: strong from an identifier (an
+// MRN with its system), weak from a Patient resource id, which is often not the MRN.
+type patientTok struct {
+	token  string
+	strong bool
+}
+
+func (m mapper) patientToken(value, authority string, strong bool) patientTok {
+	return patientTok{m.tok.PatientToken(value, authority), strong}
+}
+
+// eventState is what the entities contribute beyond ev's own fields.
+type eventState struct {
+	detail   map[string]string
+	patients []patientTok
+	object   string // the first data entity's resource type
+	patObj   bool   // object came from a patient entity (a data entity replaces it)
+	query    *node  // the first entity with a query
+	errCode  string // from a contained OperationOutcome an entity points at
+}
+
 // event fills ev from the AuditEvent r. It never copies a patient identifier, name or
-// birth date into ev: patients become tokens, entity queries and details become hashes.
+// birth date into ev: patients become tokens, entity queries and details keyed digests.
 // The caller sets Received, Source.IP, Source.Transport and RawSHA256.
 func (m mapper) event(r *node, ev *audit.Event) {
 	ev.Source.Kind = audit.KindFHIR
-	detail := make(map[string]string)
+	st := &eventState{detail: make(map[string]string)}
+	detail := st.detail
 	r5 := isR5(r)
 	if r5 {
 		detail["fhir.version"] = "R5"
@@ -167,10 +194,7 @@ func (m mapper) event(r *node, ev *audit.Event) {
 		ev.ActionCode = a
 	}
 	action, defCode := classify(evCodes, subCodes, ev.ActionCode)
-	ev.Action = action
-	if ev.ActionCode == "" {
-		ev.ActionCode = defCode
-	}
+	interaction := restInteraction(evCodes, subCodes)
 
 	// R5 severity is the syslog severity spelled out; keep the syslog keyword.
 	ev.Source.Severity = severities[r.str("severity")]
@@ -184,6 +208,12 @@ func (m mapper) event(r *node, ev *audit.Event) {
 		}
 		for _, d := range out.all("detail") {
 			if reason = conceptText(d); reason != "" {
+				break
+			}
+		}
+		for _, d := range out.all("detail") {
+			if cs := codings(d); len(cs) > 0 && cs[0].code != "" {
+				st.errCode = cs[0].code
 				break
 			}
 		}
@@ -209,53 +239,11 @@ func (m mapper) event(r *node, ev *audit.Event) {
 		}
 	}
 
-	// Patient: R5 AuditEvent.patient, then patient entities.
-	var patients []string
-	if p := m.patientFromReference(r, r.get("patient")); p != "" {
-		patients = append(patients, p)
+	// Patient: R5 AuditEvent.patient, then patient agents and entities.
+	if p := m.patientFromReference(r, r.get("patient")); p.token != "" {
+		st.patients = append(st.patients, p)
 	}
-
-	// Agents: the requestor is the actor; without one, the first agent (Actor.Requestor
-	// then stays false).
-	agents := r.all("agent")
-	var actor *node
-	for _, a := range agents {
-		if a.str("requestor") == "true" {
-			actor = a
-			break
-		}
-	}
-	if actor == nil && len(agents) > 0 {
-		actor = agents[0]
-	}
-	if a := actor; a != nil {
-		who := a.get("who")
-		if refType(who) == "Patient" {
-			// A patient acting (portal access): the patient is tokenized, never the actor.
-			if p := m.patientFromReference(r, who); p != "" {
-				patients = append(patients, p)
-			}
-			ev.Actor.Role = "patient"
-		} else {
-			ev.Actor.User = clip(firstNonEmpty(who.get("identifier").str("value"), who.str("display"), who.str("reference")), maxTextLen)
-		}
-		ev.Actor.Requestor = a.str("requestor") == "true"
-		if ev.Actor.Role == "" {
-			for _, rl := range a.all("role") {
-				if ev.Actor.Role = conceptText(rl); ev.Actor.Role != "" {
-					break
-				}
-			}
-		}
-		if ev.Actor.Role == "" {
-			ev.Actor.Role = conceptText(a.get("type"))
-		}
-		ev.Actor.Role = clip(ev.Actor.Role, maxTextLen)
-		if nw := firstNonEmpty(a.get("network").str("address"), a.str("networkString"), a.str("networkUri"),
-			a.get("networkReference").str("display")); nw != "" {
-			detail["actor.network"] = clip(nw, maxTextLen)
-		}
-	}
+	m.actor(r, ev, detail, &st.patients)
 
 	// Source.
 	src := r.get("source")
@@ -274,20 +262,182 @@ func (m mapper) event(r *node, ev *audit.Event) {
 			detail["entity.dropped"] = strconv.Itoa(len(r.all("entity")) - maxEntities)
 			break
 		}
-		m.entity(r, e, i, ev, detail, &patients)
+		m.entity(r, e, i, ev, st)
 	}
-	if len(patients) > 0 {
-		ev.Patient = patients[0]
-		if n := countDistinct(patients); n > 1 {
-			detail["patient.count"] = strconv.Itoa(n)
+
+	// A search is a query: phi.query, unless a DICOM event code says otherwise (110112
+	// stays dicom.query). A REST event with a query entity and no interaction is one too.
+	if action == ActionOther && st.query != nil {
+		action, defCode = audit.ActionPHIQuery, "E"
+	}
+	ev.Action = action
+	if ev.ActionCode == "" {
+		ev.ActionCode = defCode
+	}
+	ev.Object = st.object
+	ev.Method = interactionMethod(interaction)
+	ev.Endpoint = interactionEndpoint(interaction, st.object)
+	if action == audit.ActionPHIQuery || action == audit.ActionDICOMQuery {
+		m.queryScope(ev, st)
+	}
+
+	if len(st.patients) > 0 {
+		ev.Patient, detail["patient.count"] = choosePatient(st.patients)
+		if detail["patient.count"] == "" {
+			delete(detail, "patient.count")
 		}
 	}
+	if ev.Outcome != audit.OutcomeSuccess && st.errCode != "" {
+		ev.ErrorCode = clip(st.errCode, maxCodeLen)
+	}
+	m.purpose(r, ev)
 	if len(detail) > 0 {
 		ev.Detail = detail
 	}
 }
 
-func (m mapper) entity(r, e *node, i int, ev *audit.Event, detail map[string]string, patients *[]string) {
+// queryScope reads the query entity of a search: method and endpoint (identifiers
+// replaced, parameter names only), the searched type as the object, the patients its
+// parameters name (first, before the entities' patients), and the scope: "patient" when
+// the query names one (or looks one up by name or birth date and the event names the
+// patient found), "broad" otherwise. A query that cannot be read (HL7 v2, XML)
+// is "patient" when a patient entity is present, "broad" when none is.
+func (m mapper) queryScope(ev *audit.Event, st *eventState) {
+	var qi queryInfo
+	if st.query != nil {
+		qi = m.parseQuery(decodeQuery(st.query.str("query")))
+	}
+	if !qi.parsed {
+		if hasToken(st.patients) {
+			ev.QueryScope = "patient"
+		} else {
+			ev.QueryScope = "broad"
+		}
+		return
+	}
+	ev.Method = qi.method
+	if ev.Method == "" {
+		ev.Method = "GET" // a bare URL
+	}
+	ev.Endpoint = qi.endpoint
+	if qi.rtype != "" {
+		ev.Object = qi.rtype
+	}
+	switch {
+	case hasToken(qi.patients):
+		ev.QueryScope = "patient"
+		st.patients = append(qi.patients, st.patients...)
+	case qi.demographic && hasToken(st.patients):
+		// A demographics lookup (PDQm) with the patient it found as an entity.
+		ev.QueryScope = "patient"
+	default:
+		ev.QueryScope = "broad"
+	}
+}
+
+func hasToken(ps []patientTok) bool {
+	for _, p := range ps {
+		if p.token != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// choosePatient is the event's patient: the first token found from an identifier, else
+// the first from a resource id; and the number of distinct patients of that kind when
+// more than one ("" otherwise). Tokens of the other kind are not counted: a resource id
+// and an MRN of one patient give two tokens.
+func choosePatient(ps []patientTok) (string, string) {
+	strong := false
+	for _, p := range ps {
+		if p.token != "" && p.strong {
+			strong = true
+			break
+		}
+	}
+	first := ""
+	seen := make(map[string]struct{})
+	for _, p := range ps {
+		if p.token == "" || p.strong != strong {
+			continue
+		}
+		if first == "" {
+			first = p.token
+		}
+		seen[p.token] = struct{}{}
+	}
+	if len(seen) > 1 {
+		return first, strconv.Itoa(len(seen))
+	}
+	return first, ""
+}
+
+// Purposes of use that mean emergency access (HL7 v3 ActReason): ETREAT emergency
+// treatment, BTG break the glass; and DICOM 110127 Emergency Override Started.
+var breakGlassCodes = map[string]bool{"ETREAT": true, "BTG": true}
+
+// purpose sets ev.Purpose from R4 purposeOfEvent / R5 authorization and the agents'
+// R4 purposeOfUse / R5 authorization (distinct codes, comma-separated, at most 4), and
+// ev.BreakGlass when one of them, a security label of the event or an entity, or the
+// event code (110127) says emergency access.
+func (m mapper) purpose(r *node, ev *audit.Event) {
+	var codes []string
+	add := func(ns []*node) {
+		for _, n := range ns {
+			for _, c := range codings(n) {
+				if c.code != "" && !has(codes, c.code) && len(codes) < 4 {
+					codes = append(codes, clip(c.code, 32))
+				}
+				if breakGlassCodes[c.code] {
+					ev.BreakGlass = true
+				}
+			}
+		}
+	}
+	add(r.all("purposeOfEvent"))
+	add(r.all("authorization"))
+	for _, a := range r.all("agent") {
+		add(a.all("purposeOfUse"))
+		add(a.all("authorization"))
+	}
+	ev.Purpose = strings.Join(codes, ",")
+	labels := r.get("meta").all("security")
+	for _, e := range r.all("entity") {
+		labels = append(labels, e.all("securityLabel")...)
+	}
+	for _, l := range labels {
+		for _, c := range codings(l) {
+			if breakGlassCodes[c.code] {
+				ev.BreakGlass = true
+			}
+		}
+	}
+	for _, c := range ev.Codes {
+		if c.System == "DCM" && c.Code == "110127" {
+			ev.BreakGlass = true
+		}
+	}
+}
+
+// restInteraction is the first restful-interaction code of the event, or "".
+func restInteraction(evCodes, subCodes []coding) string {
+	for _, list := range [][]coding{subCodes, evCodes} {
+		for _, c := range list {
+			if c.system == systemRESTful && c.code != "" {
+				return c.code
+			}
+		}
+	}
+	return ""
+}
+
+// Codes that mark an entity as the transport's request id (IHE BALP BasicAuditEntityType
+// XrequestId), and identifier type texts that mean the same (R5's example-rest-create-traceid).
+var requestIDTypes = map[string]bool{"XrequestId": true, "TraceID": true, "traceparent": true, "X-Request-Id": true}
+
+func (m mapper) entity(r, e *node, i int, ev *audit.Event, st *eventState) {
+	detail := st.detail
 	pre := "entity." + strconv.Itoa(i)
 	what := e.get("what")
 	rtype := refType(what)
@@ -296,7 +446,11 @@ func (m mapper) entity(r, e *node, i int, ev *audit.Event, detail map[string]str
 	for _, c := range codings(ident.get("type")) {
 		idTypes = append(idTypes, c.code)
 	}
+	if t := ident.get("type").str("text"); t != "" {
+		idTypes = append(idTypes, t)
+	}
 	var roles, types []string
+	var resTypes []string
 	for _, rl := range e.all("role") {
 		for _, c := range codings(rl) {
 			if c.system == "" || c.system == systemObjectRole {
@@ -306,32 +460,63 @@ func (m mapper) entity(r, e *node, i int, ev *audit.Event, detail map[string]str
 	}
 	for _, c := range codings(e.get("type")) {
 		types = append(types, c.code)
+		if c.system == systemResourceTypes {
+			resTypes = append(resTypes, c.code)
+		}
 	}
 	if rtype != "" {
 		detail[pre+".what"] = clip(rtype, 64)
 	}
+
+	isRequestID := false
+	for _, t := range append(append([]string(nil), types...), idTypes...) {
+		isRequestID = isRequestID || requestIDTypes[t]
+	}
+	isQuery := has(roles, "24") || e.str("query") != ""
+	isPatient := rtype == "Patient" || has(idTypes, "MR", "PI", "PT") || (has(roles, "1") && (len(types) == 0 || has(types, "1")))
 	switch {
-	case rtype == "Patient" || has(idTypes, "MR", "PI", "PT") || (has(roles, "1") && (len(types) == 0 || has(types, "1"))):
-		if p := m.patientFromReference(r, what); p != "" {
-			*patients = append(*patients, p)
+	case isRequestID:
+		if v := strings.TrimSpace(ident.str("value")); v != "" && ev.CorrelationID == "" {
+			ev.CorrelationID = clip(v, maxCodeLen)
+		}
+	case isPatient:
+		if p := m.patientFromReference(r, what); p.token != "" {
+			st.patients = append(st.patients, p)
 		}
 	case rtype == "ImagingStudy" || has(idTypes, "110180"):
-		if uid := studyUID(ident.str("value")); uid != "" {
-			t := m.tok.Token(audit.IDStudy, uid)
-			if !has(ev.Study, t) {
-				ev.Study = append(ev.Study, t)
-			}
-		}
+		addStudy(m.tok, ev, studyUID(ident.str("value")))
 	}
 	if has(idTypes, "ACSN") && ev.Accession == "" {
 		ev.Accession = m.tok.Token(audit.IDAccession, ident.str("value"))
 	}
-	if q := e.str("query"); q != "" {
-		raw, err := base64.StdEncoding.DecodeString(q)
-		if err != nil {
-			raw = []byte(q)
+	m.entityExtensions(e, pre, ev, detail)
+
+	// Object: the resource type of the first data entity (not the query, the request id
+	// or an OperationOutcome); a patient entity's only until a data entity comes.
+	if !isQuery && !isRequestID {
+		typ := rtype
+		if typ == "" && len(resTypes) > 0 && isResourceName(resTypes[0]) {
+			typ = resTypes[0]
 		}
-		detail[pre+".query_sha256"] = sha256Hex(raw)
+		if typ == "" && has(idTypes, "110180") {
+			typ = "ImagingStudy"
+		}
+		if typ == "" && isPatient {
+			typ = "Patient"
+		}
+		if typ != "" && typ != "OperationOutcome" && (st.object == "" || (st.patObj && !isPatient)) {
+			st.object, st.patObj = clip(typ, 64), isPatient
+		}
+	}
+	if st.errCode == "" {
+		st.errCode = containedIssueCode(r, what)
+	}
+
+	if q := e.str("query"); q != "" {
+		if st.query == nil {
+			st.query = e
+		}
+		detail[pre+".query_digest"] = m.tok.Token(kindDigest, string(decodeQuery(q)))
 	}
 	for j, d := range e.all("detail") {
 		if j >= maxDetailsPerEnty {
@@ -347,53 +532,80 @@ func (m mapper) entity(r, e *node, i int, ev *audit.Event, detail map[string]str
 		}
 		for name, vs := range d.kids {
 			if strings.HasPrefix(name, "value") && len(vs) > 0 && vs[0].val != "" {
-				v := []byte(vs[0].val)
+				v := vs[0].val
 				if name == "valueBase64Binary" {
-					if raw, err := base64.StdEncoding.DecodeString(vs[0].val); err == nil {
-						v = raw
-					}
+					v = string(decodeQuery(v))
 				}
-				detail[k+".sha256"] = sha256Hex(v)
+				detail[k+".digest"] = m.tok.Token(kindDigest, v)
 				break
 			}
 		}
 	}
 }
 
-// patientFromReference tokenizes the patient a Reference points at: the logical id of
-// "Patient/<id>" (absolute or relative, _history stripped), the identifier of a
-// contained Patient ("#ref"), or the Reference's identifier as system|value.
-func (m mapper) patientFromReference(r, ref *node) string {
-	if ref == nil {
+// containedIssueCode is the code of the first issue of a contained OperationOutcome
+// that ref ("#id") points at: its details coding, else its IssueType code.
+func containedIssueCode(r, ref *node) string {
+	s := ref.str("reference")
+	if !strings.HasPrefix(s, "#") {
 		return ""
 	}
-	s := ref.str("reference")
-	if strings.HasPrefix(s, "#") {
-		for _, c := range r.all("contained") {
-			if c.str("resourceType") == "Patient" && c.str("id") == s[1:] {
-				if id := c.get("identifier"); id != nil {
-					return m.tok.Token(audit.IDPatient, systemValue(id))
+	for _, c := range r.all("contained") {
+		if c.str("resourceType") != "OperationOutcome" || c.str("id") != s[1:] {
+			continue
+		}
+		for _, is := range c.all("issue") {
+			for _, cd := range codings(is.get("details")) {
+				if cd.code != "" {
+					return cd.code
 				}
 			}
+			if v := is.str("code"); v != "" {
+				return v
+			}
 		}
-	} else if id := refID(s, "Patient"); id != "" {
-		return m.tok.Token(audit.IDPatient, id)
-	}
-	if id := ref.get("identifier"); id != nil && id.str("value") != "" {
-		return m.tok.Token(audit.IDPatient, systemValue(id))
 	}
 	return ""
 }
 
-func systemValue(id *node) string {
-	v := id.str("value")
-	if v == "" {
-		return ""
+// patientFromReference tokenizes the patient a Reference points at, with
+// Tokenizer.PatientToken so that one MRN gets one token from every source. Preferred,
+// because a Patient resource id is often not the MRN: the Reference's identifier (value
+// and system); then a contained Patient ("#ref"): its MR identifier, else its first;
+// then the logical id of "Patient/<id>" (absolute or relative, _history stripped).
+func (m mapper) patientFromReference(r, ref *node) patientTok {
+	if ref == nil {
+		return patientTok{}
 	}
-	if s := id.str("system"); s != "" {
-		return s + "|" + v
+	if id := ref.get("identifier"); id != nil && strings.TrimSpace(id.str("value")) != "" {
+		return m.patientToken(id.str("value"), id.str("system"), true)
 	}
-	return v
+	s := ref.str("reference")
+	if strings.HasPrefix(s, "#") {
+		for _, c := range r.all("contained") {
+			if c.str("resourceType") != "Patient" || c.str("id") != s[1:] {
+				continue
+			}
+			ids := c.all("identifier")
+			for _, id := range ids {
+				for _, cd := range codings(id.get("type")) {
+					if cd.code == "MR" && id.str("value") != "" {
+						return m.patientToken(id.str("value"), id.str("system"), true)
+					}
+				}
+			}
+			for _, id := range ids {
+				if id.str("value") != "" {
+					return m.patientToken(id.str("value"), id.str("system"), true)
+				}
+			}
+		}
+		return patientTok{}
+	}
+	if id := refID(s, "Patient"); id != "" {
+		return m.patientToken(id, "", false)
+	}
+	return patientTok{}
 }
 
 // refType is the resource type a Reference points at: from reference ("Patient/1",
@@ -519,7 +731,7 @@ func classify(evCodes, subCodes []coding, action string) (string, string) {
 		case "read", "vread", "history-instance":
 			return ActionPHIView, "R"
 		case "search", "search-type", "search-system", "search-compartment":
-			return ActionPHIView, "E"
+			return audit.ActionPHIQuery, "E"
 		case "create":
 			return ActionPHICreate, "C"
 		case "update", "patch":
@@ -570,12 +782,4 @@ func has(list []string, want ...string) bool {
 		}
 	}
 	return false
-}
-
-func countDistinct(s []string) int {
-	seen := make(map[string]struct{}, len(s))
-	for _, v := range s {
-		seen[v] = struct{}{}
-	}
-	return len(seen)
 }

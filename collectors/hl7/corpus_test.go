@@ -123,7 +123,9 @@ func TestCorpus(t *testing.T) {
 
 // phiValues extracts, with a deliberately simple splitter independent of Parse, the
 // values that must never reach an event: PID-3 ids, PID-5 name parts, PID-7 birth date,
-// ORC-2/3 and OBR-2/3 order numbers, OBR-18 and IPC-1 accession numbers, OBX-5 values.
+// PID-11 address parts, PID-19 SSN, MRG-1 prior ids, QPD-3 query values (QIP values,
+// a PIX CX id), QRD-8 subject ids, ORC-2/3 and OBR-2/3 order numbers, OBR-18 and IPC-1
+// accession numbers, OBX-5 values.
 // Values shorter than 4 characters are skipped: they match by chance (a sex code, "MR").
 func phiValues(raw []byte) []string {
 	s := string(raw)
@@ -159,8 +161,34 @@ func phiValues(raw []byte) []string {
 				}
 			}
 			add(get(5))
+			add(get(11))
+			if v := first(get(19)); len(v) >= 4 {
+				out = append(out, v) // SSN
+			}
 			if dob := first(get(7)); len(dob) >= 8 {
 				out = append(out, dob)
+			}
+		case "MRG":
+			for _, r := range strings.Split(get(1), rep) {
+				if id := strings.Split(r, comp)[0]; len(id) >= 4 {
+					out = append(out, id)
+				}
+			}
+		case "QPD":
+			// QIP parameters (@PID.5.1.1^SMITH): every value; a PIX CX: its ID.
+			for _, r := range strings.Split(get(3), rep) {
+				parts := strings.Split(r, comp)
+				if strings.HasPrefix(parts[0], "@") {
+					if len(parts) > 1 && len(parts[1]) >= 4 {
+						out = append(out, parts[1])
+					}
+				} else if len(parts[0]) >= 4 {
+					out = append(out, parts[0])
+				}
+			}
+		case "QRD":
+			if v := first(get(8)); len(v) >= 4 {
+				out = append(out, v)
 			}
 		case "ORC", "OBR":
 			for _, n := range []int{2, 3} {
@@ -188,8 +216,10 @@ func phiValues(raw []byte) []string {
 
 // TestPHIExtractor keeps the corpus check honest: it must find the values it guards.
 func TestPHIExtractor(t *testing.T) {
-	got := strings.Join(phiValues([]byte(adt("C1")+"ORC|NW|PLACER9|FILLER9\rOBR|1|PLACER9|FILLER9|||||||||||||||ACCN9\r")), ",")
-	for _, want := range []string{"MRN4711", "99887766", "Jane", "19800102", "PLACER9", "FILLER9", "ACCN9"} {
+	got := strings.Join(phiValues([]byte(adt("C1")+"ORC|NW|PLACER9|FILLER9\rOBR|1|PLACER9|FILLER9|||||||||||||||ACCN9\r"+
+		"MRG|PRIOR42^^^HOSP\rQPD|Q22|T1|@PID.5.1.1^QUERIED~@PID.3.1^QID77\rQRD|2026|R|I|Q1||||QRDID88\r")), ",")
+	for _, want := range []string{"MRN4711", "99887766", "Jane", "19800102", "Main St 1", "Town", "PLACER9", "FILLER9", "ACCN9",
+		"PRIOR42", "QUERIED", "QID77", "QRDID88"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("phiValues misses %q: %s", want, got)
 		}

@@ -43,6 +43,19 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := runGolden(t, raw)
+			// No patient identifier, name, birth date, address or query value of the
+			// input reaches any field of any event (corpus_test.go phiValues).
+			for i, ev := range got.Events {
+				enc, err := json.Marshal(ev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, v := range phiValues(raw) {
+					if bytes.Contains(enc, []byte(v)) {
+						t.Errorf("event %d holds the input's PHI value %q", i, v)
+					}
+				}
+			}
 			enc, err := json.MarshalIndent(got, "", "  ")
 			if err != nil {
 				t.Fatal(err)

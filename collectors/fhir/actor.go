@@ -151,21 +151,43 @@ func whoName(who *node) string {
 }
 
 // isObserver reports whether an agent's who is the AuditEvent's source.observer (the
-// server that recorded the event, never the workstation).
+// server that recorded the event, never the workstation): any of its reference,
+// identifier value and display equals any of the observer's.
 func isObserver(who, obs *node) bool {
 	if who == nil || obs == nil {
 		return false
 	}
-	for _, pair := range [][2]string{
-		{who.str("reference"), obs.str("reference")},
-		{who.get("identifier").str("value"), obs.get("identifier").str("value")},
-		{who.str("display"), obs.str("display")},
-	} {
-		if pair[0] != "" && strings.TrimSpace(pair[0]) == strings.TrimSpace(pair[1]) {
+	names := func(n *node) []string {
+		var out []string
+		for _, v := range []string{n.str("reference"), n.get("identifier").str("value"), n.str("display")} {
+			if v = strings.TrimSpace(v); v != "" {
+				out = append(out, v)
+			}
+		}
+		return out
+	}
+	on := names(obs)
+	for _, w := range names(who) {
+		if has(on, w) {
 			return true
 		}
 	}
 	return false
+}
+
+// markerOnly reports whether a type or role names only what kind of agent it is
+// (humanuser, IRCP, …), which is not a role in the RBAC sense.
+func markerOnly(n *node) bool {
+	cs := codings(n)
+	if len(cs) == 0 || n.str("text") != "" {
+		return false
+	}
+	for _, c := range cs {
+		if !personCodes[c.code] {
+			return false
+		}
+	}
+	return true
 }
 
 // actor fills ev.Actor, ev.Source.Workstation and the actor's network detail from the
@@ -196,13 +218,16 @@ func (m mapper) actor(r *node, ev *audit.Event, detail map[string]string, patien
 	ev.Actor.Requestor = a.str("requestor") == "true"
 	if ev.Actor.Role == "" {
 		for _, rl := range a.all("role") {
+			if markerOnly(rl) {
+				continue
+			}
 			if ev.Actor.Role = conceptText(rl); ev.Actor.Role != "" {
 				break
 			}
 		}
 	}
-	if ev.Actor.Role == "" {
-		ev.Actor.Role = conceptText(a.get("type"))
+	if t := a.get("type"); ev.Actor.Role == "" && !markerOnly(t) {
+		ev.Actor.Role = conceptText(t)
 	}
 	ev.Actor.Role = clip(ev.Actor.Role, maxTextLen)
 	// Session: the security token the agent acted under (BALP: agent.policy holds the

@@ -75,3 +75,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadQuery feeds the query readers (DICOM dataset, HL7 QPD, URL, XML) arbitrary
+// bytes: they must not panic, and what they keep is bounded.
+func FuzzReadQuery(f *testing.F) {
+	f.Add([]byte("MSH|^~\\&|A|B|C|D|1||QBP^Q22|1|P|2.5\rQPD|x|y|@PID.3.1^X1\r"), "")
+	f.Add([]byte("/rs/studies?PatientID=X1&StudyDate=2026"), "")
+	f.Add([]byte(`<queryByParameter><parameterList><livingSubjectId><value extension="P1"/></livingSubjectId></parameterList></queryByParameter>`), "")
+	f.Add([]byte("\x08\x00\x52\x00CS\x06\x00STUDY \x10\x00\x20\x00LO\x02\x00X1"), transferExplicit)
+	f.Add([]byte("\x08\x00\x52\x00\x06\x00\x00\x00STUDY \x40\x00\x00\x01\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff\xfe\xff\x0d\xe0\x00\x00\x00\x00\xfe\xff\xdd\xe0\x00\x00\x00\x00"), transferImplicit)
+	f.Fuzz(func(t *testing.T, data []byte, ts string) {
+		q := readQuery(data, ts)
+		if q.format == "" {
+			t.Fatal("no format")
+		}
+		if len(q.keys) > maxQueryKeys || len(q.keyList()) > maxQueryKeysText {
+			t.Fatalf("%d keys, %d bytes", len(q.keys), len(q.keyList()))
+		}
+		if p, _, ok := q.single(); ok && (p == "" || strings.ContainsAny(p, "*?")) {
+			t.Fatalf("single patient %q", p)
+		}
+	})
+}

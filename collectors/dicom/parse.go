@@ -111,7 +111,10 @@ func (c coded) toCode() audit.Code {
 type participant struct {
 	user, alt, nap, role, roleCode string
 	requestor                      bool
-	aeTitleType                    bool // UserIDTypeCode 110119 Station AE Title
+	aeTitleType                    bool   // UserIDTypeCode 110119 Station AE Title
+	idTypeCode                     string // UserIDTypeCode (110119, 110182, 113871, ...)
+	userType                       string // UserTypeCode: 1 person, 2 process
+	hasName                        bool   // a UserName is given (it is not stored)
 }
 
 // mapper collects the facts of one document, then writes them into an event.
@@ -131,11 +134,25 @@ type mapper struct {
 	truncated bool
 
 	patient    string
+	patients   []string // distinct patient tokens (a few), to tell one patient from several
 	study      []string
 	accession  string
 	count      int
 	sopClasses int
 	detail     map[string]string
+
+	purposes   []string // PurposeOfUse codes
+	breakGlass bool
+	vendorCode string // first EventTypeCode of a vendor system (an error code on failures)
+
+	// What was acted on, for Event.Object and the query and commit rules.
+	queryClass string     // SOP class UID of the query model (ID type 110181 on a query object)
+	query      *queryInfo // the first query object's decoded identifier
+	sopUIDs    []string   // distinct SOP class UIDs in object descriptions
+	hasStudy   bool
+	hasPatient bool
+	firstRole  string // ParticipantObjectTypeCodeRole of the first object
+	commit     bool   // a Storage Commitment SOP class is named
 }
 
 func (m *mapper) run(root *node) {
@@ -184,16 +201,29 @@ func (m *mapper) event(n *node) {
 		case "EventID":
 			m.eventID = codedOf(c)
 		case "EventTypeCode":
+			tc := codedOf(c)
 			if len(m.types) < maxList {
-				m.types = append(m.types, codedOf(c))
+				m.types = append(m.types, tc)
 			} else {
 				m.truncated = true
+			}
+			switch {
+			case tc.code == "110127" && isDCM(tc.system): // Emergency Override Started
+				m.breakGlass = true
+			case m.vendorCode == "" && tc.code != "" && isVendorSystem(tc.system):
+				m.vendorCode = limit(tc.code)
 			}
 		case "EventOutcomeDescription":
 			m.reason = truncate(strings.TrimSpace(string(c.text)), MaxReason)
 		case "PurposeOfUse":
 			if pc := codedOf(c); pc.code != "" {
 				m.addCode(pc.toCode())
+				if len(m.purposes) < 8 {
+					m.purposes = append(m.purposes, limit(pc.code))
+				}
+				if breakGlassPurposes[strings.ToUpper(pc.code)] {
+					m.breakGlass = true
+				}
 			}
 		}
 	}
@@ -228,11 +258,14 @@ func (m *mapper) participant(n *node) {
 				}
 			}
 		case "UserIDTypeCode":
-			if codedOf(c).code == "110119" {
+			p.idTypeCode = codedOf(c).code
+			if p.idTypeCode == "110119" {
 				p.aeTitleType = true
 			}
 		}
 	}
+	p.userType = strings.TrimSpace(n.attr("UserTypeCode"))
+	p.hasName = strings.TrimSpace(n.attr("UserName")) != ""
 	if len(m.parts) >= maxParticipant {
 		// Not listed, but kept (a few) as candidate requestor / source AE title.
 		m.truncated = true
@@ -332,6 +365,9 @@ func (m *mapper) object(n *node, idx int) {
 		m.truncated = true
 	}
 	pre := "object." + strconv.Itoa(idx) + "."
+	if idx == 0 {
+		m.firstRole = role
+	}
 	if listed {
 		m.setDetail(pre+"type", typ)
 		m.setDetail(pre+"role", role)
@@ -347,9 +383,14 @@ func (m *mapper) object(n *node, idx int) {
 	isPatient := (typ == "1" && role == "1") ||
 		(rfc3881 && (idType.code == "1" || idType.code == "2")) ||
 		strings.EqualFold(idType.text, "Patient Number")
+	if id == sopStgCmtPush || id == sopStgCmtPushI {
+		m.commit = true
+	}
+	query := n.child("ParticipantObjectQuery")
 	switch {
 	case isPatient:
-		if t := m.tok.Token(audit.IDPatient, id); t != "" {
+		m.hasPatient = true
+		if t := m.patientToken(id); t != "" {
 			if m.patient == "" {
 				m.patient = t
 			} else if t != m.patient && listed {
@@ -358,15 +399,25 @@ func (m *mapper) object(n *node, idx int) {
 		}
 		// ParticipantObjectName (the patient's name) is not stored, not even as a token.
 	case idType.code == "110180":
+		m.hasStudy = true
 		m.addStudy(id)
-	case role == "24":
+	case role == "24" || query != nil:
 		if idType.code == "110181" {
 			m.setDetail("query.sop_class", limit(id))
-		}
-		if q := n.child("ParticipantObjectQuery"); q != nil {
-			if _, ok := m.detail["query.digest"]; !ok {
-				m.setDetail("query.digest", m.digest(q.text))
+			if m.queryClass == "" {
+				m.queryClass = limit(id)
 			}
+		}
+		if query != nil {
+			if _, ok := m.detail["query.digest"]; !ok {
+				m.setDetail("query.digest", m.digest(query.text))
+			}
+			if m.query == nil {
+				q := readQuery(decodeBase64(query.text), transferSyntaxOf(n))
+				m.query = &q
+			}
+		} else if m.query == nil && role == "24" {
+			m.query = &queryInfo{format: formatUnknown}
 		}
 	}
 
@@ -394,6 +445,7 @@ func (m *mapper) object(n *node, idx int) {
 				}
 			case "SOPClass":
 				uid := limit(strings.TrimSpace(c.attr("UID")))
+				m.addSOPClass(uid)
 				n, err := strconv.Atoi(strings.TrimSpace(c.attr("NumberOfInstances")))
 				if err != nil || n <= 0 || n > 1<<30 || uid == "" {
 					break
@@ -416,6 +468,66 @@ func (m *mapper) object(n *node, idx int) {
 		}
 	}
 	walk(n, 0)
+}
+
+// patientToken is the token of a patient ParticipantObjectID, an HL7 CX
+// "ID^^^AUTHORITY&OID&ISO": the ID and its assigning authority go to
+// Tokenizer.PatientToken, so that the same MRN gives the same token from HL7, FHIR and
+// syslog. dcm4chee's "<none>" (no patient ID) is no patient.
+func (m *mapper) patientToken(cx string) string {
+	value, authority := splitCX(cx)
+	if value == "" || value == "<none>" {
+		return ""
+	}
+	t := m.tok.PatientToken(value, authority)
+	if t != "" && len(m.patients) < 4 && !contains(m.patients, t) {
+		m.patients = append(m.patients, t)
+	}
+	return t
+}
+
+// splitCX returns CX.1 and the assigning authority (CX.4: its namespace ID, else its
+// universal ID) of an HL7 CX.
+func splitCX(cx string) (value, authority string) {
+	cx = strings.TrimSpace(cx)
+	parts := strings.SplitN(cx, "^", 5)
+	value = strings.TrimSpace(parts[0])
+	if len(parts) > 3 {
+		sub := strings.Split(parts[3], "&")
+		authority = strings.TrimSpace(sub[0])
+		if authority == "" && len(sub) > 1 {
+			authority = strings.TrimSpace(sub[1])
+		}
+	}
+	return value, authority
+}
+
+func contains(list []string, s string) bool {
+	for _, have := range list {
+		if have == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *mapper) addSOPClass(uid string) {
+	if uid == sopStgCmtPush || uid == sopStgCmtPushI {
+		m.commit = true
+	}
+	if uid != "" && len(m.sopUIDs) < 2 && !contains(m.sopUIDs, uid) {
+		m.sopUIDs = append(m.sopUIDs, uid)
+	}
+}
+
+// transferSyntaxOf is the TransferSyntax ParticipantObjectDetail of a query object.
+func transferSyntaxOf(n *node) string {
+	for _, c := range n.children {
+		if c.name == "ParticipantObjectDetail" && strings.EqualFold(strings.TrimSpace(c.attr("type")), "TransferSyntax") {
+			return string(decodeBase64([]byte(c.attr("value"))))
+		}
+	}
+	return ""
 }
 
 func (m *mapper) addStudy(uid string) {
@@ -462,19 +574,24 @@ const KindDigest = "dig"
 // SHA-256 would give away short values (study dates, message ids, patient ids in a
 // query) to anyone who hashes candidates.
 func (m *mapper) digest(b []byte) string {
+	return m.tok.Token(KindDigest, string(decodeBase64(b)))
+}
+
+// decodeBase64 decodes a base64 value, white space ignored; it returns the raw text
+// when it is not base64.
+func decodeBase64(b []byte) []byte {
 	clean := bytes.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
 			return -1
 		}
 		return r
 	}, b)
-	data := clean
 	if dec, err := base64.StdEncoding.DecodeString(string(clean)); err == nil {
-		data = dec
+		return dec
 	} else if dec, err := base64.RawStdEncoding.DecodeString(string(clean)); err == nil {
-		data = dec
+		return dec
 	}
-	return m.tok.Token(KindDigest, string(data))
+	return clean
 }
 
 func limit(s string) string { return truncate(s, maxKeyPart) }
@@ -520,6 +637,8 @@ func (m *mapper) apply(ev *audit.Event) {
 		m.detail["dicom.truncated"] = "true"
 	}
 	ev.Reason = m.reason
+	m.applyQuery(ev)
+	m.applyFacts(ev)
 	ev.Patient = m.patient
 	ev.Study = m.study
 	ev.Accession = m.accession
@@ -548,18 +667,21 @@ func (m *mapper) apply(ev *audit.Event) {
 	}
 	ev.Codes = codes
 
-	var req *participant
-	for i := range m.parts {
-		if m.parts[i].requestor {
-			req = &m.parts[i]
-			break
-		}
-	}
-	if req != nil {
+	if a, mach := pickActor(m.parts); a >= 0 {
+		req := m.parts[a]
 		ev.Actor.User = req.user
 		ev.Actor.Role = req.role
 		ev.Actor.Requestor = true
 		ev.Source.AETitle = req.aeTitle()
+		switch {
+		case mach >= 0:
+			ev.Source.Workstation = m.parts[mach].workstation()
+			if ae := m.parts[mach].aeTitle(); ae != "" {
+				ev.Source.AETitle = ae
+			}
+		case req.kind() == kindPerson:
+			ev.Source.Workstation = req.nap
+		}
 	}
 	if ev.Source.AETitle == "" {
 		for _, p := range m.parts {

@@ -50,13 +50,21 @@ const (
 	// strictID: an id after mere space: starts with a digit and is two bytes or more,
 	// or a short letter prefix and a digit (ACC998877, M-1234).
 	strictID = `\d[A-Za-z0-9^&._/-]{1,63}|[A-Za-z]{1,8}[-_]?\d[A-Za-z0-9^&._/-]{0,63}`
+	// wordEnd stands for \b after a name: RE2's \b knows only ASCII letters, names do
+	// not ("GARCÍA^JOSÉ").
+	wordEnd = `(?:$|[^\pL\pN_])`
 	// hl7Name: a person name in HL7 / DICOM PN form, A^B, A^B^C (up to 5 components),
-	// letters only, so message types (ADT^A08) and CX values (123^^^HOSP) do not match.
-	hl7Name = `[A-Za-z][A-Za-z'-]*\^[A-Za-z][A-Za-z'-]*\b(?:\^(?:[A-Za-z][A-Za-z'.-]*\b)?){0,4}`
-	// wordsName: "John Smith", "Smith, John", "JOHN Q. SMITH", "o'Neil-Smith": up to four
-	// capitalized words, or two lowercase ones.
-	wordsName = `[A-Z][A-Za-z'-]+(?:,? [A-Z][A-Za-z'.-]*\b){0,3}|[a-z][a-z'-]+\b(?: [a-z][a-z'-]+\b)?`
-	quotedVal = `"([^"\n]{1,64})"|'([^'\n]{1,64})'`
+	// letters only, so message types (ADT^A08) and CX values (123^^^HOSP) do not match;
+	// up to two capitalized words may stand before the family name (VAN DER BERG^ANNA).
+	hl7Name = `((?:\p{Lu}[\p{Lu}'-]+ ){0,2}\pL[\pL'-]*\^\pL[\pL'-]*(?:\^(?:\pL[\pL'.-]*)?){0,4})` + wordEnd
+	// titleName: "John Smith", "Smith, John", "JOHN Q. SMITH", "Mary-Ann O'Neil": up to
+	// four capitalized words, a comma only after the first.
+	titleName = `(\p{Lu}[\pL'-]+(?:, \p{Lu}[\pL'-]+)?(?: \p{Lu}[\pL'-]*\.?){0,2})` + wordEnd
+	// lowerName: "john smith", two lowercase words (one would be any k=v value).
+	lowerName = `(\p{Ll}[\p{Ll}'-]+ \p{Ll}[\p{Ll}'-]+)` + wordEnd
+	// quotedName: a quoted value that reads like a name, not a path or a number.
+	quotedName = `"(\pL[\pL ^,.'-]{0,63})"|'(\pL[\pL ^,.'-]{0,63})'`
+	quotedVal  = `"([^"\n]{1,64})"|'([^'\n]{1,64})'`
 	// date: ISO, compact (19700102), numeric with / . -, and month names.
 	date = `\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{8}\b|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|` +
 		`(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d{1,2},? \d{4}|\d{1,2} (?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d{4}`
@@ -67,22 +75,16 @@ const (
 // in HL7/DICOM form anywhere, and US social security numbers. Hints are chosen so that
 // common words ("Accepted", "path", "pid") do not wake the expressions.
 var DefaultRedactRules = []RedactRule{
+	// Rules with a label of their own run before the name rules, whose runs of
+	// capitalized words could otherwise swallow a following label ("JANE DOE DOB ...").
 	{Name: "patient-id", Kind: IDPatient,
 		Hints: []string{"mrn", "medical", "patient", "pat id", "pat-id", "pat_id", "patid", "pt id", "pt-id", "pt_id", "ptid", "pid-3", "pid3", "pid_3", "pid 3", "chart", "pat#", "pat #", "pat no"},
 		Pattern: `(?i:\b(?:mrn|medical[ _-]?record|patient[ _-]?(?:id|identifier|number|num|nbr|no\.?|#)|pat[ _-]?(?:id|no\.?|#)|pt[ _-]?id|pid[ _-]?3|chart)` + labelSuffix + `)` + quote +
 			`(?:` + explicitSep + `(` + looseID + `)|` + spaceSep + `(` + strictID + `))`},
-	{Name: "patient-name", Kind: IDName,
-		Hints:    []string{"name", "patientname", "patient", "pat_name", "pat-name", "pt_name", "pt-name", "ptname", "surname"},
-		NotAfter: notAfterName,
-		Pattern: `(?i:\b(?:(?:patient|pat|pt)(?:'s)?[ _-]?)?(?:(?:full|last|first|given|family|middle)[ _-]?)?(?:name|surname)\b)` + quote +
-			`(?:\s*[:=]\s*(?:` + quotedVal + `|(` + hl7Name + `)|(` + wordsName + `))|\s+(?:` + quotedVal + `|(` + hl7Name + `)))`},
-	{Name: "patient", Kind: KindAuto, Hints: []string{"patient"},
-		Pattern: `(?i:\bpatient(?:'s)?)` + quote +
-			`(?:\s*[:=#]\s*(?:` + quotedVal + `|(` + hl7Name + `)|(` + looseID + `)|(` + wordsName + `))|\s+(?:` + quotedVal + `|(` + hl7Name + `)|(` + strictID + `))|/([A-Za-z0-9.-]{1,64}))`},
 	{Name: "birth-date", Kind: IDBirthDate,
 		Hints: []string{"dob", "d.o.b", "birth", "date of birth", "born", "patientbirth"},
-		Pattern: `(?i:\b(?:d\.?o\.?b\.?|(?:patient[ _-]?)?birth[ _-]?(?:date|day)|date[ _-]of[ _-]birth|born(?: on)?)\b)` + quote +
-			`(?:\s*[:=]\s*|\s+)` + quote + `(` + date + `)`},
+		Pattern: `(?i:\b(?:d\.?o\.?b\.?|(?:patient[ _-]?)?birth[ _-]?(?:date|day)|date[ _-]of[ _-]birth|born(?: on)?))` + quote +
+			`(?:\s*[:=-]\s*|\s+)` + quote + `(` + date + `)`},
 	{Name: "accession", Kind: IDAccession,
 		Hints: []string{"accession", "acc_", "acc-", "acc#", "acc:", "acc=", "acc no", "accno", "acc num", "acc ", "acc.", "accn", "acsn"},
 		Pattern: `(?i:\b(?:accession|acc\.?|accn|acsn)` + labelSuffix + `)` + quote +
@@ -91,14 +93,29 @@ var DefaultRedactRules = []RedactRule{
 		Pattern: `(?i:\b(?:(?:placer|filler)[ _-]?(?:order)?|order)(?:[ _-]?(?:number|num|nbr|no\.?|#|id))?)` + quote +
 			`(?:` + explicitSep + `(` + looseID + `)|\s+(?:#\s*)?(` + strictID + `))`},
 	{Name: "study-uid", Kind: IDStudy, Hints: []string{"study", "studyinstance"},
-		Pattern: `(?i:\bstudy[ _-]?(?:instance[ _-]?)?uid)` + quote + `(?:\s*[:=]\s*|\s+)` + quote + `(\d+(?:\.\d+){3,})`},
-	{Name: "hl7-name", Kind: IDName, Hints: []string{"^"},
-		Pattern: `\b(` + hl7Name + `)`},
+		Pattern: `(?i:\bstudy[ _-]?(?:instance[ _-]?)?uid)` + quote + `(?:\s*[:=]\s*|\s+)` + quote + `(\d+(?:\.\d+){2,})`},
 	{Name: "ssn-label", Kind: IDText, Hints: []string{"ssn", "social", "ss#", "ss #", "ss no", "ss-no", "ss_no"},
 		Pattern: `(?i:\b(?:ssn|social[ _-]?security|ss[ _-]?#|ss[ _-]?no\.?)` + labelSuffix + `)` + quote +
 			`(?:\s*[:=#]\s*|\s+)` + quote + `(\d{3}[- ]?\d{2}[- ]?\d{4})\b`},
 	{Name: "ssn", Kind: IDText, Hints: []string{"~ddd-dd-dddd"},
 		Pattern: `\b(\d{3}-\d{2}-\d{4})\b`},
+	{Name: "patient", Kind: KindAuto, Hints: []string{"patient"},
+		Pattern: `(?i:\bpatient(?:'s)?)` + quote +
+			`(?:\s*[:=#]\s*(?:` + quotedVal + `|` + hl7Name + `|` + titleName + `|(` + looseID + `)|` + lowerName + `)` +
+			`|\s+(?:` + quotedVal + `|` + hl7Name + `|(` + strictID + `))|/([A-Za-z0-9._-]{1,64}))`},
+	{Name: "patient-name", Kind: IDName,
+		Hints:    []string{"name", "patientname", "patient", "pat_name", "pat-name", "pt_name", "pt-name", "ptname", "surname"},
+		NotAfter: notAfterName,
+		Pattern: `(?i:\b(?:(?:patient|pat|pt)(?:'s)?[ _-]?)?(?:(?:full|last|first|given|family|middle)[ _-]?)?(?:name|surname)\b)` + quote +
+			`(?:\s*[:=]\s*(?:` + quotedName + `|` + hl7Name + `|` + titleName + `)|\s*:\s*` + lowerName +
+			`|\s+is\s+(?:` + quotedName + `|` + hl7Name + `|` + titleName + `)|\s+(?:` + quotedName + `|` + hl7Name + `))`},
+	// Lowercase names after '=' only with a patient label: "name=nginx service=web" is
+	// not a person.
+	{Name: "patient-name-lower", Kind: IDName,
+		Hints:   []string{"patientname", "patient", "pat_name", "pat-name", "pt_name", "pt-name", "ptname"},
+		Pattern: `(?i:\b(?:patient|pat|pt)(?:'s)?[ _-]?name)` + quote + `\s*=\s*` + lowerName},
+	{Name: "hl7-name", Kind: IDName, Hints: []string{"^"},
+		Pattern: `\b` + hl7Name},
 }
 
 // notAfterName: words before "name" that make it a thing's name, not a person's.
@@ -403,7 +420,7 @@ func (r *Redactor) apply(rule *compiledRule, s string) (string, int) {
 			hi--
 		}
 		v := s[lo:hi]
-		if strings.TrimSpace(v) == "" || looksToken(v) {
+		if strings.TrimSpace(v) == "" || looksToken(v) || looksToken(wordAt(s, lo)) {
 			continue
 		}
 		if rule.notAfter != nil && rule.notAfter[wordBefore(s, m[0])] {
@@ -454,6 +471,15 @@ func wordBefore(s string, i int) string {
 		k--
 	}
 	return strings.ToLower(s[k:j])
+}
+
+// wordAt returns the run of letters, digits and '_' that starts at i.
+func wordAt(s string, i int) string {
+	j := i
+	for j < len(s) && byteClass[s[j]] != 0 {
+		j++
+	}
+	return s[i:j]
 }
 
 // looksToken reports whether v is a token of any kind: "<2-8 lowercase letters>_<32 hex>".

@@ -1,6 +1,9 @@
 package hl7
 
-import "strings"
+import (
+	"strings"
+	"unicode"
+)
 
 // Actor roles: the field the actor came from (audit.Actor.Role).
 const (
@@ -73,7 +76,7 @@ func pickActor(m *Message, fields []personField) (id, role, nameOnly string) {
 			}
 			// XCN.1 / PPN.1, or NDL.1's CNN.1 (a sub-component); senders that send an
 			// NDL field as an XCN give the same value.
-			if v := strings.TrimSpace(m.SubComponent(raw, 1, 1)); v != "" && len(v) <= maxActorLen {
+			if v := strings.TrimSpace(m.SubComponent(raw, 1, 1)); v != "" && len(v) <= maxActorLen && !strings.ContainsFunc(v, unicode.IsControl) {
 				return v, f.role, ""
 			}
 			if nameOnly == "" && strings.TrimSpace(m.Text(m.firstRep(raw))) != "" {

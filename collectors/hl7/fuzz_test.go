@@ -7,8 +7,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/edgeaudit/edgeaudit/audit"
@@ -102,6 +104,14 @@ func FuzzParse(f *testing.F) {
 			if !utf8.Valid(enc) || !json.Valid(enc) {
 				t.Fatalf("event JSON invalid: %q", enc)
 			}
+			checkEventShape(t, &ev)
+			for _, o := range []outcome{outcomeAccepted, outcomeStoreFailed, outcomeRejected} {
+				for _, mode := range []string{ACKModeAuto, ACKModeOriginal, ACKModeEnhanced} {
+					if code, ok := ackCodeFor(mode, m, o); ok && len(code) != 2 {
+						t.Fatalf("ack code %q", code)
+					}
+				}
+			}
 		}
 		// Whatever was read of the MSH, the ACK must be a parseable HL7 message.
 		ack := AppendACK(nil, m, AckReject, ReasonMalformed, "", fixedNow)
@@ -117,4 +127,42 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("ack %q lost its MSA-1", body)
 		}
 	})
+}
+
+// checkEventShape asserts what holds for every mapped event, whatever the input: patient
+// fields hold tokens only, the query scope is one of its values, query fields are field
+// names, and an actor has no more than an ID.
+func checkEventShape(t *testing.T, ev *audit.Event) {
+	t.Helper()
+	if ev.Patient != "" && !audit.IsToken(audit.IDPatient, ev.Patient) {
+		t.Fatalf("patient %q is not a token", ev.Patient)
+	}
+	for _, k := range []string{"patient_ids", "prior_patient_ids"} {
+		if v := ev.Detail[k]; v != "" {
+			for _, p := range strings.Split(v, ",") {
+				if !audit.IsToken(audit.IDPatient, p) {
+					t.Fatalf("detail.%s holds %q, not a token", k, p)
+				}
+			}
+		}
+	}
+	switch ev.QueryScope {
+	case "", ScopeBroad:
+	case ScopePatient:
+		if ev.Patient == "" {
+			t.Fatal("query_scope patient without a patient token")
+		}
+	default:
+		t.Fatalf("query_scope %q", ev.QueryScope)
+	}
+	if v := ev.Detail["query_fields"]; v != "" {
+		for _, f := range strings.Split(v, ",") {
+			if !isFieldPath(f) {
+				t.Fatalf("query_fields holds %q", f)
+			}
+		}
+	}
+	if len(ev.Actor.User) > maxActorLen || strings.ContainsFunc(ev.Actor.User, unicode.IsControl) {
+		t.Fatalf("actor.user %q", ev.Actor.User)
+	}
 }

@@ -88,6 +88,8 @@ func Map(ev *audit.Event, m *Message, tok *audit.Tokenizer, loc *time.Location, 
 			ev.ErrorCode = first
 		}
 		put("order_control", strings.Join(controls, ","))
+		// ORC-18 entering device: the terminal or PC the order was entered on.
+		ev.Source.Workstation = safeCode(m.Component(m.Field("ORC", 18), 1))
 	case code == "ORU" || code == "OUL":
 		ev.Object = ObjectResult
 		actors = resultActors

@@ -155,11 +155,11 @@ func (m mapper) parseQuery(raw []byte) queryInfo {
 			if kv == "" {
 				continue
 			}
-			name, val, _ := strings.Cut(kv, "=")
+			name, val, ok := strings.Cut(kv, "=")
 			if n, err := url.QueryUnescape(name); err == nil {
 				name = n
 			}
-			if !safeName(name) {
+			if !ok || !safeName(name) {
 				continue // never keep a "name" that may be a value
 			}
 			if !has(names, name) && len(names) < 32 {
@@ -252,15 +252,12 @@ func refTypeOf(s string) string {
 	return refType(&node{kids: map[string][]*node{"reference": {{val: s}}}})
 }
 
-// isResourceType reports whether a path segment is a FHIR resource type name: an
-// upper-case initial, letters and digits, and at least one lower-case letter (so that
-// version segments such as "R4" or "STU3" are not taken for one).
-func isResourceType(s string) bool {
-	return len(s) >= 3 && isResourceName(s) && strings.ContainsAny(s, "abcdefghijklmnopqrstuvwxyz")
-}
+// isResourceType reports whether a path segment is a FHIR resource type name.
+func isResourceType(s string) bool { return resourceTypes[s] }
 
-// safeName reports whether s can be kept as a parameter or operation name: a letter or
-// '_' first, then letters, digits and "_.:-", at most 64 bytes.
+// safeName reports whether s can be kept as a parameter or operation name: letters and
+// "_.:-", at most 64 bytes, no digits (no FHIR search parameter has one, and an
+// identifier sent as a name would).
 func safeName(s string) bool {
 	if s == "" || len(s) > 64 {
 		return false
@@ -269,7 +266,7 @@ func safeName(s string) bool {
 		c := s[i]
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_':
-		case i > 0 && (c >= '0' && c <= '9' || c == '.' || c == ':' || c == '-'):
+		case i > 0 && (c == '.' || c == ':' || c == '-'):
 		default:
 			return false
 		}

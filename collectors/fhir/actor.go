@@ -213,7 +213,9 @@ func (m mapper) actor(r *node, ev *audit.Event, detail map[string]string, patien
 		// A patient acting (portal access): the patient is tokenized above, never the actor.
 		ev.Actor.Role = "patient"
 	} else {
-		ev.Actor.User = clip(whoName(who), maxTextLen)
+		// A workforce member's name (R4 agent.name) only when the source gives nothing
+		// else to know them by; a patient's is never kept.
+		ev.Actor.User = clip(firstNonEmpty(whoName(who), a.str("name")), maxTextLen)
 	}
 	ev.Actor.Requestor = a.str("requestor") == "true"
 	if ev.Actor.Role == "" {

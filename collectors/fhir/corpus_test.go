@@ -293,3 +293,63 @@ func TestCorpusBad(t *testing.T) {
 		})
 	}
 }
+
+// TestCorpusActorsAndQueries pins issue 7's rules on the real samples: the person is
+// the actor and the other agent's machine the workstation, searches are phi.query with
+// their scope, REST calls have method and endpoint, purposes and error codes are kept.
+func TestCorpusActorsAndQueries(t *testing.T) {
+	corpusFiles(t, "fhir/*/*") // skips without the corpus
+	tok := testTokenizer(t)
+	tests := []struct {
+		file                                         string
+		action, user, workstation, object, scope     string
+		method, endpoint, purpose, errorCode, correl string
+		breakGlass                                   bool
+	}{
+		{file: "r4/r4-example-search-rest.json", action: audit.ActionPHIQuery, user: "95", workstation: "Workstation1.ehr.familyclinic.com",
+			object: "Encounter", scope: "broad", method: "GET", endpoint: "/Encounter?participant"},
+		{file: "r5/r5-example-search.json", action: audit.ActionPHIQuery, user: "95", workstation: "Workstation1.ehr.familyclinic.com",
+			object: "Encounter", scope: "broad", method: "GET", endpoint: "/Encounter?participant"},
+		{file: "r4/r4-example-rest-vread.json", action: audit.ActionPHIView, user: "95", workstation: "Workstation1.ehr.familyclinic.com",
+			object: "Patient", method: "GET", endpoint: "/Patient/{id}/_history/{id}"},
+		{file: "r4/r4-example-login-110114.json", action: audit.ActionLogin, user: "95", workstation: "Workstation1.ehr.familyclinic.com"},
+		{file: "r4/r4-example-media-110106.json", action: audit.ActionPHIExport, user: "95", workstation: "ExportToMedia.app", object: "DocumentManifest"},
+		{file: "r4/r4-example-pixquery-110112.json", action: audit.ActionDICOMQuery, user: "95", workstation: "Workstation1.ehr.familyclinic.com",
+			object: "Patient", scope: "patient"},
+		{file: "r4/r4-example-disclosure-110106.json", action: audit.ActionPHIExport, user: "SomeIdiot@nowhere", object: "Patient", purpose: "HMARKT"},
+		{file: "r4/r4-example-error-rest-create.json", action: audit.ActionPHICreate, user: "95", workstation: "Workstation1.ehr.familyclinic.com",
+			method: "POST", errorCode: "invalid"},
+		{file: "r5/r5-example-breakglass-start.json", action: audit.ActionSecurityAlert, user: "Practitioner/f001", workstation: "custodian.net",
+			object: "Patient", purpose: "ETREAT", breakGlass: true},
+		{file: "r5/r5-example-rest-create-traceid.json", action: audit.ActionPHICreate, user: "95", workstation: "Workstation1.ehr.familyclinic.com",
+			object: "Patient", method: "POST", endpoint: "/Patient", correl: "6b507ee2d716780372c255df69ece653"},
+		{file: "r5/r5-example-advanced-create.json", action: audit.ActionPHICreate, user: "Betty Jones",
+			workstation: "urn:ipv6:2001:0db8:85a3:0000:0000:8a2e:0370:7334", object: "List", method: "POST", endpoint: "/List", purpose: "TREAT"},
+		{file: "xml/ch-atc-doc-read-export-110106.xml", action: audit.ActionPHIExport, user: "Regula Fischer", object: "Patient", purpose: "EMER"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			f := filepath.Join(corpusDir, "fhir", tt.file)
+			root, err := decode(readFile(t, f), mediaFormat(contentTypeFor(f)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ev audit.Event
+			mapper{tok: tok}.event(root, &ev)
+			for _, c := range []struct{ field, got, want string }{
+				{"action", ev.Action, tt.action}, {"actor.user", ev.Actor.User, tt.user},
+				{"source.workstation", ev.Source.Workstation, tt.workstation}, {"object", ev.Object, tt.object},
+				{"query_scope", ev.QueryScope, tt.scope}, {"method", ev.Method, tt.method},
+				{"endpoint", ev.Endpoint, tt.endpoint}, {"purpose", ev.Purpose, tt.purpose},
+				{"error_code", ev.ErrorCode, tt.errorCode}, {"correlation_id", ev.CorrelationID, tt.correl},
+			} {
+				if c.got != c.want {
+					t.Errorf("%s=%q, want %q", c.field, c.got, c.want)
+				}
+			}
+			if got, want := ev.BreakGlass, tt.breakGlass; got != want {
+				t.Errorf("break_glass=%v, want %v", got, want)
+			}
+		})
+	}
+}

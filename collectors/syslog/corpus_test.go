@@ -204,3 +204,27 @@ func TestCorpus(t *testing.T) {
 		}
 	}
 }
+
+// TestCorpusActors pins the actor of the corpus samples that name one.
+func TestCorpusActors(t *testing.T) {
+	corpusFiles(t)
+	tests := []struct{ file, user string }{
+		{filepath.Join("rfc5424", "ipf-sd-two-params.log"), "admin"}, // [sdID@123 event="test" user="admin"]
+		{filepath.Join("rfc3164", "rfc3164-ex1-su.log"), ""},         // 'su root' failed for lonvick: no rule names him
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(corpusDir, tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, ok := runDatagram(t, b)
+			if !ok {
+				t.Fatal("no event")
+			}
+			if got, want := ev.Actor.User, tt.user; got != want {
+				t.Fatalf("actor.user=%q, want %q", got, want)
+			}
+		})
+	}
+}

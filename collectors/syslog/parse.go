@@ -1,12 +1,15 @@
 package syslog
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	gosyslog "github.com/leodido/go-syslog/v4"
 	"github.com/leodido/go-syslog/v4/rfc3164"
@@ -156,24 +159,322 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 	if base.Message != nil {
 		ev.Message = strings.TrimPrefix(*base.Message, "\uFEFF")
 	}
+	var who actorFacts
 	if sd != nil && len(*sd) > 0 {
-		if ev.Detail == nil {
-			ev.Detail = make(map[string]string, 4)
-		}
-		for id, params := range *sd {
-			if len(params) == 0 {
-				ev.Detail["sd."+id] = "" // the element's presence is information too
-				continue
-			}
-			for k, v := range params {
-				ev.Detail["sd."+id+"."+k] = v
-			}
-		}
+		who = p.structuredData(ev, *sd)
 	}
 	classify(ev)
 	p.parseDICOM(ev)
+	if ev.Source.Kind == audit.KindSyslog {
+		who.fromMessage(ev.Message)
+		who.apply(ev)
+	}
 	p.redactText(ev)
+	if ev.Source.Kind == audit.KindSyslog && ev.Patient == "" {
+		ev.Patient = patientInText(ev.Message)
+	}
 	return true
+}
+
+// Actor rules for syslog (issue 7 item 1), in order of precedence:
+//  1. sshd's own lines (authRules): the user named there.
+//  2. RFC 5424 structured data: the first parameter, by SD-ID then parameter name in
+//     byte order, whose name (case-insensitive) is a user parameter (userParams) gives
+//     actor.user; role parameters actor.role, session parameters actor.session,
+//     workstation parameters source.workstation.
+//  3. MSG: key=value or key="value" pairs with the same names (a key is a whole word: the
+//     "uid" of "patient_uid=" is not one), the best key in userParams order winning; PAM
+//     lines (logname= ... ruser= ... user=) name the requesting user in ruser, else
+//     logname, and the target in user, so there ruser/logname win.
+//  4. MSG phrases "for user X", "by user X", `user "X"` / `user 'X'`.
+//  5. A uid= pair (numeric ids are the weakest hint).
+// Patient identifiers are never taken as actors: patient parameters (patientParams) of
+// structured data are tokenized instead, and in MSG they are the redactor's.
+
+// userParams are the names of user parameters, best first.
+var userParams = []string{"user", "username", "user_name", "userid", "user_id", "usr", "login", "account", "acct"}
+
+var (
+	roleParams        = map[string]bool{"role": true, "user_role": true, "userrole": true}
+	sessionParams     = map[string]bool{"session": true, "session_id": true, "sessionid": true, "sid": true, "ses": true}
+	workstationParams = map[string]bool{"workstation": true, "workstation_id": true, "station": true}
+)
+
+// phiParams are structured-data parameter names (lower case) whose values identify a
+// patient, with their token kind. Their values are replaced by tokens in detail and
+// the first patient id becomes the event's patient. "pid" is not among them: RFC 5424
+// senders and journald use it for the process id.
+var phiParams = map[string]string{
+	"patientid": audit.IDPatient, "patient_id": audit.IDPatient, "patient-id": audit.IDPatient,
+	"patid": audit.IDPatient, "pat_id": audit.IDPatient, "mrn": audit.IDPatient, "patient": audit.IDPatient,
+	"patientname": audit.IDName, "patient_name": audit.IDName, "patient-name": audit.IDName,
+	"dob": audit.IDBirthDate, "birthdate": audit.IDBirthDate, "birth_date": audit.IDBirthDate,
+	"patientbirthdate": audit.IDBirthDate,
+	"accession":        audit.IDAccession, "accessionnumber": audit.IDAccession,
+	"accession_number": audit.IDAccession, "accession-number": audit.IDAccession,
+}
+
+// actorFacts collects the actor candidates of one message.
+type actorFacts struct {
+	user, role, session, workstation string // from structured data
+	userRank                         int    // index in userParams of user's parameter
+	msgUser, msgRole, msgSession     string
+	msgRank                          int
+	msgUID                           string
+}
+
+// maxActorValue bounds a user, role or session taken from a message.
+const maxActorValue = 128
+
+// structuredData copies the structured data into detail as sd.<id>.<param>, tokenizing
+// patient parameters, and returns the actor candidates it names.
+func (p *parser) structuredData(ev *audit.Event, sd map[string]map[string]string) actorFacts {
+	if ev.Detail == nil {
+		ev.Detail = make(map[string]string, 4)
+	}
+	who := actorFacts{userRank: len(userParams) + 1}
+	ids := make([]string, 0, len(sd))
+	for id := range sd {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var names []string
+	for _, id := range ids {
+		params := sd[id]
+		if len(params) == 0 {
+			ev.Detail["sd."+id] = "" // the element's presence is information too
+			continue
+		}
+		names = names[:0]
+		for k := range params {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			v := params[k]
+			lk := strings.ToLower(k)
+			if kind, ok := phiParams[lk]; ok {
+				t := p.phiToken(kind, v)
+				if t == "" {
+					continue // no tokenizer: the value is not kept
+				}
+				switch {
+				case kind == audit.IDPatient && ev.Patient == "":
+					ev.Patient = t
+				case kind == audit.IDAccession && ev.Accession == "":
+					ev.Accession = t
+				}
+				ev.Detail["sd."+id+"."+k] = t
+				continue
+			}
+			ev.Detail["sd."+id+"."+k] = v
+			v = actorValue(v)
+			if v == "" {
+				continue
+			}
+			if r := sdUserRank(lk); r >= 0 && r < who.userRank {
+				who.user, who.userRank = v, r
+			}
+			switch {
+			case roleParams[lk] && who.role == "":
+				who.role = v
+			case sessionParams[lk] && who.session == "":
+				who.session = v
+			case workstationParams[lk] && who.workstation == "":
+				who.workstation = v
+			}
+		}
+	}
+	return who
+}
+
+// sdUserRank is the rank of a structured-data user parameter (userParams order, then
+// uid), -1 for other names.
+func sdUserRank(lk string) int {
+	if lk == "uid" {
+		return len(userParams)
+	}
+	return slices.Index(userParams, lk)
+}
+
+// phiToken tokenizes a patient parameter; "" without a tokenizer or value.
+func (p *parser) phiToken(kind, v string) string {
+	if p.tok == nil {
+		return ""
+	}
+	if kind == audit.IDPatient {
+		return p.tok.PatientToken(strings.TrimSpace(v), "")
+	}
+	return p.tok.Token(kind, v)
+}
+
+// actorValue cleans a candidate user, role or session: trimmed, bounded, and "" for
+// the placeholders senders write when there is none.
+func actorValue(v string) string {
+	v = strings.TrimSpace(v)
+	switch v {
+	case "-", "(null)", "(none)", "?", `""`:
+		return ""
+	}
+	if len(v) > maxActorValue {
+		v = v[:maxActorValue]
+		for len(v) > 0 && !utf8.ValidString(v) {
+			v = v[:len(v)-1]
+		}
+	}
+	return v
+}
+
+// fromMessage finds user, role and session pairs and user phrases in MSG.
+func (w *actorFacts) fromMessage(msg string) {
+	w.msgRank = len(userParams)
+	if msg == "" || len(msg) > 8192 {
+		return
+	}
+	var ruser, logname string
+	for i := strings.IndexByte(msg, '='); i >= 0; {
+		key, val, next := pairAt(msg, i)
+		if lk := strings.ToLower(key); lk != "" {
+			if val = actorValue(val); val != "" {
+				if r := slices.Index(userParams, lk); r >= 0 && r < w.msgRank {
+					w.msgUser, w.msgRank = val, r
+				}
+				switch {
+				case lk == "ruser" && ruser == "":
+					ruser = val
+				case lk == "logname" && logname == "":
+					logname = val
+				case lk == "uid" && w.msgUID == "":
+					w.msgUID = val
+				case roleParams[lk] && w.msgRole == "":
+					w.msgRole = val
+				case sessionParams[lk] && w.msgSession == "":
+					w.msgSession = val
+				}
+			}
+		}
+		if next >= len(msg) {
+			break
+		}
+		j := strings.IndexByte(msg[next:], '=')
+		if j < 0 {
+			break
+		}
+		i = next + j
+	}
+	switch {
+	case ruser != "":
+		w.msgUser = ruser
+	case logname != "":
+		w.msgUser = logname
+	case w.msgUser == "":
+		w.msgUser = userPhrase(msg)
+	}
+}
+
+// pairAt reads the key=value pair whose '=' is at msg[i]: the key is the whole word
+// before it (letters, digits, '_', '-', '.'), the value a quoted string or the text up
+// to a blank or one of ,;)]}>&. The scan goes on right after the '=', so pairs inside a
+// quoted value (auditd's msg='op=login acct="jdoe" ...') are found too.
+func pairAt(msg string, i int) (key, val string, next int) {
+	k := i
+	for k > 0 && isKeyByte(msg[k-1]) {
+		k--
+	}
+	key = msg[k:i]
+	j := i + 1
+	if j < len(msg) && (msg[j] == '"' || msg[j] == '\'') {
+		q := msg[j]
+		end := strings.IndexByte(msg[j+1:], q)
+		if end < 0 {
+			return key, "", j
+		}
+		return key, msg[j+1 : j+1+end], j
+	}
+	end := j
+	for end < len(msg) && !strings.ContainsRune(" \t\r\n,;)]}>&", rune(msg[end])) {
+		end++
+	}
+	return key, strings.TrimRight(msg[j:end], "."), j
+}
+
+func isKeyByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
+}
+
+// userPhrase finds "for user X", "by user X" or `user "X"` in msg.
+func userPhrase(msg string) string {
+	for _, marker := range []string{"for user ", "by user ", "user \"", "user '"} {
+		i := strings.Index(msg, marker)
+		if i < 0 || (i > 0 && isKeyByte(msg[i-1])) {
+			continue
+		}
+		rest := msg[i+len(marker):]
+		q := marker[len(marker)-1]
+		if q != '"' && q != '\'' && rest != "" && (rest[0] == '"' || rest[0] == '\'') {
+			q, rest = rest[0], rest[1:]
+		}
+		var v string
+		if q == '"' || q == '\'' {
+			if end := strings.IndexByte(rest, q); end >= 0 {
+				v = actorValue(rest[:end])
+			}
+		} else {
+			end := 0
+			for end < len(rest) && (isKeyByte(rest[end]) || rest[end] == '@' || rest[end] == '\\') {
+				end++
+			}
+			v = actorValue(strings.TrimRight(rest[:end], "."))
+		}
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// apply sets the actor by the precedence above; what sshd's rule set stays.
+func (w *actorFacts) apply(ev *audit.Event) {
+	if ev.Actor.User == "" {
+		switch {
+		case w.user != "":
+			ev.Actor.User = w.user
+		case w.msgUser != "":
+			ev.Actor.User = w.msgUser
+		default:
+			ev.Actor.User = w.msgUID
+		}
+	}
+	if ev.Actor.Role == "" {
+		ev.Actor.Role = cmp.Or(w.role, w.msgRole)
+	}
+	if ev.Actor.Session == "" {
+		ev.Actor.Session = cmp.Or(w.session, w.msgSession)
+	}
+	if ev.Source.Workstation == "" {
+		ev.Source.Workstation = w.workstation
+	}
+}
+
+// patientInText returns the first patient token that redaction put into msg: the
+// redactor tokenizes "PatientID=..." and its kin, so the event carries the same patient
+// token as the HL7, DICOM and FHIR events of that patient.
+func patientInText(msg string) string {
+	const prefix = audit.IDPatient + "_"
+	for off := 0; off < len(msg); {
+		i := strings.Index(msg[off:], prefix)
+		if i < 0 {
+			return ""
+		}
+		i += off
+		end := i + len(prefix) + audit.TokenLen
+		if end <= len(msg) && (i == 0 || !isKeyByte(msg[i-1])) && (end == len(msg) || !isKeyByte(msg[end])) &&
+			audit.IsToken(audit.IDPatient, msg[i:end]) {
+			return msg[i:end]
+		}
+		off = i + len(prefix)
+	}
+	return ""
 }
 
 // classify sets the taxonomy code. Every syslog message is system.log for now; the

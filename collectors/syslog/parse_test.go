@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 
@@ -263,5 +264,125 @@ func TestParseReusesEvent(t *testing.T) {
 	}
 	if got, want := ev.Source.App, ""; got != want {
 		t.Fatalf("App = %q, want %q", got, want)
+	}
+}
+
+// TestSyslogActor pins the actor rules of parse.go: sshd's own rule, then structured
+// data, then MSG pairs, phrases, and uid last.
+func TestSyslogActor(t *testing.T) {
+	tests := []struct {
+		name, in                         string
+		user, role, session, workstation string
+	}{
+		{"sd user", `<86>1 - h app - - [origin@32473 user="jdoe"] x`, "jdoe", "", "", ""},
+		{"sd meta user", `<86>1 - h app - - [meta user="jdoe"] x`, "jdoe", "", "", ""},
+		{"sd names case-insensitive", `<86>1 - h app - - [a@1 UserName="jdoe" Role="tech" Session_ID="s1"] x`, "jdoe", "tech", "s1", ""},
+		{"sd acct", `<86>1 - h app - - [a@1 acct="svc1"] x`, "svc1", "", "", ""},
+		{"sd best name wins over order", `<86>1 - h app - - [a@1 uid="1001"][b@1 login="kp"] x`, "kp", "", "", ""},
+		{"sd first element in byte order", `<86>1 - h app - - [z@1 user="zed"][a@1 user="abe"] x`, "abe", "", "", ""},
+		{"sd over msg", `<86>1 - h app - - [a@1 user="sd"] user=msg role=r2`, "sd", "r2", "", ""},
+		{"sd placeholder skipped", `<86>1 - h app - - [a@1 user="-"] user=msg`, "msg", "", "", ""},
+		{"sd patient id is not a user", `<86>1 - h app - - [a@1 PatientID="P1" patient_uid="P2"] x`, "", "", "", ""},
+		{"sd workstation", `<86>1 - h app - - [a@1 workstation="WS1" user="u"] x`, "u", "", "", "WS1"},
+		{"msg user", "<13>1 - h app - - - opened user=rad2", "rad2", "", "", ""},
+		{"msg quoted", `<13>1 - h app - - - opened user="rad 2" sid=77`, "rad 2", "", "77", ""},
+		{"msg single quoted", `<13>1 - h app - - - opened login='rad2'`, "rad2", "", "", ""},
+		{"msg best key", "<13>1 - h app - - - account=a1 user=u1", "u1", "", "", ""},
+		{"msg trailing punctuation", "<13>1 - h app - - - done by usr=kp, ok.", "kp", "", "", ""},
+		{"msg key must be a whole word", "<13>1 - h app - - - patient_uid=X1 myuser=Y1 user_idx=Z1", "", "", "", ""},
+		{"msg pam ruser", "<13>1 - h sudo - - - auth failure; logname=a uid=1 euid=0 tty=x ruser=b rhost= user=root", "b", "", "", ""},
+		{"msg pam logname", "<13>1 - h sudo - - - auth failure; logname=a uid=1 euid=0 tty=x ruser= rhost= user=root", "a", "", "", ""},
+		{"msg phrase quoted", `<13>1 - h pg - - - failed for user "dba"`, "dba", "", "", ""},
+		{"msg phrase by user", "<13>1 - h app - - - Study viewed by user radiologist1 from workstation WS-0042", "radiologist1", "", "", ""},
+		{"msg uid last", "<13>1 - h app - - - uid=1001 for user alice", "alice", "", "", ""},
+		{"msg uid alone", "<13>1 - h app - - - uid=1001", "1001", "", "", ""},
+		{"sshd rule first", "<86>1 - h sshd - - - Accepted publickey for tech01 from 10.0.0.7 port 1 ssh2 user=other", "tech01", "", "", ""},
+		{"rfc3164 too", "<38>Dec  1 10:00:00 ws12 viewer[42]: user=rad02 role=radiologist", "rad02", "radiologist", "", ""},
+		{"nothing", "<13>1 - h app - - - nothing here = at all", "", "", "", ""},
+		{"malformed lines get no actor", "user=jdoe not syslog", "", "", "", ""},
+	}
+	p := newTestParser(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ev audit.Event
+			resetEvent(&ev, "tcp", "127.0.0.1")
+			p.parse(&ev, []byte(tt.in), fixedNow)
+			if got, want := ev.Actor.User, tt.user; got != want {
+				t.Errorf("user=%q, want %q", got, want)
+			}
+			if got, want := ev.Actor.Role, tt.role; got != want {
+				t.Errorf("role=%q, want %q", got, want)
+			}
+			if got, want := ev.Actor.Session, tt.session; got != want {
+				t.Errorf("session=%q, want %q", got, want)
+			}
+			if got, want := ev.Source.Workstation, tt.workstation; got != want {
+				t.Errorf("workstation=%q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestStructuredDataPHI: patient parameters of structured data are stored as tokens
+// (the patient id through PatientToken), never in clear, and dropped without a tokenizer.
+func TestStructuredDataPHI(t *testing.T) {
+	const in = `<86>1 - h app - - [a@1 PatientID="MRN7788991" patient_name="DOE^JANE" DOB="1970-01-02" accession="ACC998877" user="rad4"] opened`
+	secrets := []string{"MRN7788991", "DOE^JANE", "1970-01-02", "ACC998877"}
+	tok := testTokenizer(t)
+	tests := []struct {
+		name    string
+		tok     *audit.Tokenizer
+		patient string
+	}{
+		{"tokenizer", tok, tok.PatientToken("MRN7788991", "")},
+		{"no tokenizer", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newParser(time.UTC)
+			p.tok = tt.tok
+			var ev audit.Event
+			resetEvent(&ev, "tcp", "127.0.0.1")
+			p.parse(&ev, []byte(in), fixedNow)
+			if got, want := ev.Patient, tt.patient; got != want {
+				t.Errorf("patient=%q, want %q", got, want)
+			}
+			if got, want := ev.Actor.User, "rad4"; got != want {
+				t.Errorf("user=%q, want %q", got, want)
+			}
+			out := string(ev.AppendJSON(nil))
+			for _, s := range secrets {
+				if strings.Contains(out, s) {
+					t.Errorf("event holds %q in clear: %s", s, out)
+				}
+			}
+			if tt.tok != nil {
+				if got := ev.Detail["sd.a@1.patient_name"]; !audit.IsToken(audit.IDName, got) {
+					t.Errorf("patient_name detail %q, want a name token", got)
+				}
+				if got := ev.Accession; !audit.IsToken(audit.IDAccession, got) {
+					t.Errorf("accession %q, want a token", got)
+				}
+			}
+		})
+	}
+}
+
+func TestPatientInText(t *testing.T) {
+	tok := "pat_0123456789abcdef0123456789abcdef"
+	tests := []struct{ in, want string }{
+		{"opened for PatientID=" + tok + " on WS", tok},
+		{tok, tok},
+		{"x" + tok, ""},
+		{tok + "0", ""},
+		{"pat_0123", ""},
+		{"pat_ then " + tok, tok},
+		{"pat_0123456789abcdef0123456789abcdeg", ""},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		if got := patientInText(tt.in); got != tt.want {
+			t.Errorf("patientInText(%q)=%q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

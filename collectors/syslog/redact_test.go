@@ -84,3 +84,42 @@ func TestRedactDICOMOutcomeDescription(t *testing.T) {
 		t.Fatalf("reason %q: want the id replaced by a token", ev.Reason)
 	}
 }
+
+// One MRN, one token, within this collector: plain syslog text ("PatientID=..."),
+// structured data and a DICOM audit message with the CX form "ID^^^AUTHORITY" all give
+// Tokenizer.PatientToken(ID, ...), and none keeps the MRN in clear.
+func TestOnePatientSyslogAndDICOM(t *testing.T) {
+	const mrn = "MRN7788991"
+	tok := testTokenizer(t)
+	red, err := audit.NewRedactor(tok, audit.DefaultRedactRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xml := `<AuditMessage><EventIdentification EventActionCode="R" EventDateTime="2026-12-01T12:00:01Z" EventOutcomeIndicator="0"><EventID csd-code="110103"/></EventIdentification>` +
+		`<ActiveParticipant UserID="rad02" UserIsRequestor="true"/><AuditSourceIdentification AuditSourceID="PACS1"/>` +
+		`<ParticipantObjectIdentification ParticipantObjectID="` + mrn + `^^^HOSP" ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1"><ParticipantObjectIDTypeCode csd-code="2"/></ParticipantObjectIdentification></AuditMessage>`
+	tests := []struct{ name, frame string }{
+		{"syslog text", "<134>1 2026-12-01T12:00:03Z ws4 viewer - - - opened study for PatientID=" + mrn + " on RAD-WS-04"},
+		{"structured data", `<134>1 2026-12-01T12:00:03Z ws4 viewer - - [app@32473 PatientID="` + mrn + `"] opened study`},
+		{"dicom audit xml", "<85>1 2026-12-01T12:00:01Z pacs1 pacs - IHE+RFC-3881 - " + xml},
+	}
+	want := tok.PatientToken(mrn, "HOSP")
+	if other := tok.PatientToken(mrn, ""); other != want {
+		t.Logf("note: the tokenizer gives different tokens with and without the authority (%s, %s)", want, other)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newTestParser(t)
+			p.redact = red
+			var ev audit.Event
+			resetEvent(&ev, "tcp", "127.0.0.1")
+			p.parse(&ev, []byte(tt.frame), time.Now())
+			if ev.Patient == "" || ev.Patient != want {
+				t.Errorf("patient=%q, want %q", ev.Patient, want)
+			}
+			if out := string(ev.AppendJSON(nil)); strings.Contains(out, mrn) {
+				t.Errorf("event holds the MRN in clear: %s", out)
+			}
+		})
+	}
+}

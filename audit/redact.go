@@ -153,6 +153,14 @@ type Redactor struct {
 	// byte, matched at any position.
 	words [256][]hintWord
 	punct [256][]hintWord
+	// wake marks the bytes that can start a hint: wakeWord for letters and digits with
+	// word hints, wakePunct for separator bytes with punct hints.
+	wake [256]uint8
+	// tri has a bit for the first three bytes (lowercase) of every word hint, and
+	// short marks first bytes of hints shorter than three: a word start whose three
+	// bytes are in no hint costs one bit test.
+	tri   [1 << 16 / 64]uint64
+	short [256]bool
 
 	ids  []idPattern
 	seen *SeenSet
@@ -171,7 +179,8 @@ type compiledRule struct {
 type idPattern struct {
 	IdentifierPattern
 	re       *regexp.Regexp
-	min, max int // length bounds of a match; max -1 unbounded
+	prefix   string // literal prefix every match starts with
+	min, max int    // length bounds of a match; max -1 unbounded
 }
 
 type hintWord struct {
@@ -213,8 +222,10 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 				for b := 0; b < 256; b++ {
 					if shapeByte(byte(b), shape[0]) {
 						r.words[b] = append(r.words[b], hintWord{rule: i, word: shape, shape: true})
+						r.wake[b] |= wakeWord
 					}
 				}
+				r.indexTri(shape)
 				continue
 			}
 			h = strings.ToLower(h)
@@ -224,14 +235,49 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 			}
 			if byteClass[h[0]] == 0 {
 				r.punct[h[0]] = append(r.punct[h[0]], hintWord{rule: i, word: h})
+				r.wake[h[0]] |= wakePunct
 				continue
 			}
 			r.words[h[0]] = append(r.words[h[0]], hintWord{rule: i, word: h})
+			r.wake[h[0]] |= wakeWord
+			r.indexTri(h)
+			if up := h[0] - 'a' + 'A'; 'a' <= h[0] && h[0] <= 'z' {
+				r.wake[up] |= wakeWord
+			}
 		}
 		r.rules = append(r.rules, c)
 	}
 	return r, nil
 }
+
+// indexTri records the first three bytes of a word hint (a shape: every digit for 'd').
+func (r *Redactor) indexTri(h string) {
+	if len(h) < 3 {
+		r.short[h[0]] = true
+		if h[0] == 'd' {
+			for c := byte('0'); c <= '9'; c++ {
+				r.short[c] = true
+			}
+		}
+		return
+	}
+	expand := func(b byte) []byte {
+		if b == 'd' {
+			return []byte("d0123456789")
+		}
+		return []byte{b}
+	}
+	for _, a := range expand(h[0]) {
+		for _, b := range expand(h[1]) {
+			for _, c := range expand(h[2]) {
+				k := triKey(a, b, c)
+				r.tri[k/64] |= 1 << (k % 64)
+			}
+		}
+	}
+}
+
+func triKey(a, b, c byte) uint32 { return ((uint32(a)*131+uint32(b))*131 + uint32(c)) & (1<<16 - 1) }
 
 // SetIdentifierPatterns adds the site's own identifier formats, before the redactor is
 // shared. An error names the bad pattern by index and name.
@@ -275,7 +321,8 @@ func compileIdentifierPattern(p IdentifierPattern) (idPattern, error) {
 	if !validKind(p.Kind) {
 		return idPattern{}, fmt.Errorf("kind %q: must be 2-8 lowercase letters", p.Kind)
 	}
-	return idPattern{IdentifierPattern: p, re: re, min: minLen(st), max: maxLen(st)}, nil
+	prefix, _ := regexp.MustCompile(p.Pattern).LiteralPrefix()
+	return idPattern{IdentifierPattern: p, re: re, prefix: prefix, min: minLen(st), max: maxLen(st)}, nil
 }
 
 func validKind(k string) bool {
@@ -541,7 +588,7 @@ func (r *Redactor) words1(s string) (string, int) {
 		if r.idLens&lenBit(len(w)) != 0 && !looksToken(w) {
 			for k := range r.ids {
 				p := &r.ids[k]
-				if len(w) >= p.min && (p.max < 0 || len(w) <= p.max) && p.re.MatchString(w) {
+				if len(w) >= p.min && (p.max < 0 || len(w) <= p.max) && strings.HasPrefix(w, p.prefix) && p.re.MatchString(w) {
 					tok = r.tokenFor(p.Kind, w)
 					break
 				}
@@ -576,18 +623,32 @@ func (r *Redactor) hints(s string) uint64 {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		cls := byteClass[c]
-		if cls != 0 && prev == 0 || cls == classDigit && prev != classDigit {
-			for _, w := range r.words[lowerASCII(c)] {
+		if cls == 0 {
+			if r.wake[c]&wakePunct != 0 {
+				for _, w := range r.punct[c] {
+					if hit&(1<<w.rule) == 0 && hasPrefixFold(s[i:], w.word) {
+						hit |= 1 << w.rule
+					}
+				}
+			}
+		} else if prev == 0 || cls == classDigit && prev != classDigit {
+			lc := lowerASCII(c)
+			if !r.short[lc] {
+				if i+2 >= len(s) {
+					prev = cls
+					continue
+				}
+				k := triKey(lc, lowerASCII(s[i+1]), lowerASCII(s[i+2]))
+				if r.tri[k/64]&(1<<(k%64)) == 0 {
+					prev = cls
+					continue
+				}
+			}
+			for _, w := range r.words[lc] {
 				if hit&(1<<w.rule) != 0 {
 					continue
 				}
 				if w.shape && hasShapeAt(s[i:], w.word) || !w.shape && hasPrefixFold(s[i:], w.word) {
-					hit |= 1 << w.rule
-				}
-			}
-		} else if cls == 0 {
-			for _, w := range r.punct[c] {
-				if hit&(1<<w.rule) == 0 && hasPrefixFold(s[i:], w.word) {
 					hit |= 1 << w.rule
 				}
 			}
@@ -596,6 +657,11 @@ func (r *Redactor) hints(s string) uint64 {
 	}
 	return hit
 }
+
+const (
+	wakeWord  = 1
+	wakePunct = 2
+)
 
 // Byte classes for finding word starts: 0 for separators, classDigit for digits,
 // classWord for letters and '_' (what \b in RE2 counts as word characters).

@@ -137,7 +137,7 @@ func Map(ev *audit.Event, m *Message, tok *audit.Tokenizer, loc *time.Location, 
 	case code == "QBP" || code == "QRY" || code == "VXQ":
 		ev.Action, ev.ActionCode = ActionQuery, "E"
 		ev.Object = ObjectPatient
-		q := readQuery(m, tok)
+		q := readQuery(m, tok.PatientToken)
 		ev.QueryScope = q.scope
 		if q.scope == ScopePatient {
 			ev.Patient = q.patient[0]

@@ -236,6 +236,40 @@ func TestOnePatientOneToken(t *testing.T) {
 	}
 }
 
+// TestQueryAuthority: the authority of a PDQ identifier reaches PatientToken in the
+// same form as a PID-3 CX.4 (the HD as sent), whether QPD names it whole or by parts.
+func TestQueryAuthority(t *testing.T) {
+	tests := []struct {
+		name, qip, want string
+	}{
+		{"whole", "@PID.3.1^X1~@PID.3.4^HOSP&1.2.3&ISO", "HOSP&1.2.3&ISO"},
+		{"parts", "@PID.3.1^X1~@PID.3.4.1^HOSP~@PID.3.4.2^1.2.3~@PID.3.4.3^ISO", "HOSP&1.2.3&ISO"},
+		{"namespace", "@PID.3.4.1^HOSP~@PID.3.1^X1", "HOSP"},
+		{"oid only", "@PID.3.1^X1~@PID.3.4.2^1.2.3~@PID.3.4.3^ISO", "&1.2.3&ISO"},
+		{"none", "@PID.3.1^X1", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Parse([]byte(mshOf("QBP^Q22") + "\rQPD|IHE PDQ Query|T1|" + tt.qip + "\r"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok := testTokenizer(t)
+			var gotAuth string
+			q := readQuery(m, func(id, auth string) string {
+				gotAuth = auth
+				return tok.PatientToken(id, auth)
+			})
+			if got, want := gotAuth, tt.want; got != want {
+				t.Fatalf("authority=%q, want %q", got, want)
+			}
+			if q.scope != ScopePatient {
+				t.Fatalf("scope=%s", q.scope)
+			}
+		})
+	}
+}
+
 // TestQueryKeepsNoValues: query parameters are named by field, their values never
 // stored, and a parameter whose "field name" is not a field path is dropped whole.
 func TestQueryKeepsNoValues(t *testing.T) {

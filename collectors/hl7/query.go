@@ -1,10 +1,6 @@
 package hl7
 
-import (
-	"strings"
-
-	"github.com/edgeaudit/edgeaudit/audit"
-)
+import "strings"
 
 // Query scopes (audit.Event.QueryScope).
 const (
@@ -24,19 +20,21 @@ type queryResult struct {
 	tag     string   // QPD-2 query tag
 }
 
-// readQuery reads a QBP (QPD) or QRY (QRD) query. A query that names exactly one
+// readQuery reads a QBP (QPD) or QRY (QRD) query; patientToken is
+// Tokenizer.PatientToken. A query that names exactly one
 // patient identifier, without wildcards, has scope "patient" and that patient's token;
 // any other (demographics only, wildcards, several or no patients) is "broad". Values
 // are never kept: identifiers become tokens and demographic parameters (names, birth
 // dates, addresses) are named by field only.
 //
 //   - QPD-3 as QIP repetitions "@PID.3.1^12345" (IHE PDQ ITI-21, QBP^Q22/ZV1): the
-//     identifier is @PID.3.1 (or @PID.3, @PID.2.1), its authority @PID.3.4 (or
-//     .4.1 / .4.2); every parameter's field name goes to fields.
+//     identifier is @PID.3.1 (or @PID.3, @PID.2.1), its authority @PID.3.4 (or the HD
+//     rebuilt from @PID.3.4.1..3, as CX.4 reads: "HOSP&1.2.3&ISO"); every parameter's
+//     field name goes to fields.
 //   - QPD-3 as a CX "12345^^^AUTH" (IHE PIX ITI-9 QBP^Q23, and Q21 Get Person
 //     Demographics): the identifier is the CX.
 //   - QRD-8 who subject filter (QRY^A19, QRY^Qnn): XCN.1 is the patient identifier.
-func readQuery(m *Message, tok *audit.Tokenizer) queryResult {
+func readQuery(m *Message, patientToken func(value, authority string) string) queryResult {
 	var q queryResult
 	var ids []string
 	addID := func(id, auth string) {
@@ -48,7 +46,7 @@ func readQuery(m *Message, tok *audit.Tokenizer) queryResult {
 			ids = append(ids, "") // names no one patient
 			return
 		}
-		ids = append(ids, tok.PatientToken(id, auth))
+		ids = append(ids, patientToken(id, auth))
 	}
 	if qpd := m.Segment("QPD"); qpd != nil {
 		q.name = safeCode(m.Component(qpd.Field(1), 1))
@@ -57,6 +55,7 @@ func readQuery(m *Message, tok *audit.Tokenizer) queryResult {
 		if len(reps) > 0 && strings.HasPrefix(m.Component(reps[0], 1), "@") {
 			var idVals []string
 			var auth string
+			var hd [3]string // @PID.3.4.1..3: the authority's HD, rebuilt as CX.4 reads
 			for _, rep := range reps {
 				name := strings.TrimPrefix(strings.TrimSpace(m.Component(rep, 1)), "@")
 				if !isFieldPath(name) {
@@ -69,13 +68,14 @@ func readQuery(m *Message, tok *audit.Tokenizer) queryResult {
 				switch name {
 				case "PID.3.1", "PID.3", "PID.2.1", "PID.2":
 					idVals = append(idVals, v)
-				case "PID.3.4", "PID.3.4.1":
+				case "PID.3.4":
 					auth = v
-				case "PID.3.4.2":
-					if auth == "" {
-						auth = v
-					}
+				case "PID.3.4.1", "PID.3.4.2", "PID.3.4.3":
+					hd[name[len(name)-1]-'1'] = strings.TrimSpace(v)
 				}
+			}
+			if auth == "" {
+				auth = strings.TrimRight(strings.Join(hd[:], "&"), "&")
 			}
 			for _, v := range idVals {
 				addID(v, auth)

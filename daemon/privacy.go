@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
@@ -33,10 +35,63 @@ type PrivacyConfig struct {
 	Redact *bool `yaml:"redact"`
 	// RedactRules replace the default rules when set.
 	RedactRules []audit.RedactRule `yaml:"redact_rules"`
+	// IDDomains are the site's patient identifier domains (assigning authorities), the
+	// site's own first. Empty or one: a patient id is tokenized by its value alone, from
+	// every source. Two or more: the id's authority picks the domain, so one MRN in two
+	// domains gives two tokens while the spellings of one domain (HL7 CX.4 "HOSP", FHIR
+	// "urn:oid:1.2.3") give one; an id without authority is the first domain's, and one
+	// with an authority no domain names is too, counted in
+	// edgeaudit_patient_id_unknown_authority_total.
+	IDDomains []audit.IDDomain `yaml:"id_domains"`
+	// IdentifierPatterns are the site's own identifier formats (RE2, each matching one
+	// whole word, e.g. `M\d{7}` for its MRNs), recognized anywhere in free text.
+	IdentifierPatterns []audit.IdentifierPattern `yaml:"identifier_patterns"`
+	// SeenIDs bounds the in-memory set of identifiers seen in structured messages, which
+	// redaction recognizes when they reappear in free text (about 60 bytes an entry);
+	// 0 means DefaultSeenIDs, -1 turns the set off.
+	SeenIDs int `yaml:"seen_ids"`
 }
+
+// DefaultSeenIDs is the default bound of the seen-identifier set (about 6 MiB).
+const DefaultSeenIDs = audit.DefaultSeenMax
 
 // RedactEnabled reports the effective setting.
 func (p PrivacyConfig) RedactEnabled() bool { return p.Redact == nil || *p.Redact }
+
+// Validate checks the section; every error names its key under privacy.
+func (p PrivacyConfig) Validate() error {
+	var errs []error
+	// A throwaway key: only the checks of the tokenizer and redactor are wanted.
+	tok, err := audit.NewTokenizer(make([]byte, 32))
+	if err != nil {
+		return err
+	}
+	if err := tok.SetIDDomains(p.IDDomains); err != nil {
+		errs = append(errs, prefixErrors("privacy.", err)...)
+	}
+	r, err := audit.NewRedactor(tok, p.Rules())
+	if err != nil {
+		errs = append(errs, &ConfigError{Field: "privacy.redact_rules", Value: "", Msg: err.Error()})
+	} else if err := r.SetIdentifierPatterns(p.IdentifierPatterns); err != nil {
+		errs = append(errs, prefixErrors("privacy.", err)...)
+	}
+	if p.SeenIDs < -1 || p.SeenIDs > 10_000_000 {
+		errs = append(errs, &ConfigError{Field: "privacy.seen_ids", Value: p.SeenIDs, Msg: "must be -1 (off), 0 (default 100000) or at most 10000000"})
+	}
+	return errors.Join(errs...)
+}
+
+// prefixErrors puts prefix before each of err's joined errors.
+func prefixErrors(prefix string, err error) []error {
+	var errs []error
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range u.Unwrap() {
+			errs = append(errs, fmt.Errorf("%s%w", prefix, e))
+		}
+		return errs
+	}
+	return []error{fmt.Errorf("%s%w", prefix, err)}
+}
 
 // Rules returns the configured or default rules.
 func (p PrivacyConfig) Rules() []audit.RedactRule {
@@ -68,6 +123,27 @@ type privacy struct {
 
 	seen sync.Map // tokens known to be in the vault
 	ch   chan vault.Entry
+
+	// seenIDs are the identifiers tokenized from structured fields, for redaction; nil
+	// when redaction or the set is off.
+	seenIDs *audit.SeenSet
+}
+
+// metrics are the privacy counters for the admin endpoint's registry.
+func (p *privacy) metrics() []prometheus.Collector {
+	ms := []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgeaudit_patient_id_unknown_authority_total",
+			Help: "Patient identifiers whose assigning authority matched no privacy.id_domains entry (tokenized as the first domain's).",
+		}, func() float64 { return float64(p.tok.UnknownAuthorities()) }),
+	}
+	if p.seenIDs != nil {
+		ms = append(ms, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeaudit_seen_ids",
+			Help: "Identifiers in the in-memory set that redaction recognizes in free text (bounded by privacy.seen_ids).",
+		}, func() float64 { return float64(p.seenIDs.Len()) }))
+	}
+	return ms
 }
 
 func openPrivacy(cfg *Config, log *slog.Logger) (*privacy, error) {
@@ -78,14 +154,29 @@ func openPrivacy(cfg *Config, log *slog.Logger) (*privacy, error) {
 	if created {
 		log.Info("created data key for patient tokens (software key; no TPM support in this version)", "path", cfg.DataKeyPath())
 	}
+	if err := cfg.Privacy.Validate(); err != nil {
+		return nil, err
+	}
 	tok, err := audit.NewTokenizer(key)
 	if err != nil {
 		return nil, err
+	}
+	if err := tok.SetIDDomains(cfg.Privacy.IDDomains); err != nil {
+		return nil, errors.Join(prefixErrors("privacy.", err)...)
 	}
 	p := &privacy{tok: tok, log: log}
 	if cfg.Privacy.RedactEnabled() {
 		if p.redact, err = audit.NewRedactor(tok, cfg.Privacy.Rules()); err != nil {
 			return nil, fmt.Errorf("privacy.redact_rules: %w", err)
+		}
+		if err := p.redact.SetIdentifierPatterns(cfg.Privacy.IdentifierPatterns); err != nil {
+			return nil, fmt.Errorf("privacy.%w", err)
+		}
+		// The seen set serves only redaction: without it nothing would read it.
+		if n := cfg.Privacy.SeenIDs; n >= 0 {
+			p.seenIDs = audit.NewSeenSet(n)
+			tok.SetSeen(p.seenIDs)
+			p.redact.SetSeen(p.seenIDs)
 		}
 	}
 	if cfg.Privacy.Vault {

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -105,5 +107,120 @@ func TestRevealIsAuditedBeforeTheValue(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestPrivacyConfigValidate(t *testing.T) {
+	two := []audit.IDDomain{{Name: "HOSP", Authorities: []string{"HOSP", "HOSP&1.2.3&ISO"}}, {Name: "CLINIC", Authorities: []string{"urn:oid:2.16.840.1.113883.3.7"}}}
+	tests := []struct {
+		name string
+		cfg  PrivacyConfig
+		want []string // substrings of the error; none: valid
+	}{
+		{"zero", PrivacyConfig{}, nil},
+		{"two domains", PrivacyConfig{IDDomains: two}, nil},
+		{"one domain without spellings", PrivacyConfig{IDDomains: []audit.IDDomain{{Name: "HOSP"}}}, nil},
+		{"bad domain name", PrivacyConfig{IDDomains: []audit.IDDomain{{Name: "a b", Authorities: []string{"X"}}}}, []string{"privacy.id_domains[0].name"}},
+		{"repeated name", PrivacyConfig{IDDomains: []audit.IDDomain{two[0], two[0]}}, []string{"privacy.id_domains[1].name", "privacy.id_domains[1].authorities[0]"}},
+		{"no spelling among two", PrivacyConfig{IDDomains: []audit.IDDomain{two[0], {Name: "B"}}}, []string{"privacy.id_domains[1].authorities"}},
+		{"one spelling, two domains", PrivacyConfig{IDDomains: []audit.IDDomain{two[0], {Name: "B", Authorities: []string{"x", " hosp "}}}}, []string{`privacy.id_domains[1].authorities[1]: " hosp "`}},
+		{"empty spelling", PrivacyConfig{IDDomains: []audit.IDDomain{{Name: "A", Authorities: []string{" "}}, two[1]}}, []string{"privacy.id_domains[0].authorities[0]"}},
+		{"good pattern", PrivacyConfig{IdentifierPatterns: []audit.IdentifierPattern{{Name: "mrn", Pattern: `M\d{7}`}}}, nil},
+		{"bad pattern", PrivacyConfig{IdentifierPatterns: []audit.IdentifierPattern{{Name: "mrn", Pattern: `M\d{7}`}, {Name: "acc", Pattern: `(`}}}, []string{"privacy.identifier_patterns[1] (acc)"}},
+		{"pattern matching nothing at all", PrivacyConfig{IdentifierPatterns: []audit.IdentifierPattern{{Name: "any", Pattern: `.*`}}}, []string{"privacy.identifier_patterns[0] (any)", "empty"}},
+		{"bad rule", PrivacyConfig{RedactRules: []audit.RedactRule{{Name: "x", Pattern: "nogroup"}}}, []string{"privacy.redact_rules"}},
+		{"seen off", PrivacyConfig{SeenIDs: -1}, nil},
+		{"seen negative", PrivacyConfig{SeenIDs: -2}, []string{"privacy.seen_ids"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("err=%v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("err=nil, want one naming %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err=%q, want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestPrivacyFromConfigFile: the keys load from YAML and openPrivacy wires them: two
+// domains keep one MRN apart per domain but join the spellings of one domain; a site
+// pattern and an id seen in a structured message are redacted from free text.
+func TestPrivacyFromConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "edgeaudit.yaml")
+	yaml := `site: s1
+device: d1
+data_dir: data
+privacy:
+  id_domains:
+    - name: HOSP
+      authorities: ["HOSP", "HOSP&1.2.840.99.1&ISO", "https://hosp.example/mrn"]
+    - name: CLINIC
+      authorities: ["CLIN", "urn:oid:1.2.840.99.2"]
+  identifier_patterns:
+    - {name: site-mrn, pattern: 'M\d{7}', kind: pat}
+  seen_ids: 1000
+`
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := openPrivacy(&cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+
+	hl7 := p.tok.PatientToken("12345678", "HOSP&1.2.840.99.1&ISO")
+	tokens := []struct {
+		name      string
+		got       string
+		sameAsHL7 bool
+	}{
+		{"FHIR system of the same domain", p.tok.PatientToken("12345678", "https://hosp.example/mrn/"), true},
+		{"OID alone", p.tok.PatientToken("12345678", "1.2.840.99.1"), true},
+		{"syslog, no authority", p.tok.PatientToken(`"12345678"`, ""), true},
+		{"whole CX", p.tok.PatientToken("12345678^^^HOSP", ""), true},
+		{"same MRN, other domain", p.tok.PatientToken("12345678", "CLIN"), false},
+		{"other domain by FHIR system", p.tok.PatientToken("12345678", "urn:oid:1.2.840.99.2"), false},
+	}
+	for _, tt := range tokens {
+		if got := tt.got == hl7; got != tt.sameAsHL7 {
+			t.Errorf("%s: same token=%v, want %v", tt.name, got, tt.sameAsHL7)
+		}
+	}
+	if got, want := p.tok.PatientToken("12345678", "CLIN"), p.tok.PatientToken("12345678", "urn:oid:1.2.840.99.2"); got != want {
+		t.Errorf("CLINIC spellings differ: %s vs %s", got, want)
+	}
+	before := p.tok.UnknownAuthorities()
+	if got := p.tok.PatientToken("12345678", "ELSEWHERE"); got != hl7 {
+		t.Errorf("unknown authority: token %s, want the home domain's %s", got, hl7)
+	}
+	if got, want := p.tok.UnknownAuthorities(), before+1; got != want {
+		t.Errorf("unknown authorities=%d, want %d", got, want)
+	}
+
+	p.tok.PatientToken("4471029", "CLIN") // seen in a structured message
+	got, n := p.redact.Redact("moved 4471029 and M1234567 to archive")
+	want := "moved " + p.tok.PatientToken("4471029", "CLIN") + " and " + p.tok.PatientToken("M1234567", "") + " to archive"
+	if got != want || n != 2 {
+		t.Errorf("Redact=%q (%d), want %q (2)", got, n, want)
+	}
+	if got := len(p.metrics()); got != 2 {
+		t.Errorf("metrics=%d, want 2 (unknown authorities, seen ids)", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -208,4 +209,36 @@ func sameErr(a, b error) bool {
 		return a == b
 	}
 	return a.Error() == b.Error()
+}
+
+// FuzzParseQuery checks the search reader on any bytes: it never panics, and what it
+// keeps of a query (the endpoint) is only resource types, operation and parameter
+// names and placeholders: no digit, so no identifier value, can reach the event.
+func FuzzParseQuery(f *testing.F) {
+	for _, s := range []string{
+		"Observation?patient=Patient/123&code=1234-5",
+		"GET https://ehr.example.org/fhir/R4/Patient?identifier=urn:oid:1.2|MRN-9",
+		"POST /r4/Observation/_search HTTP/1.1\r\nHost: h\r\n\r\npatient=123&_count=10",
+		"https://h.example.org/Patient/123/$everything?_since=2020",
+		"Patient?family=MUSTERMANN&birthdate=1970-01-01",
+		"MSH|^~\\&|A|B\rQPD|x|1|@PID.3.1^MRN-9\r",
+		"/fhir/Patient?_id=123,456&subject:Patient.identifier=a|b",
+	} {
+		f.Add([]byte(s))
+	}
+	tok := testTokenizer(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		qi := mapper{tok: tok}.parseQuery(b)
+		if strings.ContainsAny(qi.endpoint, "0123456789") || len(qi.endpoint) > maxTextLen {
+			t.Fatalf("endpoint %q keeps a digit or is too long", qi.endpoint)
+		}
+		if !qi.parsed && (qi.endpoint != "" || qi.method != "" || len(qi.patients) != 0) {
+			t.Fatalf("unparsed query with results: %+v", qi)
+		}
+		for _, p := range qi.patients {
+			if p.token != "" && !audit.IsToken(audit.IDPatient, p.token) {
+				t.Fatalf("patient %q is not a token", p.token)
+			}
+		}
+	})
 }

@@ -234,6 +234,9 @@ func FuzzRedact(f *testing.F) {
 	}
 	r.SetSeen(seen)
 	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := r.hints(s), naiveHints(r, s); got != want {
+			t.Fatalf("hints(%q)=%b, want %b", s, got, want)
+		}
 		got, n := r.Redact(s)
 		if n == 0 && got != s {
 			t.Fatalf("no replacement counted but %q became %q", s, got)
@@ -320,4 +323,62 @@ func itoa(i int) string {
 			return string(b[n:])
 		}
 	}
+}
+
+// naiveHints is hints without the byte tables: every hint of every rule at every word
+// start (separator hints at every byte).
+func naiveHints(r *Redactor, s string) uint64 {
+	var hit uint64
+	for i := 0; i < len(s); i++ {
+		cls, prev := byteClass[s[i]], byte(0)
+		if i > 0 {
+			prev = byteClass[s[i-1]]
+		}
+		start := cls != 0 && prev == 0 || cls == classDigit && prev != classDigit
+		for k, rule := range r.rules {
+			for _, h := range rule.Hints {
+				if shape, ok := strings.CutPrefix(h, "~"); ok {
+					if start && hasShapeAt(s[i:], shape) {
+						hit |= 1 << k
+					}
+					continue
+				}
+				h = strings.ToLower(h)
+				if h == "" || len(s)-i < len(h) || asciiLower(s[i:i+len(h)]) != h {
+					continue
+				}
+				if byteClass[h[0]] == 0 || start {
+					hit |= 1 << k
+				}
+			}
+		}
+	}
+	return hit
+}
+
+// TestHintsEveryHint: each hint of the default rules, in any case and position, wakes
+// its rule, as the plain scan would.
+func TestHintsEveryHint(t *testing.T) {
+	r, _ := NewRedactor(testTokenizer(t), DefaultRedactRules)
+	for k, rule := range r.rules {
+		for _, h := range rule.Hints {
+			word := strings.ReplaceAll(strings.TrimPrefix(h, "~"), "d", "7")
+			if !strings.HasPrefix(h, "~") {
+				word = h
+			}
+			for _, line := range []string{word, "x " + strings.ToUpper(word) + " y", "(" + strings.Title(word) + ")"} {
+				if got := r.hints(line); got&(1<<k) == 0 || got != naiveHints(r, line) {
+					t.Errorf("rule %s hint %q: hints(%q)=%b, want bit %d set and %b", rule.Name, h, line, got, k, naiveHints(r, line))
+				}
+			}
+		}
+	}
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		b[i] = lowerASCII(c)
+	}
+	return string(b)
 }

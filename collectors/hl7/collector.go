@@ -376,6 +376,7 @@ func (c *Collector) handleMessage(ctx context.Context, dst, block []byte, ip str
 func (c *Collector) ackFor(dst []byte, m *Message, o outcome, reason string) []byte {
 	code, ok := ackCodeFor(c.cfg.ACKMode, m, o)
 	if !ok {
+		c.stats.noACK.Add(1)
 		return dst
 	}
 	text := ""

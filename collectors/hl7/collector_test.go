@@ -195,6 +195,61 @@ func TestEnhancedMode(t *testing.T) {
 	}
 }
 
+// TestEnhancedACKOnlyAfterCommit pipelines enhanced-mode messages (commit ACK, application
+// ACK, none) against slow commits: each ACK that is sent follows its commit, and a
+// message answered with nothing is still committed before the next one's ACK.
+func TestEnhancedACKOnlyAfterCommit(t *testing.T) {
+	order := &orderLog{}
+	sink := &fakeSink{commitDelay: 30 * time.Millisecond, order: order}
+	c := startCollector(t, Config{}, sink, &fakeReporter{})
+	cl := dialMLLP(t, c.Addr())
+	msgs := []struct{ ctl, accept, app, want string }{
+		{"X0", "AL", "NE", AckCommitAccept},
+		{"X1", "NE", "NE", ""},
+		{"X2", "NE", "AL", AckAccept},
+		{"X3", "ER", "NE", ""},
+		{"X4", "SU", "AL", AckCommitAccept},
+	}
+	for _, m := range msgs {
+		cl.send(t, "MSH|^~\\&|A|B|C|D|2026||ADT^A08|"+m.ctl+"|P|2.5|||"+m.accept+"|"+m.app+"\rPID|||1\r")
+	}
+	var prev string // the last message before this ACK that got none
+	for _, m := range msgs {
+		if m.want == "" {
+			prev = m.ctl
+			continue
+		}
+		ack := cl.readACK(t)
+		ctl := ack.Component(ack.Field("MSA", 2), 1)
+		order.add("ack " + ctl)
+		if got, want := ackCode(ack)+" "+ctl, m.want+" "+m.ctl; got != want {
+			t.Fatalf("ack %q, want %q", got, want)
+		}
+		log := order.get()
+		pos := map[string]int{}
+		for i, e := range log {
+			pos[e] = i
+		}
+		ci, ok := pos["commit "+m.ctl]
+		if !ok || ci > pos["ack "+m.ctl] {
+			t.Fatalf("%s acknowledged before its commit; log %q", m.ctl, log)
+		}
+		if prev != "" {
+			if pi, ok := pos["commit "+prev]; !ok || pi > ci {
+				t.Fatalf("unacknowledged %s not committed before %s; log %q", prev, m.ctl, log)
+			}
+			prev = ""
+		}
+	}
+	if got, want := sink.len(), len(msgs); got != want {
+		t.Fatalf("committed %d, want %d", got, want)
+	}
+	waitFor(t, "stats", func() bool {
+		st := c.Stats()
+		return st.Received == 5 && st.ACKs == 3 && st.NotAcknowledged == 2
+	})
+}
+
 // TestACKModeOverride checks that ack_mode original and enhanced override what the
 // message asks.
 func TestACKModeOverride(t *testing.T) {

@@ -51,6 +51,7 @@ type counters struct {
 	storeErrors atomic.Uint64
 	shutdown    atomic.Uint64
 	acks        atomic.Uint64
+	noACK       atomic.Uint64
 	accepted    atomic.Uint64
 	refused     atomic.Uint64
 	evicted     atomic.Uint64
@@ -69,6 +70,10 @@ type Stats struct {
 	Shutdown uint64
 	// ACKs counts acknowledgements written.
 	ACKs uint64
+	// NotAcknowledged counts messages answered with nothing because MSH-15/MSH-16 asked
+	// for no acknowledgement of that outcome (enhanced mode: NE, ER on success, SU on
+	// failure). A sender that times out although its events are stored shows here.
+	NotAcknowledged uint64
 	// ConnsOpen, ConnsAccepted and ConnsRefused describe connections; ConnsRefused
 	// counts both limits (Rejects tells them apart).
 	ConnsOpen     int64
@@ -82,15 +87,16 @@ type Stats struct {
 func (c *Collector) Stats() Stats {
 	s := &c.stats
 	st := Stats{
-		Received:      s.received.Load(),
-		Rejects:       make(map[string]uint64, len(rejectReasons)),
-		StoreErrors:   s.storeErrors.Load(),
-		Shutdown:      s.shutdown.Load(),
-		ACKs:          s.acks.Load(),
-		ConnsOpen:     c.conns.Open(),
-		ConnsAccepted: s.accepted.Load(),
-		ConnsRefused:  s.refused.Load(),
-		ConnsEvicted:  s.evicted.Load(),
+		Received:        s.received.Load(),
+		Rejects:         make(map[string]uint64, len(rejectReasons)),
+		StoreErrors:     s.storeErrors.Load(),
+		Shutdown:        s.shutdown.Load(),
+		ACKs:            s.acks.Load(),
+		NotAcknowledged: s.noACK.Load(),
+		ConnsOpen:       c.conns.Open(),
+		ConnsAccepted:   s.accepted.Load(),
+		ConnsRefused:    s.refused.Load(),
+		ConnsEvicted:    s.evicted.Load(),
 	}
 	for i, r := range rejectReasons {
 		st.Rejects[r] = s.rejects[i].Load()

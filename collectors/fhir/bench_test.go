@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/edgeaudit/edgeaudit/audit"
 )
 
 // BenchmarkPostAuditEvent posts one R4 login AuditEvent through the handler into a fake
@@ -26,4 +28,28 @@ func BenchmarkPostAuditEvent(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// BenchmarkMapEvent maps decoded AuditEvents (no HTTP): a login, and a BALP search
+// whose query is read for its patient and endpoint.
+func BenchmarkMapEvent(b *testing.B) {
+	tok := testTokenizer(b)
+	for _, bc := range []struct{ name, file string }{
+		{"login", "testdata/r4-login-json/request.json"},
+		{"balp-query-post-xml", "testdata/r4-balp-query-post-xml/request.xml"},
+		{"dicom-extensions", "testdata/r4-dicom-extensions-json/request.json"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			root, err := decode(readFile(b, bc.file), mediaFormat(contentTypeFor(bc.file)), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m := mapper{tok: tok}
+			b.ReportAllocs()
+			for b.Loop() {
+				var ev audit.Event
+				m.event(root, &ev)
+			}
+		})
+	}
 }

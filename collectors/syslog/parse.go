@@ -227,44 +227,33 @@ type actorFacts struct {
 const maxActorValue = 128
 
 // structuredData copies the structured data into detail as sd.<id>.<param>, tokenizing
-// patient parameters, and returns the actor candidates it names.
+// patient parameters, and returns the actor candidates it names. Where two parameters
+// compete, the better user name wins, then the smaller SD-ID and parameter name, so the
+// choice does not depend on map order.
 func (p *parser) structuredData(ev *audit.Event, sd map[string]map[string]string) actorFacts {
 	if ev.Detail == nil {
 		ev.Detail = make(map[string]string, 4)
 	}
 	who := actorFacts{userRank: len(userParams) + 1}
-	ids := make([]string, 0, len(sd))
-	for id := range sd {
-		ids = append(ids, id)
+	var userAt, roleAt, sessionAt, wsAt [2]string // SD-ID and parameter of each choice
+	better := func(at *[2]string, have bool, id, k string) bool {
+		if have && (id > at[0] || id == at[0] && k > at[1]) {
+			return false
+		}
+		*at = [2]string{id, k}
+		return true
 	}
-	slices.Sort(ids)
-	var names []string
-	for _, id := range ids {
-		params := sd[id]
+	for id, params := range sd {
 		if len(params) == 0 {
 			ev.Detail["sd."+id] = "" // the element's presence is information too
 			continue
 		}
-		names = names[:0]
-		for k := range params {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		for _, k := range names {
-			v := params[k]
+		for k, v := range params {
 			lk := strings.ToLower(k)
 			if kind, ok := phiParams[lk]; ok {
-				t := p.phiToken(kind, v)
-				if t == "" {
-					continue // no tokenizer: the value is not kept
-				}
-				switch {
-				case kind == audit.IDPatient && ev.Patient == "":
-					ev.Patient = t
-				case kind == audit.IDAccession && ev.Accession == "":
-					ev.Accession = t
-				}
-				ev.Detail["sd."+id+"."+k] = t
+				if t := p.phiToken(kind, v); t != "" {
+					ev.Detail["sd."+id+"."+k] = t
+				} // else no tokenizer: the value is not kept
 				continue
 			}
 			ev.Detail["sd."+id+"."+k] = v
@@ -272,16 +261,36 @@ func (p *parser) structuredData(ev *audit.Event, sd map[string]map[string]string
 			if v == "" {
 				continue
 			}
-			if r := sdUserRank(lk); r >= 0 && r < who.userRank {
-				who.user, who.userRank = v, r
+			if r := sdUserRank(lk); r >= 0 && (r < who.userRank || r == who.userRank && better(&userAt, true, id, k)) {
+				who.user, who.userRank, userAt = v, r, [2]string{id, k}
 			}
 			switch {
-			case roleParams[lk] && who.role == "":
+			case roleParams[lk] && better(&roleAt, who.role != "", id, k):
 				who.role = v
-			case sessionParams[lk] && who.session == "":
+			case sessionParams[lk] && better(&sessionAt, who.session != "", id, k):
 				who.session = v
-			case workstationParams[lk] && who.workstation == "":
+			case workstationParams[lk] && better(&wsAt, who.workstation != "", id, k):
 				who.workstation = v
+			}
+		}
+	}
+	// The patient and accession tokens: the first parameter in SD-ID and name order.
+	var patAt, accAt [2]string
+	for id, params := range sd {
+		for k := range params {
+			kind, ok := phiParams[strings.ToLower(k)]
+			if !ok || (kind != audit.IDPatient && kind != audit.IDAccession) {
+				continue
+			}
+			t := ev.Detail["sd."+id+"."+k]
+			if t == "" {
+				continue
+			}
+			switch {
+			case kind == audit.IDPatient && better(&patAt, ev.Patient != "", id, k):
+				ev.Patient = t
+			case kind == audit.IDAccession && better(&accAt, ev.Accession != "", id, k):
+				ev.Accession = t
 			}
 		}
 	}

@@ -244,9 +244,12 @@ func (m mapper) actor(r *node, ev *audit.Event, detail map[string]string, patien
 
 	// Workstation: where a person acted. The first machine agent that is not the
 	// recording server (source.observer), by its network address, else its name; failing
-	// that, the person's own network address. A machine that is itself the actor has none.
+	// that, the person's own network address. A machine that is itself the actor, and a
+	// patient, have none.
 	nw := agentNetwork(a)
-	if kinds[ai] != agentMachine {
+	if kinds[ai] == agentPerson || kinds[ai] == agentUnknown {
+		// Not for a patient: the device a patient used (a phone at home) is theirs, and
+		// its address is PHI.
 		obs := r.get("source").get("observer")
 		for i, o := range agents {
 			if i == ai || kinds[i] != agentMachine || isObserver(o.get("who"), obs) {

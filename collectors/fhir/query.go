@@ -293,7 +293,8 @@ func interactionMethod(code string) string {
 }
 
 // interactionEndpoint is the endpoint template of a RESTful interaction on a resource
-// of type rtype.
+// of type rtype. Searches have none here: their endpoint comes from the query itself,
+// and an entity beside a search (a patient found) is not what was searched.
 func interactionEndpoint(code, rtype string) string {
 	if rtype == "" {
 		return ""
@@ -307,7 +308,7 @@ func interactionEndpoint(code, rtype string) string {
 		return "/" + rtype + "/{id}/_history"
 	case "history-type":
 		return "/" + rtype + "/_history"
-	case "create", "search-type":
+	case "create":
 		return "/" + rtype
 	}
 	return ""

@@ -80,10 +80,14 @@ var DefaultRedactRules = []RedactRule{
 	{Name: "patient-id", Kind: IDPatient,
 		Hints: []string{"mrn", "medical", "patient", "pat id", "pat-id", "pat_id", "patid", "pt id", "pt-id", "pt_id", "ptid", "pid-3", "pid3", "pid_3", "pid 3", "chart", "pat#", "pat #", "pat no"},
 		Pattern: `(?i:\b(?:mrn|medical[ _-]?record|patient[ _-]?(?:id|identifier|number|num|nbr|no\.?|#)|pat[ _-]?(?:id|no\.?|#)|pt[ _-]?id|pid[ _-]?3|chart)` + labelSuffix + `)` + quote +
-			`(?:` + explicitSep + `(` + looseID + `)|` + spaceSep + `(` + strictID + `))`},
+			`(?:` + explicitSep + `(` + looseID + `)|\s+(?:-\s+|(?:ending|ends)(?: in| with)?\s+)?` + quote + `(` + strictID + `))`},
+	// FHIR search parameters naming a patient: ?patient=123, &subject=Patient/123,
+	// ?identifier=urn:oid:1.2.3|123 (the system stays).
+	{Name: "fhir-search", Kind: IDPatient, Hints: []string{"patient", "subject", "identifier", "beneficiary"},
+		Pattern: `[?&](?i:patient|subject|patient\.identifier|subject\.identifier|identifier|beneficiary)=(?:Patient/|[^|&\s]*\|)?([A-Za-z0-9._-]{1,64})`},
 	{Name: "birth-date", Kind: IDBirthDate,
-		Hints: []string{"dob", "d.o.b", "birth", "date of birth", "born", "patientbirth"},
-		Pattern: `(?i:\b(?:d\.?o\.?b\.?|(?:patient[ _-]?)?birth[ _-]?(?:date|day)|date[ _-]of[ _-]birth|born(?: on)?))` + quote +
+		Hints: []string{"dob", "d.o.b", "birth", "date of birth", "born", "patientbirth", "pid-7", "pid7", "pid_7", "pid 7"},
+		Pattern: `(?i:\b(?:d\.?o\.?b\.?|pid[ _-]?7|(?:patient[ _-]?)?birth[ _-]?(?:date|day)|date[ _-]of[ _-]birth|born(?: on)?))` + quote +
 			`(?:\s*[:=-]\s*|\s+)` + quote + `(` + date + `)`},
 	{Name: "accession", Kind: IDAccession,
 		Hints: []string{"accession", "acc_", "acc-", "acc#", "acc:", "acc=", "acc no", "accno", "acc num", "acc ", "acc.", "accn", "acsn"},
@@ -101,7 +105,7 @@ var DefaultRedactRules = []RedactRule{
 		Pattern: `\b(\d{3}-\d{2}-\d{4})\b`},
 	{Name: "patient", Kind: KindAuto, Hints: []string{"patient"},
 		Pattern: `(?i:\bpatient(?:'s)?)` + quote +
-			`(?:\s*[:=#]\s*(?:` + quotedVal + `|` + hl7Name + `|` + titleName + `|(` + looseID + `)|` + lowerName + `)` +
+			`(?:\s*[:=#]\s*(?:Patient/)?(?:` + quotedVal + `|` + hl7Name + `|` + titleName + `|(` + looseID + `)|` + lowerName + `)` +
 			`|\s+(?:` + quotedVal + `|` + hl7Name + `|(` + strictID + `))|/([A-Za-z0-9._-]{1,64}))`},
 	{Name: "patient-name", Kind: IDName,
 		Hints:    []string{"name", "patientname", "patient", "pat_name", "pat-name", "pt_name", "pt-name", "ptname", "surname"},
@@ -171,6 +175,7 @@ type Redactor struct {
 
 type compiledRule struct {
 	RedactRule
+	fn       func(s string) (string, int) // a built-in rule: runs instead of re
 	re       *regexp.Regexp
 	always   bool // no hints: always run
 	notAfter map[string]bool
@@ -194,11 +199,20 @@ const maxRules = 64
 
 // NewRedactor compiles rules; an error names the bad rule.
 func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
-	if len(rules) > maxRules {
-		return nil, fmt.Errorf("redact rules: %d rules, at most %d", len(rules), maxRules)
+	if len(rules) > maxRules-1 {
+		return nil, fmt.Errorf("redact rules: %d rules, at most %d", len(rules), maxRules-1)
 	}
 	r := &Redactor{tok: tok}
+	// HL7 segments pasted into log lines are always redacted, whatever the rules, and
+	// first, while their fields are intact.
+	rules = append([]RedactRule{{Name: "hl7-segments", Hints: []string{"pid|", "mrg|", "nk1|"}}}, rules...)
 	for i, rule := range rules {
+		if i == 0 {
+			c := compiledRule{RedactRule: rule, fn: r.segments}
+			r.indexHints(i, &c)
+			r.rules = append(r.rules, c)
+			continue
+		}
 		re, err := regexp.Compile(rule.Pattern)
 		if err != nil {
 			return nil, fmt.Errorf("redact rule %d (%s): %w", i, rule.Name, err)
@@ -216,38 +230,43 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 				c.notAfter[strings.ToLower(w)] = true
 			}
 		}
-		for _, h := range rule.Hints {
-			if shape, ok := strings.CutPrefix(h, "~"); ok && shape != "" {
-				// Index the shape under every byte its first position can match.
-				for b := 0; b < 256; b++ {
-					if shapeByte(byte(b), shape[0]) {
-						r.words[b] = append(r.words[b], hintWord{rule: i, word: shape, shape: true})
-						r.wake[b] |= wakeWord
-					}
-				}
-				r.indexTri(shape)
-				continue
-			}
-			h = strings.ToLower(h)
-			if h == "" {
-				c.always = true
-				continue
-			}
-			if byteClass[h[0]] == 0 {
-				r.punct[h[0]] = append(r.punct[h[0]], hintWord{rule: i, word: h})
-				r.wake[h[0]] |= wakePunct
-				continue
-			}
-			r.words[h[0]] = append(r.words[h[0]], hintWord{rule: i, word: h})
-			r.wake[h[0]] |= wakeWord
-			r.indexTri(h)
-			if up := h[0] - 'a' + 'A'; 'a' <= h[0] && h[0] <= 'z' {
-				r.wake[up] |= wakeWord
-			}
-		}
+		r.indexHints(i, &c)
 		r.rules = append(r.rules, c)
 	}
 	return r, nil
+}
+
+// indexHints indexes rule i's hints; an empty hint makes the rule run always.
+func (r *Redactor) indexHints(i int, c *compiledRule) {
+	for _, h := range c.Hints {
+		if shape, ok := strings.CutPrefix(h, "~"); ok && shape != "" {
+			// Index the shape under every byte its first position can match.
+			for b := 0; b < 256; b++ {
+				if shapeByte(byte(b), shape[0]) {
+					r.words[b] = append(r.words[b], hintWord{rule: i, word: shape, shape: true})
+					r.wake[b] |= wakeWord
+				}
+			}
+			r.indexTri(shape)
+			continue
+		}
+		h = strings.ToLower(h)
+		if h == "" {
+			c.always = true
+			continue
+		}
+		if byteClass[h[0]] == 0 {
+			r.punct[h[0]] = append(r.punct[h[0]], hintWord{rule: i, word: h})
+			r.wake[h[0]] |= wakePunct
+			continue
+		}
+		r.words[h[0]] = append(r.words[h[0]], hintWord{rule: i, word: h})
+		r.wake[h[0]] |= wakeWord
+		r.indexTri(h)
+		if up := h[0] - 'a' + 'A'; 'a' <= h[0] && h[0] <= 'z' {
+			r.wake[up] |= wakeWord
+		}
+	}
 }
 
 // indexTri records the first three bytes of a word hint (a shape: every digit for 'd').
@@ -433,7 +452,11 @@ func (r *Redactor) Redact(s string) (string, int) {
 			continue
 		}
 		var k int
-		s, k = r.apply(rule, s)
+		if rule.fn != nil {
+			s, k = rule.fn(s)
+		} else {
+			s, k = r.apply(rule, s)
+		}
 		n += k
 	}
 	if len(r.ids) > 0 || r.seen != nil && r.seen.lens.Load() != 0 {
@@ -719,4 +742,73 @@ func shapeByte(c, w byte) bool {
 		return '0' <= c && c <= '9'
 	}
 	return c == w
+}
+
+// segmentFields are the fields of HL7 v2 segments that identify a patient, and the
+// token kind of each: PID-2/3/4 ids, PID-5/6/9 names, PID-7 birth date, PID-11
+// address, PID-13/14 phones, PID-18 account, PID-19 SSN, PID-20 driver's license;
+// MRG-1..4 prior ids and account, MRG-7 prior name; NK1-2 name, NK1-4 address,
+// NK1-5/6 phones.
+var segmentFields = map[string]map[int]string{
+	"PID": {2: IDPatient, 3: IDPatient, 4: IDPatient, 5: IDName, 6: IDName, 7: IDBirthDate, 9: IDName,
+		11: IDText, 13: IDText, 14: IDText, 18: IDText, 19: IDText, 20: IDText},
+	"MRG": {1: IDPatient, 2: IDPatient, 3: IDText, 4: IDPatient, 7: IDName},
+	"NK1": {2: IDName, 4: IDText, 5: IDText, 6: IDText},
+}
+
+// segments replaces the identifying fields of PID, MRG and NK1 segments that appear in
+// free text ("PID|1||12345^^^HOSP^MR||DOE^JANE||19700102|F"), each repetition by its
+// token. A segment runs to the end of the line (CR or LF); its field separator is the
+// byte after the segment id, as in HL7.
+func (r *Redactor) segments(s string) (string, int) {
+	var b strings.Builder
+	last, n := 0, 0
+	for i := 0; i+4 <= len(s); i++ {
+		fields, ok := segmentFields[s[i:i+3]]
+		if !ok || s[i+3] != '|' || i > 0 && byteClass[s[i-1]] != 0 {
+			continue
+		}
+		end := len(s)
+		if k := strings.IndexAny(s[i:], "\r\n"); k >= 0 {
+			end = i + k
+		}
+		f, start := 1, i+4
+		for p := i + 4; p <= end; p++ {
+			if p < end && s[p] != '|' {
+				continue
+			}
+			if kind, ok := fields[f]; ok && p > start {
+				b.WriteString(s[last:start])
+				for j, rep := range strings.Split(s[start:p], "~") {
+					if j > 0 {
+						b.WriteByte('~')
+					}
+					if tok := r.segmentToken(kind, rep); tok != "" {
+						b.WriteString(tok)
+						n++
+					} else {
+						b.WriteString(rep)
+					}
+				}
+				last = p
+			}
+			f, start = f+1, p+1
+		}
+		i = end
+	}
+	if n == 0 {
+		return s, 0
+	}
+	b.WriteString(s[last:])
+	return b.String(), n
+}
+
+func (r *Redactor) segmentToken(kind, rep string) string {
+	if strings.Trim(rep, "^&") == "" || looksToken(rep) {
+		return ""
+	}
+	if kind == IDPatient {
+		return r.tok.PatientToken(rep, "")
+	}
+	return r.tok.Token(kind, rep)
 }

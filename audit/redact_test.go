@@ -72,6 +72,10 @@ func TestRedactDefaults(t *testing.T) {
 		{"case-insensitive label", "mrn=77 and Mrn: 88", []string{"=77", ": 88"}, nil, 2},
 		{"pid is a process id", "kernel: audit pid=4242 uid=0", nil, []string{"pid=4242"}, 0},
 		{"label alone", "MRN lookup failed; patient index rebuilt; 1532 patients", nil, []string{"MRN lookup failed; patient index rebuilt; 1532 patients"}, 0},
+		{"PID segment", "PID|1||44120033^^^HOSP^MR~X9^^^CLIN||DOE^JANE||19880312|F|||1 MAIN ST^^TOWN",
+			[]string{"44120033", "X9", "DOE", "JANE", "19880312", "MAIN"}, []string{"PID|1||pat_", "||name_", "|F|||txt_"}, 5},
+		{"MRG segment after CR", "ADT^A40 MSH|^~\\&|A|B\rMRG|H-0012-88^^^HOSP||ACCT9", []string{"H-0012-88", "ACCT9"}, []string{"ADT^A40", "MRG|pat_", "||txt_"}, 2},
+		{"not a segment", "RAPID|fast CUPID|x", nil, []string{"RAPID|fast CUPID|x"}, 0},
 		{"several", "MRN 12345678 (DOE^JANE) DOB 1970-01-02 accession ACC998877",
 			[]string{"12345678", "DOE", "JANE", "1970-01-02", "ACC998877"}, []string{"MRN pat_", "DOB dob_", "accession acc_"}, 4},
 	}

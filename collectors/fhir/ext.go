@@ -40,17 +40,27 @@ func extName(e *node) string {
 // primitive, an Identifier's value, a Coding's code, a Reference's identifier value or
 // reference.
 func extValue(e *node) string {
-	for name, vs := range e.kids {
-		if !strings.HasPrefix(name, "value") || len(vs) == 0 {
-			continue
-		}
-		v := vs[0]
+	if name := valueKey(e); name != "" {
+		v := e.kids[name][0]
 		if v.val != "" {
 			return strings.TrimSpace(v.val)
 		}
 		return firstNonEmpty(v.str("value"), v.str("code"), v.get("identifier").str("value"), v.str("reference"))
 	}
 	return ""
+}
+
+// valueKey is the name of n's value[x] child ("valueString", "valueIdentifier" …), the
+// first in sort order should a sender give several, so that one input always maps to
+// one event; "" if none.
+func valueKey(n *node) string {
+	best := ""
+	for name, vs := range n.kids {
+		if strings.HasPrefix(name, "value") && len(vs) > 0 && (best == "" || name < best) {
+			best = name
+		}
+	}
+	return best
 }
 
 // dicomUID returns a DICOM UID without its URI prefix, or "" when v is not one

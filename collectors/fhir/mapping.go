@@ -530,15 +530,12 @@ func (m mapper) entity(r, e *node, i int, ev *audit.Event, st *eventState) {
 		if typ != "" {
 			detail[k+".type"] = clip(typ, 64)
 		}
-		for name, vs := range d.kids {
-			if strings.HasPrefix(name, "value") && len(vs) > 0 && vs[0].val != "" {
-				v := vs[0].val
-				if name == "valueBase64Binary" {
-					v = string(decodeQuery(v))
-				}
-				detail[k+".digest"] = m.tok.Token(kindDigest, v)
-				break
+		if name := valueKey(d); name != "" && d.kids[name][0].val != "" {
+			v := d.kids[name][0].val
+			if name == "valueBase64Binary" {
+				v = string(decodeQuery(v))
 			}
+			detail[k+".digest"] = m.tok.Token(kindDigest, v)
 		}
 	}
 }

@@ -14,13 +14,15 @@ import (
 //     113877 Device Name or RFC-3881 12 URI → machine.
 //  2. UserTypeCode 1 (person) with a UserID that is not an address → person;
 //     UserTypeCode 2 (process) → machine.
-//  3. Machine markers: an AE title in AlternativeUserID (AETITLE=, AETITLES=), a machine
-//     role (110150 Application, 110151 Application Launcher, 110152 Destination, 110153
-//     Source, 110154 Destination Media, 110155 Source Media), a UserID that is an IP
-//     address, a URL or the participant's own NetworkAccessPointID, an AlternativeUserID
-//     that is a process id (digits only).
+//  3. Machine markers: an AE title in AlternativeUserID (AETITLE=, AETITLES=), a UserID
+//     that is an IP address, a URL or the participant's own NetworkAccessPointID, an
+//     AlternativeUserID that is a process id (digits only).
 //  4. Person markers: a UserName, or a UserID shaped like user@domain or DOMAIN\user.
-//  5. Otherwise unknown.
+//  5. A machine role (110150 Application, 110151 Application Launcher, 110152
+//     Destination, 110153 Source, 110154 Destination Media, 110155 Source Media) →
+//     machine. It comes after the person markers because senders give persons the
+//     Source or Destination role too (PS3.15's own Instances Transferred example).
+//  6. Otherwise unknown.
 //
 // The actor is the first requestor that is a person, else the first that is not a
 // machine, else the first requestor.
@@ -54,12 +56,14 @@ func (p participant) kind() partKind {
 	case "2":
 		return kindMachine
 	}
-	if p.aeTitle() != "" || machineRoles[p.roleCode] || isAddress(p.user) ||
-		(p.nap != "" && strings.EqualFold(p.user, p.nap)) || isDigits(p.alt) {
+	if p.aeTitle() != "" || isAddress(p.user) || (p.nap != "" && strings.EqualFold(p.user, p.nap)) || isDigits(p.alt) {
 		return kindMachine
 	}
 	if p.hasName || personForm(p.user) {
-		return kindPerson
+		return kindPerson // also with a Source role: PS3.15's own examples give the person one
+	}
+	if machineRoles[p.roleCode] {
+		return kindMachine
 	}
 	return kindUnknown
 }

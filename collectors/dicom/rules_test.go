@@ -114,6 +114,8 @@ func TestParticipantKind(t *testing.T) {
 		{"same as network access point", participant{user: "ws12", nap: "WS12"}, kindMachine},
 		{"process id", participant{user: "java", alt: "4711"}, kindMachine},
 		{"user name", participant{user: "rad02", hasName: true}, kindPerson},
+		{"person with a source role", participant{user: "smitty@readingroom.hospital.org", alt: "smith@nema", hasName: true, roleCode: "110153", nap: "192.168.1.2"}, kindPerson},
+		{"user name beside an AE title", participant{user: "CT1", hasName: true, alt: "AETITLES=CT1"}, kindMachine},
 		{"user@domain", participant{user: "jdoe@hospital.example"}, kindPerson},
 		{"DOMAIN\\user", participant{user: `HOSP\jdoe`}, kindPerson},
 		{"email-like url is not a person", participant{user: "http://a@b/"}, kindMachine},

@@ -450,6 +450,7 @@ var (
 	mWaits       = prometheus.NewDesc("edgeaudit_syslog_backpressure_waits_total", "Times a syslog connection paused because the spool refused an event.", nil, nil)
 	mHL7Received = prometheus.NewDesc("edgeaudit_hl7_received_total", "HL7 v2 messages committed and acknowledged (AA/CA).", nil, nil)
 	mHL7StoreErr = prometheus.NewDesc("edgeaudit_hl7_store_errors_total", "HL7 v2 messages answered AE/CE because the spool could not take them.", nil, nil)
+	mHL7NoAck    = prometheus.NewDesc("edgeaudit_hl7_not_acknowledged_total", "HL7 v2 messages answered with nothing because MSH-15/16 asked for no acknowledgement.", nil, nil)
 	mHL7Conns    = prometheus.NewDesc("edgeaudit_hl7_connections_open", "Open MLLP connections.", nil, nil)
 	mFHIREvents  = prometheus.NewDesc("edgeaudit_fhir_events_total", "FHIR AuditEvents committed (201).", nil, nil)
 	mFHIRUnavail = prometheus.NewDesc("edgeaudit_fhir_unavailable_total", "FHIR AuditEvents answered 503 because the spool could not take them.", nil, nil)
@@ -471,7 +472,7 @@ func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *s
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
 		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad,
-		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mFHIREvents, mFHIRUnavail,
+		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mHL7NoAck, mFHIREvents, mFHIRUnavail,
 		mFHIRConns, mFHIRInfl, mFHIROver, mEvicted, mDrained, mUnreadFr, mUnreadBy, mRELPRefused, mRELPUnacked} {
 		ch <- d
 	}
@@ -532,6 +533,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		c(mHL7Received, hs.Received)
 		c(mHL7StoreErr, hs.StoreErrors)
 		g(mHL7Conns, float64(hs.ConnsOpen))
+		c(mHL7NoAck, hs.NotAcknowledged)
 		ch <- prometheus.MustNewConstMetric(mEvicted, prometheus.CounterValue, float64(hs.ConnsEvicted), "hl7")
 	}
 	if f != nil {

@@ -144,7 +144,7 @@ func TestRunLifecycle(t *testing.T) {
 	for _, a := range actions {
 		counts[a]++
 	}
-	want := map[string]int{"audit.start": 1, "system.log": 10, "data.hl7_exchange": 1, "auth.login": 1, "audit.stop": 1}
+	want := map[string]int{"audit.start": 1, "system.log": 10, "patient.register": 1, "auth.login": 1, "audit.stop": 1}
 	if fmt.Sprint(counts) != fmt.Sprint(want) {
 		t.Fatalf("actions %v, want %v", counts, want)
 	}

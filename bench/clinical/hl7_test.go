@@ -22,7 +22,7 @@ func adtA08(conn, seq int) []byte {
 	return append(append([]byte{0x0b}, msg...), 0x1c, 0x0d)
 }
 
-// BenchmarkHL7MLLP sends ADT^A08 over N MLLP connections, each waiting for its AA (sent
+// BenchmarkHL7MLLP sends ADT^A08 over N MLLP connections, each waiting for its CA (sent
 // after the spool's fsync'd commit) before sending the next message.
 func BenchmarkHL7MLLP(b *testing.B) {
 	for _, conns := range []int{1, 8} {
@@ -65,8 +65,9 @@ func benchHL7(b *testing.B, conns int) {
 						errs <- err
 						return
 					}
-					if !bytes.Contains(ack, []byte("\rMSA|AA|")) {
-						errs <- fmt.Errorf("not AA: %q", ack)
+					// The message asks for a commit ACK (MSH-15 AL), so it gets CA.
+					if !bytes.Contains(ack, []byte("\rMSA|CA|")) {
+						errs <- fmt.Errorf("not CA: %q", ack)
 						return
 					}
 					if _, err := r.ReadByte(); err != nil { // the CR after FS

@@ -54,9 +54,10 @@ const (
 	// not ("GARCÍA^JOSÉ").
 	wordEnd = `(?:$|[^\pL\pN_])`
 	// hl7Name: a person name in HL7 / DICOM PN form, A^B, A^B^C (up to 5 components),
-	// letters only, so message types (ADT^A08) and CX values (123^^^HOSP) do not match;
+	// letters only, so message types (ADT^A08) and CX values (123^^^HOSP) do not match,
+	// and a family name of two letters or more (control-character notation ^A^B is not);
 	// up to two capitalized words may stand before the family name (VAN DER BERG^ANNA).
-	hl7Name = `((?:\p{Lu}[\p{Lu}'-]+ ){0,2}\pL[\pL'-]*\^\pL[\pL'-]*(?:\^(?:\pL[\pL'.-]*)?){0,4})` + wordEnd
+	hl7Name = `((?:\p{Lu}[\p{Lu}'-]+ ){0,2}\pL[\pL'-]+\^\pL[\pL'-]*(?:\^(?:\pL[\pL'.-]*)?){0,4})` + wordEnd
 	// titleName: "John Smith", "Smith, John", "JOHN Q. SMITH", "Mary-Ann O'Neil": up to
 	// four capitalized words, a comma only after the first.
 	titleName = `(\p{Lu}[\pL'-]+(?:, \p{Lu}[\pL'-]+)?(?: \p{Lu}[\pL'-]*\.?){0,2})` + wordEnd
@@ -85,6 +86,8 @@ var DefaultRedactRules = []RedactRule{
 	// ?identifier=urn:oid:1.2.3|123 (the system stays).
 	{Name: "fhir-search", Kind: IDPatient, Hints: []string{"patient", "subject", "identifier", "beneficiary"},
 		Pattern: `[?&](?i:patient|subject|patient\.identifier|subject\.identifier|identifier|beneficiary)=(?:Patient/|[^|&\s]*\|)?([A-Za-z0-9._-]{1,64})`},
+	{Name: "fhir-search-name", Kind: IDName, Hints: []string{"name", "family", "given", "patient.name", "subject.name"},
+		Pattern: `[?&](?i:name|family|given|patient\.name|patient\.family|patient\.given|subject\.name)(?::exact|:contains)?=([^&\s]{1,64})`},
 	{Name: "birth-date", Kind: IDBirthDate,
 		Hints: []string{"dob", "d.o.b", "birth", "date of birth", "born", "patientbirth", "pid-7", "pid7", "pid_7", "pid 7"},
 		Pattern: `(?i:\b(?:d\.?o\.?b\.?|pid[ _-]?7|(?:patient[ _-]?)?birth[ _-]?(?:date|day)|date[ _-]of[ _-]birth|born(?: on)?))` + quote +
@@ -93,9 +96,10 @@ var DefaultRedactRules = []RedactRule{
 		Hints: []string{"accession", "acc_", "acc-", "acc#", "acc:", "acc=", "acc no", "accno", "acc num", "acc ", "acc.", "accn", "acsn"},
 		Pattern: `(?i:\b(?:accession|acc\.?|accn|acsn)` + labelSuffix + `)` + quote +
 			`(?:` + explicitSep + `(` + looseID + `)|` + spaceSep + `(` + strictID + `))`},
+	// Order numbers hold a digit after any separator: "sort order: ascending" is not one.
 	{Name: "order", Kind: IDOrder, Hints: []string{"order", "placer", "filler"},
 		Pattern: `(?i:\b(?:(?:placer|filler)[ _-]?(?:order)?|order)(?:[ _-]?(?:number|num|nbr|no\.?|#|id))?)` + quote +
-			`(?:` + explicitSep + `(` + looseID + `)|\s+(?:#\s*)?(` + strictID + `))`},
+			`(?:` + explicitSep + `(` + strictID + `)|\s+(?:#\s*)?(` + strictID + `))`},
 	{Name: "study-uid", Kind: IDStudy, Hints: []string{"study", "studyinstance"},
 		Pattern: `(?i:\bstudy[ _-]?(?:instance[ _-]?)?uid)` + quote + `(?:\s*[:=]\s*|\s+)` + quote + `(\d+(?:\.\d+){2,})`},
 	{Name: "ssn-label", Kind: IDText, Hints: []string{"ssn", "social", "ss#", "ss #", "ss no", "ss-no", "ss_no"},
@@ -119,7 +123,7 @@ var DefaultRedactRules = []RedactRule{
 		Hints:   []string{"patientname", "patient", "pat_name", "pat-name", "pt_name", "pt-name", "ptname"},
 		Pattern: `(?i:\b(?:patient|pat|pt)(?:'s)?[ _-]?name)` + quote + `\s*=\s*` + lowerName},
 	{Name: "hl7-name", Kind: IDName, Hints: []string{"^"},
-		Pattern: `\b` + hl7Name},
+		Pattern: `(?:^|[^\pL\pN_^&])` + hl7Name},
 }
 
 // notAfterName: words before "name" that make it a thing's name, not a person's.
@@ -133,7 +137,7 @@ var notAfterName = []string{"user", "host", "file", "service", "device", "statio
 	"certificate", "variable", "env", "policy", "rule", "plugin", "thread", "channel", "tenant", "project",
 	"resource", "method", "function", "operation", "property", "profile", "report", "template", "code",
 	"config", "setting", "option", "study", "procedure", "exam", "body", "part", "sop", "transfer", "syntax",
-	"ref", "object", "operator", "physician", "doctor", "referring", "performing", "reading", "staff", "tech",
+	"ref", "object", "display", "operator", "physician", "doctor", "referring", "performing", "reading", "staff", "tech",
 	"technologist", "radiologist", "nurse", "provider", "author", "signer", "sender", "receiver", "facility", "location", "room", "unit", "ward", "bed", "org", "organization"}
 
 // IdentifierPattern is one of the site's own identifier formats (its MRN or accession
@@ -454,10 +458,18 @@ func (r *Redactor) Redact(s string) (string, int) {
 		var k int
 		if rule.fn != nil {
 			s, k = rule.fn(s)
-		} else {
-			s, k = r.apply(rule, s)
+			n += k
+			continue
 		}
-		n += k
+		// Matches do not overlap, and an expression may consume the byte after a
+		// value ("DOE^JANE,SMITH^JOHN"): run again while it finds more (tokens are
+		// left alone, so this ends).
+		for pass := 0; pass < 4; pass++ {
+			if s, k = r.apply(rule, s); k == 0 {
+				break
+			}
+			n += k
+		}
 	}
 	if len(r.ids) > 0 || r.seen != nil && r.seen.lens.Load() != 0 {
 		var k int

@@ -133,11 +133,14 @@ func TestRedactPHICorpus(t *testing.T) {
 // ordinaryLines are the corpus lines without PHI: our own and the shared syslog corpus.
 func ordinaryLines(tb testing.TB) []string {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "redact", "ordinary-lines.txt"))
-	if err != nil {
-		tb.Fatal(err)
+	var lines []string
+	for _, name := range []string{"ordinary-lines.txt", "ordinary-lines-2.txt"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "redact", name))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		lines = append(lines, strings.Split(strings.TrimRight(string(b), "\n"), "\n")...)
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	// The shared corpus, where this checkout has it (read by path, not copied).
 	shared, _ := filepath.Glob(filepath.Join("..", "..", "shared", "corpus", "syslog", "rfc*", "*.log"))
 	for _, p := range shared {

@@ -112,8 +112,8 @@ func (m *mapper) objectName() string {
 	return objectRoles[m.firstRole]
 }
 
-// applyFacts sets object, purpose, break_glass, error_code and the worklist and
-// storage commitment actions.
+// applyFacts sets object, purpose, break_glass, error_code and the worklist, storage
+// commitment and print actions.
 func (m *mapper) applyFacts(ev *audit.Event) {
 	ev.Object = m.objectName()
 	ev.Purpose = strings.Join(m.purposes, ",")
@@ -127,6 +127,15 @@ func (m *mapper) applyFacts(ev *audit.Event) {
 	case "110102", "110104":
 		if m.commit {
 			ev.Action = audit.ActionDICOMCommit
+		}
+	case "110106":
+		// An export to film or paper (CID 405 110010 Film, 110038 Paper Document) is a
+		// print.
+		for _, p := range m.parts {
+			if p.media == "110010" || p.media == "110038" {
+				ev.Action = audit.ActionPHIPrint
+				break
+			}
 		}
 	}
 }

@@ -115,6 +115,7 @@ type participant struct {
 	idTypeCode                     string // UserIDTypeCode (110119, 110182, 113871, ...)
 	userType                       string // UserTypeCode: 1 person, 2 process
 	hasName                        bool   // a UserName is given (it is not stored)
+	media                          string // MediaType code (CID 405) of a media participant
 }
 
 // mapper collects the facts of one document, then writes them into an event.
@@ -257,6 +258,8 @@ func (m *mapper) participant(n *node) {
 					p.role = rc.code
 				}
 			}
+		case "MediaType":
+			p.media = codedOf(c).code
 		case "UserIDTypeCode":
 			p.idTypeCode = codedOf(c).code
 			if p.idTypeCode == "110119" {

@@ -213,9 +213,9 @@ func (m mapper) actor(r *node, ev *audit.Event, detail map[string]string, patien
 		// A patient acting (portal access): the patient is tokenized above, never the actor.
 		ev.Actor.Role = "patient"
 	} else {
-		// A workforce member's name (R4 agent.name) only when the source gives nothing
-		// else to know them by; a patient's is never kept.
-		ev.Actor.User = clip(firstNonEmpty(whoName(who), a.str("name")), maxTextLen)
+		// R4 agent.name is not used: a person's name in its own element is dropped (the
+		// ID in who is what identifies a workforce member).
+		ev.Actor.User = clip(whoName(who), maxTextLen)
 	}
 	ev.Actor.Requestor = a.str("requestor") == "true"
 	if ev.Actor.Role == "" {

@@ -83,6 +83,12 @@ type Event struct {
 	RawSHA256 string `json:"raw_sha256"` // hex SHA-256 of the bytes as received
 }
 
+// Values of Event.QueryScope.
+const (
+	QueryScopePatient = "patient" // the query names one patient; Patient holds the token
+	QueryScopeBroad   = "broad"   // no patient, wildcards, several patients, or unreadable
+)
+
 // Source says where an event came from.
 type Source struct {
 	Kind      string `json:"kind"`

@@ -137,8 +137,12 @@ func DICOMAction(eventID string, typeCodes []string, actionCode string) string {
 	case "110112":
 		return ActionDICOMQuery
 	case "110113":
-		if has(dicomTypeRolesChanged) || has(dicomTypeUserAttrsChgd) {
+		switch {
+		case has(dicomTypeRolesChanged) || has(dicomTypeUserAttrsChgd):
 			return ActionRBACChange
+		case has("110128") || has("110129") || has("110130") || has("110131"):
+			// Network, security, hardware, software configuration (PS3.16 CID 403).
+			return ActionConfigChange
 		}
 		return ActionSecurityAlert
 	case "110114":

@@ -27,6 +27,8 @@ func TestDICOMAction(t *testing.T) {
 		{"110112", nil, "E", ActionDICOMQuery},
 		{"110113", []string{"110136"}, "E", ActionRBACChange},
 		{"110113", []string{"110132"}, "E", ActionSecurityAlert},
+		{"110113", []string{"110131"}, "E", ActionConfigChange},
+		{"110113", []string{"110128"}, "E", ActionConfigChange},
 		{"110100", []string{"110120"}, "E", ActionAppStart},
 		{"110108", []string{"110125"}, "E", ActionNetworkDetach},
 		{"110109", nil, "U", ActionOrderUpdate},

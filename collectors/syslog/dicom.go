@@ -5,6 +5,7 @@ package syslog
 
 import (
 	"bytes"
+	"strings"
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors/dicom"
@@ -43,7 +44,20 @@ func (c *Collector) SetRedactor(r *audit.Redactor) { c.redact.Store(r) }
 // report; raw_sha256 still evidences the bytes.
 func (p *parser) parseDICOM(ev *audit.Event) {
 	if !dicom.Looks(ev.Message) {
-		return
+		// Some senders put a tag or a second header before the XML. Parse it from where
+		// it starts; kept as free text, it would store the patient in clear.
+		i := strings.Index(ev.Message, "<AuditMessage")
+		if i < 0 {
+			return
+		}
+		if j := strings.LastIndex(ev.Message[:i], "<?xml"); j >= 0 {
+			i = j
+		}
+		if !dicom.Looks(ev.Message[i:]) {
+			p.dicomFailed(ev, ReasonDICOMInMalformed)
+			return
+		}
+		ev.Message = ev.Message[i:]
 	}
 	msg := []byte(ev.Message)
 	err := dicom.Parse(msg, p.tok, ev) // a nil tokenizer gives ErrNoTokenizer

@@ -819,6 +819,9 @@ type phiValue struct{ kind, value string }
 var commonWords = map[string]bool{
 	"test": true, "patient": true, "example": true, "unknown": true, "none": true,
 	"null": true, "true": true, "false": true, "anonymous": true,
+	// Placeholders that samples put where a value goes, and that are also the DICOM
+	// keyword a broad query's detail["query_keys"] names (by keyword, never by value).
+	"accessionnumber": true, "patientid": true, "patientname": true,
 }
 
 func keepPHI(v string) bool {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -177,5 +178,34 @@ func TestRedactOrdinaryLines(t *testing.T) {
 	t.Logf("false positives: %d of %d lines (%.2f%%)", changed, len(lines), 100*rate)
 	if rate > 0.02 {
 		t.Errorf("false-positive rate %.2f%%, want at most 2%%", 100*rate)
+	}
+}
+
+// TestAnchoredMatchesAsSearch: on every corpus line, each default rule tried at its
+// hints finds exactly what the expression searched over the whole line finds.
+func TestAnchoredMatchesAsSearch(t *testing.T) {
+	lines := ordinaryLines(t)
+	for _, name := range []string{"phi-lines.txt", "phi-lines-2.txt"} {
+		for _, l := range readPHICorpus(t, filepath.Join("testdata", "redact", name)) {
+			lines = append(lines, l.text)
+		}
+	}
+	r, _ := corpusRedactor(t)
+	checked := 0
+	for _, l := range lines {
+		hit := r.hints(l)
+		for i := range r.rules {
+			rule := &r.rules[i]
+			if rule.anchored == nil || hit&(1<<i) == 0 {
+				continue
+			}
+			checked++
+			if got, want := r.anchoredMatches(rule, l), rule.re.FindAllStringSubmatchIndex(l, -1); !slices.EqualFunc(got, want, slices.Equal) {
+				t.Errorf("rule %s on %q: anchored %v, want %v", rule.Name, l, got, want)
+			}
+		}
+	}
+	if checked < 300 {
+		t.Errorf("only %d (rule, line) pairs checked", checked)
 	}
 }

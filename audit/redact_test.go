@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -246,6 +247,16 @@ func FuzzRedact(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		if got, want := r.hints(s), naiveHints(r, s); got != want {
 			t.Fatalf("hints(%q)=%b, want %b", s, got, want)
+		}
+		hit := r.hints(s)
+		for i := range r.rules {
+			rule := &r.rules[i]
+			if rule.anchored == nil || hit&(1<<i) == 0 {
+				continue
+			}
+			if got, want := r.anchoredMatches(rule, s), rule.re.FindAllStringSubmatchIndex(s, -1); !slices.EqualFunc(got, want, slices.Equal) {
+				t.Fatalf("rule %s on %q: anchored matches %v, want %v", rule.Name, s, got, want)
+			}
 		}
 		got, n := r.Redact(s)
 		if n == 0 && got != s {

@@ -6,6 +6,8 @@ import (
 	"regexp/syntax"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // RedactRule replaces identifiers found in free text (syslog MSG) by tokens. Pattern is
@@ -187,9 +189,11 @@ type compiledRule struct {
 	// about 100 ns a byte, a line costs microseconds; tried where a label can start,
 	// the same matches cost a few hundred nanoseconds.
 	anchored *regexp.Regexp
-	index    int  // the rule's bit in the hint mask
-	always   bool // no hints: always run
-	notAfter map[string]bool
+	// nameAnchor: anchored is tried at the starts of the words before each '^'.
+	nameAnchor bool
+	index      int  // the rule's bit in the hint mask
+	always     bool // no hints: always run
+	notAfter   map[string]bool
 }
 
 type idPattern struct {
@@ -237,6 +241,10 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 		c := compiledRule{RedactRule: rule, re: re, always: len(rule.Hints) == 0}
 		if isAnchorable(rule) {
 			c.anchored = regexp.MustCompile(`^(?:` + rule.Pattern + `)`)
+			if rule.Name == "hl7-name" {
+				// The byte before a name is checked in code (nameStartOK).
+				c.anchored, c.nameAnchor = regexp.MustCompile(`^(?:`+hl7Name+`)`), true
+			}
 		}
 		if len(rule.NotAfter) > 0 {
 			c.notAfter = make(map[string]bool, len(rule.NotAfter))
@@ -253,12 +261,13 @@ func NewRedactor(tok *Tokenizer, rules []RedactRule) (*Redactor, error) {
 
 // isAnchorable reports whether rule is one of the defaults whose matches begin at one
 // of its word hints, a word or two before one ("patient full name", "patient birth
-// date"), or at the '?' or '&' right before one (FHIR search parameters). Site rules
-// and the HL7 name rule (whose hint '^' stands inside the name) are searched whole.
+// date"), or at the '?' or '&' right before one (FHIR search parameters), and the HL7
+// name rule, whose names start at most three words before a '^'. Site rules are
+// searched whole.
 func isAnchorable(rule RedactRule) bool {
 	for _, d := range DefaultRedactRules {
 		if d.Name == rule.Name && d.Pattern == rule.Pattern && d.Kind == rule.Kind {
-			return d.Name != "hl7-name" && len(d.Hints) > 0
+			return len(d.Hints) > 0
 		}
 	}
 	return false
@@ -592,16 +601,37 @@ func (r *Redactor) anchoredMatches(rule *compiledRule, s string) [][]int {
 	pos := 0 // end of the last match
 	var qs [4]int
 	for _, p := range r.hintPositions(s, rule.index) {
-		qs = [4]int{p, p, p, p}
-		if p > 0 && (s[p-1] == '?' || s[p-1] == '&') {
-			qs[0] = p - 1
+		if rule.nameAnchor {
+			// p is a '^': the family name is the word that ends there, and up to two
+			// capitalized words may stand before it.
+			f := nameWordStart(s, p)
+			if f == p {
+				continue
+			}
+			qs = [4]int{f, f, f, f}
+			for k := 1; k < 3; k++ {
+				q := qs[k-1]
+				if q < 2 || s[q-1] != ' ' {
+					break
+				}
+				w := nameWordStart(s, q-1)
+				if w == q-1 {
+					break
+				}
+				qs[k] = w
+			}
+		} else {
+			qs = [4]int{p, p, p, p}
+			if p > 0 && (s[p-1] == '?' || s[p-1] == '&') {
+				qs[0] = p - 1
+			}
+			qs[1] = prevWordStart(s, p)
+			qs[2] = prevWordStart(s, qs[1])
 		}
-		qs[1] = prevWordStart(s, p)
-		qs[2] = prevWordStart(s, qs[1])
 		slices.Sort(qs[:])
 		n := len(slices.Compact(qs[:]))
 		for _, q := range qs[:n] {
-			if q < pos {
+			if q < pos || rule.nameAnchor && !nameStartOK(s, q) {
 				continue
 			}
 			m := rule.anchored.FindStringSubmatchIndex(s[q:])
@@ -619,6 +649,37 @@ func (r *Redactor) anchoredMatches(rule *compiledRule, s string) [][]int {
 		}
 	}
 	return locs
+}
+
+// nameWordStart returns the start of the name's word that ends at i: runes that are
+// letters, '\” or '-', starting with a letter; i when there is none.
+func nameWordStart(s string, i int) int {
+	j := i
+	for j > 0 {
+		r, n := utf8.DecodeLastRuneInString(s[:j])
+		if !unicode.IsLetter(r) && r != '\'' && r != '-' {
+			break
+		}
+		j -= n
+	}
+	for j < i {
+		r, n := utf8.DecodeRuneInString(s[j:])
+		if unicode.IsLetter(r) {
+			break
+		}
+		j += n
+	}
+	return j
+}
+
+// nameStartOK is the HL7 name rule's condition on what stands before a name: nothing,
+// or a rune that is not a letter, digit, '_', '^' or '&'.
+func nameStartOK(s string, q int) bool {
+	if q == 0 {
+		return true
+	}
+	r, _ := utf8.DecodeLastRuneInString(s[:q])
+	return !unicode.IsLetter(r) && !unicode.IsNumber(r) && r != '_' && r != '^' && r != '&'
 }
 
 // prevWordStart returns the start of the word before the one at i (across space, '_',

@@ -45,6 +45,9 @@ type Tokenizer struct {
 	domains     map[string]int
 	domainNames []string
 	unknown     atomic.Uint64 // patient ids whose authority matched no domain
+	// onUnknown, when set, sees the spelling of each such authority (not PHI: the
+	// name of an issuer). It must not block.
+	onUnknown func(authority string)
 
 	// seen, when set, remembers the identifiers tokenized from structured fields so the
 	// redactor can recognize them in free text.
@@ -191,6 +194,9 @@ func (t *Tokenizer) domainOf(authority string) string {
 	i, ok := t.lookupAuthority(authority)
 	if !ok {
 		t.unknown.Add(1)
+		if t.onUnknown != nil {
+			t.onUnknown(authority)
+		}
 		return ""
 	}
 	if i == 0 || len(t.domainNames) < 2 {
@@ -306,6 +312,10 @@ func validDomainName(s string) bool {
 	}
 	return true
 }
+
+// OnUnknownAuthority registers fn to see each authority that matches no domain, before
+// the tokenizer is shared.
+func (t *Tokenizer) OnUnknownAuthority(fn func(authority string)) { t.onUnknown = fn }
 
 // UnknownAuthorities counts the patient identifiers whose authority matched none of the
 // configured domains (each was tokenized as an identifier of the home domain).

@@ -127,6 +127,32 @@ type privacy struct {
 	// seenIDs are the identifiers tokenized from structured fields, for redaction; nil
 	// when redaction or the set is off.
 	seenIDs *audit.SeenSet
+
+	unknownMu sync.Mutex
+	unknown   map[string]bool // authority spellings already logged
+}
+
+// maxUnknownLogged bounds the distinct unknown authority spellings logged (and kept).
+const maxUnknownLogged = 64
+
+// unknownAuthority logs, once per spelling, an assigning authority that no
+// privacy.id_domains entry names: the admin adds it to the right domain. The authority
+// names an issuer, not a patient; the identifier is never logged.
+func (p *privacy) unknownAuthority(authority string) {
+	p.unknownMu.Lock()
+	defer p.unknownMu.Unlock()
+	if p.unknown[authority] || len(p.unknown) >= maxUnknownLogged {
+		return
+	}
+	if p.unknown == nil {
+		p.unknown = map[string]bool{}
+	}
+	p.unknown[authority] = true
+	if len(authority) > 128 {
+		authority = authority[:128]
+	}
+	p.log.Warn("patient id authority matches no privacy.id_domains entry; tokenized as the first domain's",
+		"authority", authority, "distinct", len(p.unknown))
 }
 
 // metrics are the privacy counters for the admin endpoint's registry.
@@ -165,6 +191,7 @@ func openPrivacy(cfg *Config, log *slog.Logger) (*privacy, error) {
 		return nil, errors.Join(prefixErrors("privacy.", err)...)
 	}
 	p := &privacy{tok: tok, log: log}
+	tok.OnUnknownAuthority(p.unknownAuthority)
 	if cfg.Privacy.RedactEnabled() {
 		if p.redact, err = audit.NewRedactor(tok, cfg.Privacy.Rules()); err != nil {
 			return nil, fmt.Errorf("privacy.redact_rules: %w", err)

@@ -179,7 +179,8 @@ privacy:
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := openPrivacy(&cfg, slog.New(slog.DiscardHandler))
+	var logs strings.Builder
+	p, err := openPrivacy(&cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,8 +211,15 @@ privacy:
 	if got := p.tok.PatientToken("12345678", "ELSEWHERE"); got != hl7 {
 		t.Errorf("unknown authority: token %s, want the home domain's %s", got, hl7)
 	}
-	if got, want := p.tok.UnknownAuthorities(), before+1; got != want {
+	p.tok.PatientToken("12345679", "ELSEWHERE")
+	if got, want := p.tok.UnknownAuthorities(), before+2; got != want {
 		t.Errorf("unknown authorities=%d, want %d", got, want)
+	}
+	if got := strings.Count(logs.String(), "authority=ELSEWHERE"); got != 1 {
+		t.Errorf("unknown authority logged %d times, want once: %s", got, logs.String())
+	}
+	if strings.Contains(logs.String(), "1234567") {
+		t.Errorf("log holds the identifier: %s", logs.String())
 	}
 
 	p.tok.PatientToken("4471029", "CLIN") // seen in a structured message

@@ -306,6 +306,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := c.Privacy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	sc := c.SpoolConfig()
 	sc.SetDefaults()
 	if err := sc.Validate(); err != nil {

@@ -103,6 +103,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	sink := &lateSink{}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(priv.metrics()...)
 	self := newSelfAudit(sink, reg, d.log.With("component", "selfaudit"))
 	sl, err := syslog.New(cfg.Syslog, sink, self, d.log.With("component", "collector.syslog"))
 	if err != nil {

@@ -67,14 +67,10 @@ shutdown_timeout: 8s
 log_level: info
 `
 
-// crashPad makes a message about 200 bytes, the size of a typical audit line.
-var crashPad = strings.Repeat("x", 150)
-
-func TestKill9NoCommittedEventLost(t *testing.T) {
-	kills := crashKills
-	if testing.Short() {
-		kills = crashKillsShort
-	}
+// crashRNG returns the random source of a kill test: seeded from the clock, or from
+// CRASH_SEED to replay a run; the seed is logged. stream keeps tests apart.
+func crashRNG(t testing.TB, stream uint64) *rand.Rand {
+	t.Helper()
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("CRASH_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
@@ -84,7 +80,18 @@ func TestKill9NoCommittedEventLost(t *testing.T) {
 		seed = v
 	}
 	t.Logf("seed %d (rerun with CRASH_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, 0x6564676561756474))
+	return rand.New(rand.NewPCG(seed, stream))
+}
+
+// crashPad makes a message about 200 bytes, the size of a typical audit line.
+var crashPad = strings.Repeat("x", 150)
+
+func TestKill9NoCommittedEventLost(t *testing.T) {
+	kills := crashKills
+	if testing.Short() {
+		kills = crashKillsShort
+	}
+	rng := crashRNG(t, 0x6564676561756474)
 
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")

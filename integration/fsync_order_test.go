@@ -9,9 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -24,11 +22,7 @@ import (
 // (build tag edgeaudit_unsafe_nosync) must fail: that is the test's negative control.
 func TestAckAfterFdatasync(t *testing.T) {
 	straceBin := peer(t, "strace", "STRACE")
-	nosync := filepath.Join(t.TempDir(), "edgeaudit-nosync")
-	build := exec.CommandContext(t.Context(), "go", "build", "-tags", "edgeaudit_unsafe_nosync", "-o", nosync, "github.com/edgeaudit/edgeaudit/cmd/edgeaudit")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the no-sync control binary: %v\n%s", err, out)
-	}
+	nosync := buildNoSyncBinary(t)
 	const n = 15
 	tests := []struct {
 		name   string
@@ -63,8 +57,8 @@ func TestAckAfterFdatasync(t *testing.T) {
 				postMarkedAuditEvent(t, "http://"+d.fhir+"/AuditEvent", marker)
 				markers = append(markers, marker)
 			}
-			stopTraced(t, d)
-			covered, why := checkAckOrdering(t, trace, markers)
+			stopTracedProcess(t, d.process)
+			covered, why := checkAckOrdering(t, trace, markers, traceAck)
 			if tt.wantOK && covered != len(markers) {
 				keep := filepath.Join(os.TempDir(), "edgeaudit-strace-"+strings.ReplaceAll(tt.name, " ", "-")+".txt")
 				if b, err := os.ReadFile(trace); err == nil && os.WriteFile(keep, b, 0o600) == nil {
@@ -94,9 +88,7 @@ func startTraced(t *testing.T, straceBin, bin string) (*clinicalDaemon, string) 
 		t.Fatal(err)
 	}
 	trace := filepath.Join(dir, "strace.txt")
-	cmd := exec.Command(straceBin, "-f", "-qq", "-y", "-s", "1024", "-o", trace,
-		"-e", "trace=read,write,writev,sendto,sendmsg,recvfrom,pwrite64,fdatasync,fsync",
-		bin, "run", "--config", d.config)
+	cmd := straceCommand(straceBin, trace, bin, "run", "--config", d.config)
 	d.process = startProcess(t, "edgeaudit-strace", dir, cmd)
 	deadline := time.Now().Add(2 * startTimeout)
 	for {
@@ -112,36 +104,6 @@ func startTraced(t *testing.T, straceBin, bin string) (*clinicalDaemon, string) 
 			t.Fatalf("traced daemon not ready\n%s", d.log())
 		}
 		time.Sleep(pollInterval)
-	}
-}
-
-// stopTraced sends SIGTERM to the daemon itself (strace would detach on its own SIGTERM
-// and leave the daemon running) and waits for strace to end with it.
-func stopTraced(t *testing.T, d *clinicalDaemon) {
-	t.Helper()
-	spid := d.cmd.Process.Pid
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", spid, spid))
-	if err != nil {
-		t.Fatalf("find the traced daemon: %v", err)
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		t.Fatal("strace has no child")
-	}
-	pid, err := strconv.Atoi(f[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-d.exited:
-	case <-time.After(2 * stopTimeout):
-		t.Fatalf("traced daemon did not stop\n%s", d.log())
-	}
-	if d.waitErr != nil {
-		t.Fatalf("traced daemon exited with %v\n%s", d.waitErr, d.log())
 	}
 }
 
@@ -171,14 +133,16 @@ var (
 	// pid syscall(fd<path>, "data"... ) or <... syscall resumed> ...
 	traceCall    = regexp.MustCompile(`^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(?:\(| resumed>)`)
 	traceSpoolFd = regexp.MustCompile(`^\d+\s+(?:fdatasync\(\d+<[^>]*/spool\.db>\)\s+= 0|<\.\.\. fdatasync resumed>\)\s+= 0)`)
+	// HL7 ACK and FHIR 201; RELP's is traceRELPAck.
 	traceAck     = regexp.MustCompile(`(MSA\|AA\||HTTP/1\.1 201 )`)
+	traceRELPAck = regexp.MustCompile(`\d+ rsp 6 200 OK\\n`)
 )
 
 // checkAckOrdering walks the trace. For each marker (in the order sent) it finds the
 // read that brought the message in, then the first acknowledgement written after it,
 // and requires a completed fdatasync of spool.db in between. It returns how many
 // acknowledgements were covered and why the first uncovered one was not.
-func checkAckOrdering(t *testing.T, trace string, markers []string) (covered int, why string) {
+func checkAckOrdering(t testing.TB, trace string, markers []string, ackRE *regexp.Regexp) (covered int, why string) {
 	t.Helper()
 	f, err := os.Open(trace)
 	if err != nil {
@@ -221,7 +185,7 @@ func checkAckOrdering(t *testing.T, trace string, markers []string) (covered int
 		ack := -1
 		for i := read + 1; i < len(lines); i++ {
 			if c := traceCall.FindStringSubmatch(lines[i]); c != nil && (c[1] == "write" || c[1] == "writev" || c[1] == "sendto" || c[1] == "sendmsg") &&
-				strings.Contains(lines[i], "socket:[") && traceAck.MatchString(lines[i]) {
+				strings.Contains(lines[i], "socket:[") && ackRE.MatchString(lines[i]) {
 				ack = i
 				break
 			}
@@ -247,4 +211,23 @@ func checkAckOrdering(t *testing.T, trace string, markers []string) (covered int
 		why = "?"
 	}
 	return covered, why
+}
+
+// buildNoSyncBinary builds the daemon with the edgeaudit_unsafe_nosync tag (bbolt
+// NoSync), the negative control of the fsync-ordering tests.
+func buildNoSyncBinary(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "edgeaudit-nosync")
+	build := exec.CommandContext(t.Context(), "go", "build", "-tags", "edgeaudit_unsafe_nosync", "-o", bin, "github.com/edgeaudit/edgeaudit/cmd/edgeaudit")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the no-sync control binary: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// straceCommand runs bin with args under strace, writing the syscalls the ordering
+// check reads (socket reads and writes, spool writes and syncs, with fd paths) to trace.
+func straceCommand(straceBin, trace, bin string, args ...string) *exec.Cmd {
+	return exec.Command(straceBin, append([]string{"-f", "-qq", "-y", "-s", "1024", "-o", trace,
+		"-e", "trace=read,write,writev,sendto,sendmsg,recvfrom,pwrite64,fdatasync,fsync", bin}, args...)...)
 }

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -34,16 +33,7 @@ func TestKill9MixedLoad(t *testing.T) {
 	if testing.Short() {
 		kills = mixedKillsShort
 	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CRASH_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("CRASH_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (rerun with CRASH_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, 0x6d697864))
+	rng := crashRNG(t, 0x6d697864)
 
 	dir := t.TempDir()
 	data, cfg := filepath.Join(dir, "data"), filepath.Join(dir, "edgeaudit.yaml")

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -316,81 +315,4 @@ func (c *relpClient) close(t testing.TB) {
 		t.Fatalf("relp close: %q, want 200", rsp)
 	}
 	c.conn.Close()
-}
-
-var traceRELPAck = regexp.MustCompile(`\d+ rsp 6 200 OK\\n`)
-
-// checkRELPAckOrdering walks the trace like checkAckOrdering (fsync_order_test.go) with
-// RELP's acknowledgement: for each marker (in the order sent) it finds the read that
-// brought the command in, then the first "rsp 200" written to a socket after it, and
-// requires a completed fdatasync of spool.db in between.
-func checkRELPAckOrdering(t testing.TB, trace string, markers []string) (covered int, why string) {
-	t.Helper()
-	b, err := os.ReadFile(trace)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(b), "\n")
-	unfinished := map[string]bool{} // pid → an fdatasync of spool.db is in flight
-	synced := make([]bool, len(lines))
-	for i, l := range lines {
-		pid, _, _ := strings.Cut(l, " ")
-		switch {
-		case strings.Contains(l, "fdatasync(") && strings.Contains(l, "spool.db>") && strings.Contains(l, "<unfinished ..."):
-			unfinished[pid] = true
-		case strings.Contains(l, "<... fdatasync resumed>") && unfinished[pid]:
-			delete(unfinished, pid)
-			synced[i] = strings.Contains(l, "= 0")
-		case strings.Contains(l, "fdatasync(") && strings.Contains(l, "spool.db>") && strings.Contains(l, ") = 0"):
-			synced[i] = true
-		}
-	}
-	isCall := func(l string, names ...string) bool {
-		_, rest, _ := strings.Cut(l, " ")
-		rest = strings.TrimLeft(rest, " ")
-		rest = strings.TrimPrefix(rest, "<... ")
-		for _, n := range names {
-			if strings.HasPrefix(rest, n+"(") || strings.HasPrefix(rest, n+" resumed>") {
-				return true
-			}
-		}
-		return false
-	}
-	pos := 0
-	for _, m := range markers {
-		read := -1
-		for i := pos; i < len(lines); i++ {
-			if isCall(lines[i], "read", "recvfrom") && strings.Contains(lines[i], m) {
-				read = i
-				break
-			}
-		}
-		if read < 0 {
-			return covered, fmt.Sprintf("no read of %s in the trace", m)
-		}
-		ack := -1
-		for i := read + 1; i < len(lines); i++ {
-			if isCall(lines[i], "write", "writev", "sendto", "sendmsg") && strings.Contains(lines[i], "socket:[") && traceRELPAck.MatchString(lines[i]) {
-				ack = i
-				break
-			}
-		}
-		if ack < 0 {
-			return covered, fmt.Sprintf("no rsp 200 to %s in the trace", m)
-		}
-		ok := false
-		for i := read + 1; i < ack; i++ {
-			if synced[i] {
-				ok = true
-				break
-			}
-		}
-		if ok {
-			covered++
-		} else if why == "" {
-			why = fmt.Sprintf("%s: read at trace line %d, answered at line %d, no fdatasync of spool.db completed in between", m, read+1, ack+1)
-		}
-		pos = ack + 1
-	}
-	return covered, why
 }

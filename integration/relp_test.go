@@ -2,9 +2,7 @@ package integration
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -65,16 +63,7 @@ func TestRELPRsyslogKill9(t *testing.T) {
 	if testing.Short() {
 		kills = relpKillsShort
 	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CRASH_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("CRASH_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (rerun with CRASH_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, 0x72656c70))
+	rng := crashRNG(t, 0x72656c70)
 
 	dir := t.TempDir()
 	data, cfg := filepath.Join(dir, "data"), filepath.Join(dir, "edgeaudit.yaml")
@@ -224,11 +213,7 @@ func relpUntil(t testing.TB, d **relpDaemon, dir, end, transport string) []event
 // edgeaudit_unsafe_nosync) must fail the same check.
 func TestRELPAckAfterFdatasync(t *testing.T) {
 	straceBin := peer(t, "strace", "STRACE")
-	nosync := filepath.Join(t.TempDir(), "edgeaudit-nosync")
-	build := exec.CommandContext(t.Context(), "go", "build", "-tags", "edgeaudit_unsafe_nosync", "-o", nosync, "github.com/edgeaudit/edgeaudit/cmd/edgeaudit")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the no-sync control binary: %v\n%s", err, out)
-	}
+	nosync := buildNoSyncBinary(t)
 	const n = 20
 	tests := []struct {
 		name   string
@@ -247,9 +232,7 @@ func TestRELPAckAfterFdatasync(t *testing.T) {
 				t.Fatal(err)
 			}
 			trace := filepath.Join(dir, "strace.txt")
-			cmd := exec.Command(straceBin, "-f", "-qq", "-y", "-s", "1024", "-o", trace,
-				"-e", "trace=read,write,writev,sendto,sendmsg,recvfrom,pwrite64,fdatasync,fsync",
-				tt.bin, "run", "--config", cfg)
+			cmd := straceCommand(straceBin, trace, tt.bin, "run", "--config", cfg)
 			d := startRELPDaemonCmd(t, dir, cmd, "relp", 2*startTimeout)
 			c := dialRELPClient(t, relp)
 			c.open(t)
@@ -263,7 +246,7 @@ func TestRELPAckAfterFdatasync(t *testing.T) {
 			}
 			c.close(t)
 			stopTracedProcess(t, d.process)
-			covered, why := checkRELPAckOrdering(t, trace, markers)
+			covered, why := checkAckOrdering(t, trace, markers, traceRELPAck)
 			if tt.wantOK && covered != len(markers) {
 				t.Fatalf("%d of %d rsp 200 follow an fdatasync of spool.db that covers them; first problem: %s", covered, len(markers), why)
 			}

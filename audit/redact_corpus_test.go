@@ -18,11 +18,10 @@ var corpusPatterns = []IdentifierPattern{
 
 // phiLine is one corpus line: the text without markers and the marked values.
 type phiLine struct {
-	no    int
-	text  string
-	phi   []string
-	seen  []string // values of {{s:...}}: seen in a structured message before
-	hasID bool
+	no   int
+	text string
+	phi  []string
+	seen []string // values of {{s:...}}: seen in a structured message before
 }
 
 var markRE = regexp.MustCompile(`\{\{(?:([sp]):)?(.*?)\}\}`)

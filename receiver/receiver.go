@@ -1,0 +1,458 @@
+// Package receiver is the central side: it takes batches from appliances (over MQTT or
+// from a file), verifies each against the device's enrolled key and stored chain,
+// stores it once, and answers with a signed receipt.
+package receiver
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgeaudit/edgeaudit/internal/configerr"
+	"github.com/edgeaudit/edgeaudit/ledger"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultPrefix             = "edgeaudit"
+	DefaultKeyName            = "edgeaudit/central"
+	DefaultMaxHeld            = 64
+	DefaultMaxHeldBytes       = 16 << 20
+	DefaultMaxBatchBytes      = 16 << 20
+	DefaultMaxQuarantineBytes = 1 << 30
+	DefaultClientID           = "edgeaudit-receiver"
+	DefaultQueue              = 64
+	DefaultRetryMax           = 30 * time.Second
+)
+
+// Config configures a Receiver.
+type Config struct {
+	// Quarantine is the folder for refused batches (required):
+	// <Quarantine>/<site>/<device>/<UTC ns>-<seq>-<reason>.eab and a .json beside it.
+	Quarantine string
+	// KeyName is the receipts' signed-note key name (default DefaultKeyName).
+	KeyName string
+	// MaxHeld bounds the batches held per device while a gap before them is open
+	// (default DefaultMaxHeld); MaxHeldBytes bounds their size (default
+	// DefaultMaxHeldBytes). A batch beyond either is not held: it is counted and
+	// dropped, and the appliance resends it because it was not receipted.
+	MaxHeld      int
+	MaxHeldBytes int
+	// MaxBatchBytes is the largest payload accepted (default DefaultMaxBatchBytes).
+	MaxBatchBytes int
+	// MaxQuarantineBytes bounds what one process writes to the quarantine folder, so
+	// that a hostile publisher cannot fill the disk (default
+	// DefaultMaxQuarantineBytes). Refusals beyond it are counted and logged only.
+	MaxQuarantineBytes int64
+
+	// MQTT, used by Run only.
+	// Broker is the broker URL, e.g. tcp://127.0.0.1:1883 or tls://central:8883.
+	Broker string
+	// Prefix is the first topic level(s) (default DefaultPrefix).
+	Prefix string
+	// ClientID is the receiver's MQTT client id (default DefaultClientID). The session
+	// is persistent (clean session off), so the broker keeps batches published while the
+	// receiver is away; two receivers must not share one id.
+	ClientID           string
+	Username, Password string
+	// TLS configures the broker connection for tls:// and ssl:// URLs.
+	TLS *tls.Config
+	// Queue is how many received batches wait for Handle (default DefaultQueue).
+	Queue int
+	// RetryMax caps the backoff between attempts of a batch whose storing failed
+	// (default DefaultRetryMax).
+	RetryMax time.Duration
+}
+
+// Validate checks the fields that have no default.
+func (c *Config) Validate() error {
+	if c.Quarantine == "" {
+		return &configerr.Error{Field: "receive.quarantine", Value: c.Quarantine, Err: errors.New("required")}
+	}
+	if strings.ContainsAny(c.KeyName, " +\t\n\r") {
+		return &configerr.Error{Field: "receive.key_name", Value: c.KeyName, Err: errors.New("must not contain spaces or '+'")}
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"max_held", int64(c.MaxHeld)}, {"max_held_bytes", int64(c.MaxHeldBytes)}, {"max_batch_bytes", int64(c.MaxBatchBytes)},
+		{"max_quarantine_bytes", c.MaxQuarantineBytes}, {"queue", int64(c.Queue)}, {"retry_max", int64(c.RetryMax)}} {
+		if f.v < 0 {
+			return &configerr.Error{Field: "receive." + f.name, Value: fmt.Sprint(f.v), Err: errors.New("must not be negative")}
+		}
+	}
+	return nil
+}
+
+func (c *Config) applyDefaults() {
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	def(&c.MaxHeld, DefaultMaxHeld)
+	def(&c.MaxHeldBytes, DefaultMaxHeldBytes)
+	def(&c.MaxBatchBytes, DefaultMaxBatchBytes)
+	def(&c.Queue, DefaultQueue)
+	if c.MaxQuarantineBytes == 0 {
+		c.MaxQuarantineBytes = DefaultMaxQuarantineBytes
+	}
+	if c.KeyName == "" {
+		c.KeyName = DefaultKeyName
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.ClientID == "" {
+		c.ClientID = DefaultClientID
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = DefaultRetryMax
+	}
+}
+
+// Signer signs receipts with central's key (attest.SoftwareSigner fits).
+type Signer interface {
+	// Sign returns an ASN.1 DER ECDSA P-256 signature over digest. It may be called
+	// concurrently; an error fails the batch at hand, which is retried.
+	Sign(ctx context.Context, digest []byte) ([]byte, error)
+	// Public is the key receipts verify with.
+	Public() *ecdsa.PublicKey
+}
+
+// Stats are counters since New; Handle updates them, Stats reads them.
+type Stats struct {
+	Batches     uint64 // batches stored (each once)
+	Events      uint64 // events in them
+	Duplicates  uint64 // batches already stored, answered with the head's receipt
+	Held        uint64 // batches held ahead of a gap (each time one was taken in)
+	HeldDropped uint64 // batches not held because the device's hold was full
+	Refused     map[string]uint64
+	Quarantined uint64 // refused batches written to the quarantine folder
+	// QuarantineSkipped counts refused batches not written: the budget was used up or
+	// the write failed.
+	QuarantineSkipped uint64
+}
+
+// Receiver verifies and stores batches and signs receipts. Handle is safe for
+// concurrent use; batches of one device are handled one at a time.
+type Receiver struct {
+	cfg    Config
+	store  Store
+	keys   DeviceKeys
+	signer Signer
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	devices map[string]*device // "site/device"
+
+	stats struct {
+		batches, events, duplicates, held, heldDropped, quarantined, quarantineSkipped atomic.Uint64
+		quarantineBytes                                                                atomic.Int64
+		refusedMu                                                                      sync.Mutex
+		refused                                                                        map[string]uint64
+	}
+	now func() time.Time
+}
+
+// device is the state of one site/device. Its mutex serializes Handle for it.
+type device struct {
+	mu        sync.Mutex
+	loaded    bool
+	head      Head
+	held      map[uint64]heldBatch
+	heldBytes int
+}
+
+// heldBatch has passed every check but the link to its predecessor.
+type heldBatch struct {
+	raw    []byte
+	batch  *ledger.Batch
+	header ledger.Header
+	hash   string
+}
+
+// New returns a receiver over store, keys and signer. It starts nothing.
+func New(cfg Config, store Store, keys DeviceKeys, signer Signer, logger *slog.Logger) (*Receiver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.applyDefaults()
+	if store == nil || keys == nil || signer == nil {
+		return nil, errors.New("new receiver: store, keys and signer are required")
+	}
+	if _, err := ledger.ReceiptVerifierKey(cfg.KeyName, signer.Public()); err != nil {
+		return nil, fmt.Errorf("new receiver: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Receiver{cfg: cfg, store: store, keys: keys, signer: signer,
+		log: logger.With(attrComponent, "receiver"), devices: map[string]*device{}, now: time.Now}
+	r.stats.refused = map[string]uint64{}
+	return r, nil
+}
+
+// Stats returns a snapshot of the counters.
+func (r *Receiver) Stats() Stats {
+	s := Stats{Batches: r.stats.batches.Load(), Events: r.stats.events.Load(), Duplicates: r.stats.duplicates.Load(),
+		Held: r.stats.held.Load(), HeldDropped: r.stats.heldDropped.Load(), Quarantined: r.stats.quarantined.Load(),
+		QuarantineSkipped: r.stats.quarantineSkipped.Load(), Refused: map[string]uint64{}}
+	r.stats.refusedMu.Lock()
+	for k, v := range r.stats.refused {
+		s.Refused[k] = v
+	}
+	r.stats.refusedMu.Unlock()
+	return s
+}
+
+func (r *Receiver) device(site, dev string) *device {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := site + "/" + dev
+	d := r.devices[k]
+	if d == nil {
+		d = &device{held: map[uint64]heldBatch{}}
+		r.devices[k] = d
+	}
+	return d
+}
+
+// Handle takes one batch as received for site/device (the topic's levels) and returns
+// the receipt to send back: the receipt of the device's stored head after this batch.
+//
+//   - The next batch of the chain is verified, stored, and receipted; batches held
+//     behind it are then applied too, and the receipt names the last of them.
+//   - A batch already stored (same seq, same header) is not stored again; the receipt
+//     of the current head is returned, the same bytes until the head moves.
+//   - A batch ahead of a gap is verified as far as it can be and held in memory
+//     (bounded); Handle returns the current head's receipt (nil when nothing is
+//     stored yet) so that the appliance learns where central is.
+//   - A refused batch returns a *RefusedError and no receipt (see the Err* sentinels).
+//
+// Any other error (the store, the key folder or the signer failing) leaves the device's
+// stored state as it was; the same batch may be handled again.
+func (r *Receiver) Handle(ctx context.Context, site, dev string, payload []byte) ([]byte, error) {
+	if !ledger.ValidName(site) || !ledger.ValidName(dev) {
+		// Not a path we can quarantine under: count and refuse only.
+		return nil, r.refuse(ctx, &RefusedError{Site: site, Device: dev, Err: ErrMalformed,
+			Detail: "site or device is not a valid name"}, nil)
+	}
+	d := r.device(site, dev)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.loaded {
+		h, err := r.store.Head(ctx, site, dev)
+		if err != nil {
+			return nil, fmt.Errorf("handle %s/%s: %w", site, dev, err)
+		}
+		d.head, d.loaded = h, true
+	}
+	b, h, hash, ref := r.check(ctx, site, dev, payload)
+	if ref != nil {
+		if ref.Err == nil { // not a refusal: an I/O error looking up the key
+			return nil, fmt.Errorf("handle %s/%s: %s", site, dev, ref.Detail)
+		}
+		return nil, r.refuse(ctx, ref, payload)
+	}
+	refuse := func(err error, format string, args ...any) ([]byte, error) {
+		return nil, r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: err, Detail: fmt.Sprintf(format, args...)}, payload)
+	}
+	head := d.head
+	if head.Chain != "" && h.Chain != head.Chain {
+		ref := &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrOtherChain,
+			Detail: fmt.Sprintf("chain %s, the stored chain is %s (head seq %d)", h.Chain, head.Chain, head.Seq),
+			Hint:   "the appliance started a new chain (a quarantined or replaced spool?); check it before accepting the new chain"}
+		return nil, r.refuse(ctx, ref, payload)
+	}
+	switch next := head.Seq + 1; {
+	case h.Seq < next:
+		stored := head.Hash
+		if h.Seq != head.Seq {
+			hb, err := r.store.Header(ctx, site, dev, head.Chain, h.Seq)
+			if errors.Is(err, os.ErrNotExist) {
+				// Below the head but not stored: only a chain whose first batches
+				// were never received (not possible today: the first must be seq 1).
+				return refuse(ErrFork, "seq %d is below the head %d but not stored", h.Seq, head.Seq)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
+			}
+			sum := ledger.HeaderHash(hb)
+			stored = hex.EncodeToString(sum[:])
+		}
+		if hash != stored {
+			return refuse(ErrFork, "seq %d has header %s, the stored one is %s", h.Seq, short(hash), short(stored))
+		}
+		r.stats.duplicates.Add(1)
+		return d.head.Receipt, nil
+	case h.Seq > next:
+		if old, ok := d.held[h.Seq]; ok {
+			if old.hash != hash {
+				return refuse(ErrFork, "seq %d has header %s, a held one has %s", h.Seq, short(hash), short(old.hash))
+			}
+			return d.head.Receipt, nil
+		}
+		if len(d.held) >= r.cfg.MaxHeld || d.heldBytes+len(payload) > r.cfg.MaxHeldBytes {
+			r.stats.heldDropped.Add(1)
+			r.log.Warn("hold full, batch dropped until resent", attrSite, site, attrDevice, dev, attrSeq, h.Seq,
+				attrHeadSeq, head.Seq, "held", len(d.held))
+			return d.head.Receipt, nil
+		}
+		d.held[h.Seq] = heldBatch{raw: payload, batch: b, header: h, hash: hash}
+		d.heldBytes += len(payload)
+		r.stats.held.Add(1)
+		return d.head.Receipt, nil
+	}
+	// The next batch: it must link to the head.
+	if want := prevOf(head); h.Prev != want {
+		return refuse(ErrFork, "seq %d has prev %s, the stored seq %d is %s", h.Seq, short(h.Prev), head.Seq, short(want))
+	}
+	if err := r.apply(ctx, site, dev, d, b, h, hash); err != nil {
+		return nil, err
+	}
+	r.drainHeld(ctx, site, dev, d)
+	return d.head.Receipt, nil
+}
+
+func prevOf(h Head) string {
+	if h.Seq == 0 {
+		return ledger.ZeroHash
+	}
+	return h.Hash
+}
+
+// drainHeld applies held batches that now follow the head. One whose link is broken is
+// refused as a fork; a store error leaves it held for the next Handle.
+func (r *Receiver) drainHeld(ctx context.Context, site, dev string, d *device) {
+	for {
+		hb, ok := d.held[d.head.Seq+1]
+		if !ok {
+			return
+		}
+		if want := prevOf(d.head); hb.header.Prev != want {
+			delete(d.held, hb.header.Seq)
+			d.heldBytes -= len(hb.raw)
+			r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: hb.header.Seq, Err: ErrFork,
+				Detail: fmt.Sprintf("held seq %d has prev %s, the stored seq %d is %s", hb.header.Seq, short(hb.header.Prev), d.head.Seq, short(want))}, hb.raw)
+			return
+		}
+		// apply takes it out of the hold once stored.
+		if err := r.apply(ctx, site, dev, d, hb.batch, hb.header, hb.hash); err != nil {
+			r.log.Warn("store held batch", attrSite, site, attrDevice, dev, attrSeq, hb.header.Seq, attrError, err)
+			return
+		}
+	}
+}
+
+// apply signs the receipt for b, stores b with it and moves the head.
+func (r *Receiver) apply(ctx context.Context, site, dev string, d *device, b *ledger.Batch, h ledger.Header, hash string) error {
+	rc, err := ledger.SignReceipt(ledger.Receipt{Site: site, Device: dev, Chain: h.Chain, Seq: h.Seq, HeaderHash: hash, Time: r.now()},
+		func(digest []byte) ([]byte, error) { return r.signer.Sign(ctx, digest) }, r.cfg.KeyName, r.signer.Public())
+	if err != nil {
+		return fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
+	}
+	if err := r.store.Append(ctx, Entry{Site: site, Device: dev, Header: h, Hash: hash, Batch: b, Receipt: rc}); err != nil {
+		return fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
+	}
+	d.head = Head{Chain: h.Chain, Seq: h.Seq, Hash: hash, Receipt: rc}
+	// A batch held for this seq (sent twice across a gap) is no longer needed; one that
+	// differs from what was just stored is a fork.
+	if old, ok := d.held[h.Seq]; ok {
+		delete(d.held, h.Seq)
+		d.heldBytes -= len(old.raw)
+		if old.hash != hash {
+			r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrFork,
+				Detail: fmt.Sprintf("held seq %d has header %s, the stored one is %s", h.Seq, short(old.hash), short(hash))}, old.raw)
+		}
+	}
+	r.stats.batches.Add(1)
+	r.stats.events.Add(uint64(len(b.Events)))
+	return nil
+}
+
+// check decodes payload and runs every check that needs no stored state: one batch,
+// header, topic names, enrolled key, signature, count and Merkle root. A returned
+// RefusedError with a nil Err is an I/O error, not a refusal.
+func (r *Receiver) check(ctx context.Context, site, dev string, payload []byte) (*ledger.Batch, ledger.Header, string, *RefusedError) {
+	ref := func(seq uint64, err error, format string, args ...any) (*ledger.Batch, ledger.Header, string, *RefusedError) {
+		return nil, ledger.Header{}, "", &RefusedError{Site: site, Device: dev, Seq: seq, Err: err, Detail: fmt.Sprintf(format, args...)}
+	}
+	if len(payload) > r.cfg.MaxBatchBytes {
+		return ref(0, ErrMalformed, "%d bytes, more than %d", len(payload), r.cfg.MaxBatchBytes)
+	}
+	rd := ledger.NewReader(bytes.NewReader(payload))
+	b, err := rd.Next()
+	if err != nil {
+		return ref(0, ErrMalformed, "%v", err)
+	}
+	if _, err := rd.Next(); err != io.EOF {
+		return ref(0, ErrMalformed, "more than one batch in one message")
+	}
+	h, err := ledger.ParseHeader(b.Header)
+	if err != nil {
+		return ref(0, ErrMalformed, "%v", err)
+	}
+	if h.Version != ledger.FormatVersion || h.Alg != ledger.AlgECDSAP256SHA256 {
+		return ref(h.Seq, ErrMalformed, "version %d alg %q", h.Version, h.Alg)
+	}
+	if h.Site != site || h.Device != dev {
+		return ref(h.Seq, ErrMalformed, "header names %q/%q", h.Site, h.Device)
+	}
+	if h.Seq == 0 || !isHex(h.Chain, 32) || !isHex(h.Prev, 64) {
+		return ref(h.Seq, ErrMalformed, "seq %d chain %q prev %q", h.Seq, h.Chain, h.Prev)
+	}
+	pub, err := r.keys.Key(ctx, site, dev)
+	if errors.Is(err, ErrUnknownDevice) {
+		return ref(h.Seq, ErrUnknownDevice, "%v", err)
+	}
+	if err != nil {
+		return ref(h.Seq, nil, "%v", err)
+	}
+	kid, err := ledger.KeyID(pub)
+	if err != nil {
+		return ref(h.Seq, nil, "%v", err)
+	}
+	if h.KeyID != kid {
+		return ref(h.Seq, ErrBadSignature, "key_id %s is not the enrolled key %s", short(h.KeyID), short(kid))
+	}
+	digest := sha256.Sum256(b.Header)
+	if !ecdsa.VerifyASN1(pub, digest[:], b.Signature) {
+		return ref(h.Seq, ErrBadSignature, "signature does not verify with the enrolled key %s", short(kid))
+	}
+	if h.Count != len(b.Events) {
+		return ref(h.Seq, ErrTampered, "header count %d, batch has %d events", h.Count, len(b.Events))
+	}
+	if root := ledger.EventsRoot(b.Events); hex.EncodeToString(root[:]) != h.Root {
+		return ref(h.Seq, ErrTampered, "root %s, events hash to %s", short(h.Root), short(hex.EncodeToString(root[:])))
+	}
+	sum := ledger.HeaderHash(b.Header)
+	return b, h, hex.EncodeToString(sum[:]), nil
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+func short(s string) string {
+	if len(s) > 16 {
+		return s[:16]
+	}
+	return s
+}

@@ -1,0 +1,173 @@
+package receiver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/ledger"
+)
+
+// Head is where a device's stored chain ends.
+type Head struct {
+	Chain   string // chain id; "" when nothing is stored for the device
+	Seq     uint64 // highest stored seq; every seq before it is stored too
+	Hash    string // hex SHA-256 of that batch's header bytes
+	Receipt []byte // central's signed receipt for Seq
+}
+
+// Entry is one verified batch to store as the next of its device's chain.
+type Entry struct {
+	Site, Device string
+	Header       ledger.Header // parsed from Batch.Header
+	Hash         string        // hex ledger.HeaderHash(Batch.Header)
+	Batch        *ledger.Batch
+	Receipt      []byte // the receipt naming this batch, sent only after Append returns
+}
+
+// Store keeps verified batches. The receiver calls it for one device at a time (its
+// per-device lock serializes them); calls for different devices may run concurrently.
+type Store interface {
+	// Head returns the device's stored head, the zero Head when nothing is stored. An
+	// error is an I/O failure; the caller retries.
+	Head(ctx context.Context, site, device string) (Head, error)
+	// Header returns the stored header bytes of seq in the device's chain, and an error
+	// wrapping os.ErrNotExist when that seq is not stored.
+	Header(ctx context.Context, site, device, chain string, seq uint64) ([]byte, error)
+	// Append stores e as the batch after the device's head and makes it the new head,
+	// durably, before it returns nil. The caller has verified e against the head. On
+	// error the head is unchanged (what was half-written is overwritten by the next
+	// Append of the same seq); the caller may retry with the same entry.
+	Append(ctx context.Context, e Entry) error
+}
+
+// FolderStore is the embedded store: a folder tree, one chain per folder.
+//
+//	<Dir>/<site>/<device>/head                              JSON: chain, seq, hash, receipt
+//	<Dir>/<site>/<device>/<chain>/batches/<seq>.eab          the batch in the wire format
+//	<Dir>/<site>/<device>/<chain>/events/<seq>.jsonl         its events, one per line
+//
+// <seq> is zero-padded to 20 digits so that names sort in chain order and
+// `edgeaudit verify -key DEVICE.pub <chain>/batches/*.eab` checks the stored chain. Every
+// file is written with internal/atomicfile (temp, fsync, rename, fsync folder), batch
+// and events before the head; the .eab files are authoritative, the .jsonl files are
+// for people and tools that read JSON lines. One receiver process owns a folder.
+type FolderStore struct{ Dir string }
+
+// headFile is the JSON of the head file.
+type headFile struct {
+	Chain   string `json:"chain"`
+	Seq     uint64 `json:"seq"`
+	Hash    string `json:"hash"`
+	Receipt string `json:"receipt"`
+}
+
+// SeqName is the file name stem of seq: 20 digits, zero-padded.
+func SeqName(seq uint64) string { return fmt.Sprintf("%020d", seq) }
+
+func (f FolderStore) deviceDir(site, device string) (string, error) {
+	if !ledger.ValidName(site) || !ledger.ValidName(device) {
+		return "", fmt.Errorf("store: bad site or device name %q/%q", site, device)
+	}
+	return filepath.Join(f.Dir, site, device), nil
+}
+
+// Head implements Store.
+func (f FolderStore) Head(_ context.Context, site, device string) (Head, error) {
+	dir, err := f.deviceDir(site, device)
+	if err != nil {
+		return Head{}, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "head"))
+	if errors.Is(err, os.ErrNotExist) {
+		return Head{}, nil
+	}
+	if err != nil {
+		return Head{}, fmt.Errorf("read head: %w", err)
+	}
+	var h headFile
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&h); err != nil {
+		return Head{}, fmt.Errorf("read head %s: %w", filepath.Join(dir, "head"), err)
+	}
+	if h.Chain == "" || h.Seq == 0 || len(h.Hash) != 64 {
+		return Head{}, fmt.Errorf("read head %s: incomplete head %+v", filepath.Join(dir, "head"), h)
+	}
+	return Head{Chain: h.Chain, Seq: h.Seq, Hash: h.Hash, Receipt: []byte(h.Receipt)}, nil
+}
+
+// Header implements Store: it reads the stored batch file up to its header.
+func (f FolderStore) Header(_ context.Context, site, device, chain string, seq uint64) ([]byte, error) {
+	dir, err := f.deviceDir(site, device)
+	if err != nil {
+		return nil, err
+	}
+	fh, err := os.Open(filepath.Join(dir, chain, "batches", SeqName(seq)+".eab"))
+	if err != nil {
+		return nil, fmt.Errorf("read header seq %d: %w", seq, err)
+	}
+	defer fh.Close()
+	var pre [8]byte
+	if _, err := io.ReadFull(fh, pre[:]); err != nil || string(pre[:4]) != ledger.Magic {
+		return nil, fmt.Errorf("read header seq %d: %w: bad start of file", seq, ledger.ErrFormat)
+	}
+	n := uint32(pre[4])<<24 | uint32(pre[5])<<16 | uint32(pre[6])<<8 | uint32(pre[7])
+	if n == 0 || n > ledger.MaxHeaderSize {
+		return nil, fmt.Errorf("read header seq %d: %w: header length %d", seq, ledger.ErrFormat, n)
+	}
+	hb := make([]byte, n)
+	if _, err := io.ReadFull(fh, hb); err != nil {
+		return nil, fmt.Errorf("read header seq %d: %w", seq, err)
+	}
+	return hb, nil
+}
+
+// Append implements Store.
+func (f FolderStore) Append(_ context.Context, e Entry) error {
+	dir, err := f.deviceDir(e.Site, e.Device)
+	if err != nil {
+		return err
+	}
+	chainDir := filepath.Join(dir, e.Header.Chain)
+	name := SeqName(e.Header.Seq)
+	for _, sub := range []string{"batches", "events"} {
+		if err := os.MkdirAll(filepath.Join(chainDir, sub), 0o700); err != nil {
+			return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
+		}
+	}
+	if err := atomicfile.WriteFile(filepath.Join(chainDir, "batches", name+".eab"), e.Batch.AppendWire(nil), 0o600); err != nil {
+		return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
+	}
+	var lines []byte
+	for _, ev := range e.Batch.Events {
+		lines = append(append(lines, ev...), '\n')
+	}
+	if err := atomicfile.WriteFile(filepath.Join(chainDir, "events", name+".jsonl"), lines, 0o600); err != nil {
+		return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
+	}
+	hb, err := json.Marshal(headFile{Chain: e.Header.Chain, Seq: e.Header.Seq, Hash: e.Hash, Receipt: string(e.Receipt)})
+	if err != nil {
+		return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(dir, "head"), append(hb, '\n'), 0o600); err != nil {
+		return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
+	}
+	return nil
+}
+
+// parseSeqName is the inverse of SeqName.
+func parseSeqName(s string) (uint64, bool) {
+	if len(s) != 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, err == nil
+}

@@ -1,0 +1,210 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgeaudit/edgeaudit/internal/backoff"
+	"github.com/edgeaudit/edgeaudit/internal/ratelog"
+)
+
+// Topics (DESIGN "MQTT"): appliances publish to <prefix>/<site>/<device>/batch, the
+// receiver answers on <prefix>/<site>/<device>/ack.
+const (
+	batchLevel = "batch"
+	ackLevel   = "ack"
+)
+
+// retryMin is the first delay before handling a batch again after a store error.
+const retryMin = 100 * time.Millisecond
+
+// connectTimeout bounds one connection attempt.
+const connectTimeout = 10 * time.Second
+
+// BatchFilter is the subscription of a receiver with the given prefix.
+func BatchFilter(prefix string) string { return prefix + "/+/+/" + batchLevel }
+
+// AckTopic is where the receipts of site/device go.
+func AckTopic(prefix, site, device string) string {
+	return prefix + "/" + site + "/" + device + "/" + ackLevel
+}
+
+// splitBatchTopic returns the site and device of a batch topic under prefix.
+func splitBatchTopic(prefix, topic string) (site, device string, ok bool) {
+	rest, ok := strings.CutPrefix(topic, prefix+"/")
+	if !ok {
+		return "", "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || parts[2] != batchLevel {
+		return "", "", false
+	}
+	return parts[0], parts[1], true
+}
+
+// Run subscribes to BatchFilter(Prefix) at QoS 1 on Broker and handles each batch, one
+// at a time in the order the broker delivers them, until ctx is done. It returns nil
+// when ctx is cancelled, and only after every goroutine it started has exited.
+//
+// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after Handle
+// has stored it (or refused and quarantined it); a batch whose storing keeps failing is
+// retried with backoff and never acknowledged, and the session is persistent (clean
+// session off), so the broker redelivers what was not acknowledged after a reconnect or
+// a restart of the receiver. Receipts are published to AckTopic at QoS 1, retained: a
+// device that connects learns central's position for it at once (docs/format.md,
+// "Receipts").
+func (r *Receiver) Run(ctx context.Context) error {
+	if r.cfg.Broker == "" {
+		return errors.New("receiver run: no broker configured")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	log := r.log.With(attrBroker, r.cfg.Broker)
+	msgs := make(chan mqtt.Message, r.cfg.Queue)
+	// deliver runs in paho's router; it blocks while the queue is full, which stops
+	// reading from the broker: backpressure, the broker keeps the rest.
+	deliver := func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}
+	filter := BatchFilter(r.cfg.Prefix)
+	// The subscription is renewed on every connect. OnConnect runs in a goroutine of
+	// paho's that nothing waits for, so it only hands its token to the loop below.
+	subs := make(chan mqtt.Token, 4)
+	opts := mqtt.NewClientOptions().AddBroker(r.cfg.Broker).SetClientID(r.cfg.ClientID).
+		SetUsername(r.cfg.Username).SetPassword(r.cfg.Password).
+		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
+		SetAutoReconnect(true).SetMaxReconnectInterval(r.cfg.RetryMax).SetConnectTimeout(connectTimeout).
+		// Messages of the persistent session can arrive before the subscription is
+		// renewed: the default handler takes them.
+		SetDefaultPublishHandler(deliver).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) { log.Warn("broker connection lost", attrError, err) }).
+		SetOnConnectHandler(func(c mqtt.Client) {
+			select {
+			case subs <- c.Subscribe(filter, 1, deliver):
+			default:
+			}
+		})
+	if r.cfg.TLS != nil {
+		opts.SetTLSConfig(r.cfg.TLS)
+	}
+	client := mqtt.NewClient(opts)
+	var pubs sync.WaitGroup
+	defer func() {
+		cancel()
+		client.Disconnect(250)
+		pubs.Wait()
+	}()
+	// The first connection is retried here, not by paho (whose connect-retry goroutine
+	// outlives Disconnect); after it, paho reconnects by itself.
+	bo := backoff.New(time.Second, r.cfg.RetryMax)
+	for {
+		tok := client.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			// Let the attempt end (ConnectTimeout bounds it) before disconnecting.
+			tok.WaitTimeout(connectTimeout + time.Second)
+			return nil
+		}
+		err := tok.Error()
+		if err == nil {
+			if bo.Failures() > 0 {
+				log.Info("broker reachable", attrFailures, bo.Failures())
+			}
+			break
+		}
+		if bo.Failures() == 0 {
+			log.Warn("connect to broker, will retry", attrError, err)
+		}
+		if bo.BackOff(ctx, err) != nil {
+			return nil
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			r.handleMessage(ctx, client, m, &pubs)
+		case tok := <-subs:
+			pubs.Add(1)
+			go func() {
+				defer pubs.Done()
+				select {
+				case <-tok.Done():
+				case <-ctx.Done():
+					return
+				}
+				err := tok.Error()
+				if st, ok := tok.(*mqtt.SubscribeToken); ok && err == nil && st.Result()[filter] == 0x80 {
+					err = errors.New("the broker refused the subscription (SUBACK 0x80): check its ACL")
+				}
+				if err != nil {
+					log.Error("subscribe", attrTopic, filter, attrError, err)
+					return
+				}
+				log.Info("connected and subscribed", attrTopic, filter)
+			}()
+		}
+	}
+}
+
+// handleMessage is the loop body of Run: handle one batch message, acknowledge it to
+// the broker once it is stored or refused, and publish the receipt.
+func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt.Message, pubs *sync.WaitGroup) {
+	site, dev, ok := splitBatchTopic(r.cfg.Prefix, m.Topic())
+	if !ok {
+		r.log.Warn("message on an unexpected topic", attrTopic, m.Topic(), attrBytes, len(m.Payload()))
+		m.Ack()
+		return
+	}
+	bo := backoff.New(retryMin, r.cfg.RetryMax)
+	var limit ratelog.Limiter
+	var rc []byte
+	start := time.Now()
+	for {
+		var err error
+		rc, err = r.Handle(ctx, site, dev, m.Payload())
+		var ref *RefusedError
+		if err == nil || errors.As(err, &ref) {
+			if bo.Failures() > 0 {
+				r.log.Info("batch handled after failures", attrSite, site, attrDevice, dev,
+					attrFailures, bo.Failures(), attrDuration, time.Since(start))
+			}
+			break
+		}
+		if ok, suppressed := limit.Allow("handle", time.Now()); ok {
+			r.log.Error("handle batch, will retry", attrSite, site, attrDevice, dev, attrError, err, "suppressed", suppressed)
+		}
+		if bo.BackOff(ctx, err) != nil {
+			return // shutting down: not acknowledged, the broker redelivers it
+		}
+	}
+	m.Ack()
+	if rc == nil {
+		return
+	}
+	topic := AckTopic(r.cfg.Prefix, site, dev)
+	tok := client.Publish(topic, 1, true, rc)
+	// Waiting here would stall Run's loop behind paho's router, which may be blocked
+	// delivering the next batch to it; the wait happens aside.
+	pubs.Add(1)
+	go func() {
+		defer pubs.Done()
+		select {
+		case <-tok.Done():
+			if err := tok.Error(); err != nil {
+				r.log.Warn("publish receipt", attrTopic, topic, attrError, err)
+			}
+		case <-ctx.Done():
+		}
+	}()
+}

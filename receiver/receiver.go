@@ -250,6 +250,15 @@ func (r *Receiver) Handle(ctx context.Context, site, dev string, payload []byte)
 		return nil, r.refuse(ctx, &RefusedError{Site: site, Device: dev, Err: ErrMalformed,
 			Detail: "site or device is not a valid name"}, nil)
 	}
+	// The checks that need no stored state run first, outside the device's lock, and
+	// before any state exists for it: publishers of unknown names cost no memory.
+	b, h, hash, ref := r.check(ctx, site, dev, payload)
+	if ref != nil {
+		if ref.Err == nil { // not a refusal: an I/O error looking up the key
+			return nil, fmt.Errorf("handle %s/%s: %s", site, dev, ref.Detail)
+		}
+		return nil, r.refuse(ctx, ref, payload)
+	}
 	d := r.device(site, dev)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -259,13 +268,6 @@ func (r *Receiver) Handle(ctx context.Context, site, dev string, payload []byte)
 			return nil, fmt.Errorf("handle %s/%s: %w", site, dev, err)
 		}
 		d.head, d.loaded = h, true
-	}
-	b, h, hash, ref := r.check(ctx, site, dev, payload)
-	if ref != nil {
-		if ref.Err == nil { // not a refusal: an I/O error looking up the key
-			return nil, fmt.Errorf("handle %s/%s: %s", site, dev, ref.Detail)
-		}
-		return nil, r.refuse(ctx, ref, payload)
 	}
 	refuse := func(err error, format string, args ...any) ([]byte, error) {
 		return nil, r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: err, Detail: fmt.Sprintf(format, args...)}, payload)

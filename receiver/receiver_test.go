@@ -436,3 +436,68 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// FuzzHandle: whatever arrives, Handle does not panic, and a refused batch gets no
+// receipt; what it receipts verifies with central's key.
+func FuzzHandle(f *testing.F) {
+	a := newAppliance(f, "s1", "d1")
+	chain := a.extend(f, nil, 3, "a")
+	for _, b := range chain {
+		f.Add(wire(b))
+	}
+	f.Add([]byte("EAB1\x00\x00\x00\x02{}\x00\x00\x00\x00\x00\x00"))
+	e := newEnv(f, receiver.Config{MaxQuarantineBytes: 1}, newMemStore()) // no quarantine writes: speed
+	enroll(f, e.keysDir, "s1", "d1", &a.key.PublicKey)
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		rc, err := e.r.Handle(t.Context(), "s1", "d1", payload)
+		var ref *receiver.RefusedError
+		if errors.As(err, &ref) && rc != nil {
+			t.Fatal("refused batch got a receipt")
+		}
+		if rc != nil {
+			if _, err := ledger.VerifyReceipt(rc, &e.central.PublicKey); err != nil {
+				t.Fatalf("receipt does not verify: %v", err)
+			}
+		}
+	})
+}
+
+// TestHandleConcurrentDevices: devices are handled in parallel (run it with -race), and
+// duplicates of one device in parallel store each batch once.
+func TestHandleConcurrentDevices(t *testing.T) {
+	e := newEnv(t, receiver.Config{}, nil)
+	const devices, batches = 4, 8
+	chains := make([][]*ledger.Batch, devices)
+	for i := range devices {
+		a := newAppliance(t, "s1", fmt.Sprintf("d%d", i))
+		enroll(t, e.keysDir, "s1", a.device, &a.key.PublicKey)
+		chains[i] = a.extend(t, nil, batches, "a")
+	}
+	errs := make(chan error, devices*2)
+	for i := range devices * 2 { // two senders per device, each sending the whole chain
+		go func() {
+			dev := fmt.Sprintf("d%d", i%devices)
+			for _, b := range chains[i%devices] {
+				if _, err := e.r.Handle(t.Context(), "s1", dev, wire(b)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range devices * 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := e.r.Stats(); st.Batches != devices*batches || st.Duplicates != devices*batches {
+		t.Fatalf("stored %d, duplicates %d; want %d each", st.Batches, st.Duplicates, devices*batches)
+	}
+	for i := range devices {
+		h, err := e.store.Head(t.Context(), "s1", fmt.Sprintf("d%d", i))
+		if err != nil || h.Seq != batches {
+			t.Fatalf("d%d head %d (%v), want %d", i, h.Seq, err, batches)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
 	"github.com/edgeaudit/edgeaudit/ledger"
@@ -161,13 +160,4 @@ func (f FolderStore) Append(_ context.Context, e Entry) error {
 		return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
 	}
 	return nil
-}
-
-// parseSeqName is the inverse of SeqName.
-func parseSeqName(s string) (uint64, bool) {
-	if len(s) != 20 {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	return n, err == nil
 }

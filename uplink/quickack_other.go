@@ -1,0 +1,7 @@
+//go:build !linux
+
+package uplink
+
+import "net"
+
+func quickAck(*net.TCPConn) {}

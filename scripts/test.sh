@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION=v0.8.2 # honnef.co/go/tools; 2026.2.2, knows Go 1.26
 GO_TEST_TIMEOUT=${GO_TEST_TIMEOUT:-15m}
-PEER_PKGS=(rsyslog rsyslog-gnutls rsyslog-relp openssl bsdutils util-linux ca-certificates curl strace)
+PEER_PKGS=(rsyslog rsyslog-gnutls rsyslog-relp openssl bsdutils util-linux ca-certificates curl strace mosquitto)
 
 # rsyslogd lives in /usr/sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

@@ -54,7 +54,7 @@ func BenchmarkDrain(b *testing.B) {
 					b.StopTimer()
 					cancel()
 					<-done
-					ce.c.Disconnect(100)
+					ce.stop()
 					if got := u.Stats().Resends; got != 0 {
 						b.Logf("%d resends", got)
 					}

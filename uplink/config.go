@@ -22,7 +22,7 @@ const (
 	DefaultMaxMessageBytes = 256 << 10
 	DefaultConnectTimeout  = 10 * time.Second
 	DefaultKeepAlive       = 30 * time.Second
-	DefaultPollInterval    = time.Second
+	DefaultPollInterval    = 250 * time.Millisecond
 	DefaultBackoffMin      = time.Second
 	DefaultBackoffMax      = 2 * time.Minute
 )
@@ -60,7 +60,8 @@ type Config struct {
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	// KeepAlive is the MQTT keepalive (default 30s).
 	KeepAlive time.Duration `yaml:"keep_alive"`
-	// PollInterval is how often the spool is checked for newly sealed batches (default 1s).
+	// PollInterval is how often the spool is checked for newly sealed batches (default
+	// 250ms; Notify wakes the uplink sooner).
 	PollInterval time.Duration `yaml:"poll_interval"`
 	// BackoffMin and BackoffMax bound the jittered reconnect backoff (defaults 1s, 2m).
 	BackoffMin time.Duration `yaml:"backoff_min"`

@@ -185,7 +185,20 @@ type central struct {
 	arrived []uint64 // every delivery, in arrival order
 	stored  uint64
 	hashes  map[uint64]string
+	once    sync.Once
 	silent  bool // no receipts
+	queue   chan mqtt.Message
+	quit    chan struct{}
+	served  chan struct{}
+}
+
+// stop disconnects central and waits for its queue to drain. Idempotent.
+func (ce *central) stop() {
+	ce.once.Do(func() {
+		ce.c.Disconnect(100)
+		close(ce.quit)
+		<-ce.served
+	})
 }
 
 const (
@@ -213,7 +226,9 @@ func startBrokerOpts(t testing.TB, noDelay bool) *testmqtt.Broker {
 
 func startCentral(t testing.TB, b *testmqtt.Broker, v hmacVerifier) *central {
 	t.Helper()
-	ce := &central{t: t, v: v, hashes: map[uint64]string{}}
+	ce := &central{t: t, v: v, hashes: map[uint64]string{}, queue: make(chan mqtt.Message, 1<<16),
+		quit: make(chan struct{}), served: make(chan struct{})}
+	go ce.serve()
 	o := mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("central").SetUsername(centralUser).
 		SetPassword(centralPass).SetTLSConfig(b.ClientTLS()).SetCleanSession(true).
 		SetAutoReconnect(true).SetMaxReconnectInterval(100 * time.Millisecond).SetConnectTimeout(5 * time.Second).
@@ -238,13 +253,35 @@ func startCentral(t testing.TB, b *testmqtt.Broker, v hmacVerifier) *central {
 	ce.mu.Lock()
 	ce.arrived = nil
 	ce.mu.Unlock()
-	t.Cleanup(func() { ce.c.Disconnect(100) })
+	t.Cleanup(ce.stop)
 	return ce
 }
 
 const probeSeq = ^uint64(0)
 
-func (ce *central) onBatch(c mqtt.Client, m mqtt.Message) {
+// onBatch runs on paho's router goroutine (OrderMatters): it only queues, so it never
+// blocks paho; serve stores and receipts.
+func (ce *central) onBatch(_ mqtt.Client, m mqtt.Message) {
+	select {
+	case ce.queue <- m:
+	case <-ce.quit:
+	}
+}
+
+func (ce *central) serve() {
+	defer close(ce.served)
+	for {
+		select {
+		case m := <-ce.queue:
+			ce.handle(m)
+		case <-ce.quit:
+			return
+		}
+	}
+}
+
+func (ce *central) handle(m mqtt.Message) {
+	c := ce.c
 	if bytes.Equal(m.Payload(), []byte("probe")) {
 		ce.mu.Lock()
 		ce.arrived = append(ce.arrived, probeSeq)

@@ -101,6 +101,7 @@ func TestDeliverInOrderAndAck(t *testing.T) {
 	waitFor(t, st, "online")
 	eventually(t, "ack 40", func() bool { return src.ackedSeq() == 40 })
 	src.add(t, "d1", 10, 1, 100) // sealed while running
+	u.Notify()
 	eventually(t, "ack 50", func() bool { return src.ackedSeq() == 50 })
 	stop()
 	waitFor(t, st, "offline")
@@ -123,7 +124,7 @@ func TestDeliverInOrderAndAck(t *testing.T) {
 	if got, want := s.State, StateDisconnected; got != want {
 		t.Errorf("state=%s, want %s", got, want)
 	}
-	ce.c.Disconnect(100)
+	ce.stop()
 	watcher.Disconnect(100)
 	leakCheck(t)
 }
@@ -281,7 +282,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 		t.Errorf("unsent=%d, want %d", got, want)
 	}
 	t.Logf("%d arrivals for 350 batches, %d resends, %d reconnects", len(seqs), s.Resends, s.Reconnects)
-	ce.c.Disconnect(100)
+	ce.stop()
 	leakCheck(t)
 }
 

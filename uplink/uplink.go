@@ -133,6 +133,8 @@ type Uplink struct {
 	incidents, oversizeSeq                            atomic.Uint64
 	inflight                                          atomic.Int64
 
+	wake chan struct{} // Notify
+
 	mu         sync.Mutex
 	lastErr    string
 	reported   map[string]uint64 // kind -> last seq reported
@@ -154,7 +156,7 @@ func New(cfg Config, src Source, receipts ReceiptVerifier, rep Reporter, logger 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	u := &Uplink{cfg: cfg, src: src, rv: receipts, rep: rep,
-		log: logger.With(keyComponent, "uplink"), reported: map[string]uint64{}}
+		log: logger.With(keyComponent, "uplink"), reported: map[string]uint64{}, wake: make(chan struct{}, 1)}
 	if !strings.HasPrefix(cfg.Broker, "tcp://") && !strings.HasPrefix(cfg.Broker, "mqtt://") {
 		tc, err := cfg.tlsConfig()
 		if err != nil {
@@ -169,6 +171,15 @@ func New(cfg Config, src Source, receipts ReceiptVerifier, rep Reporter, logger 
 	}
 	u.state.Store(StateDisconnected)
 	return u, nil
+}
+
+// Notify tells the uplink that a batch was sealed, so it looks now rather than at the
+// next poll. It never blocks; calling it from the spool's sealing path is safe.
+func (u *Uplink) Notify() {
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Run connects, publishes and applies receipts until ctx is done, reconnecting with
@@ -339,6 +350,10 @@ func (s *sender) pump(ctx context.Context, recv <-chan []byte, lost <-chan error
 		case p := <-recv:
 			s.receipt(p)
 		case <-poll.C:
+			if err := s.refresh(); err != nil {
+				u.setErr(err)
+			}
+		case <-u.wake:
 			if err := s.refresh(); err != nil {
 				u.setErr(err)
 			}

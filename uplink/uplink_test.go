@@ -346,3 +346,17 @@ func TestRunWithoutBrokerStops(t *testing.T) {
 	}
 	goleak.VerifyNone(t)
 }
+
+// Notify never blocks, however often it is called without a Run.
+func TestNotifyNeverBlocks(t *testing.T) {
+	u, err := New(Config{Broker: "tcp://127.0.0.1:1", Site: "s1", Device: "d1"}, newSource(t), hmacVerifier{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		u.Notify()
+	}
+	if got, want := len(u.wake), 1; got != want {
+		t.Fatalf("pending wakes=%d, want %d", got, want)
+	}
+}

@@ -44,7 +44,8 @@ type memSource struct {
 	batches []*ledger.Batch
 	hashes  []string
 	acked   uint64
-	acks    []uint64
+	acks    []uint64 // each Ack that moved the mark
+	calls   int      // every Ack call
 	failAck error
 }
 
@@ -114,6 +115,7 @@ func (s *memSource) Batches(from uint64, fn func(*ledger.Batch) error) error {
 func (s *memSource) Ack(seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.calls++
 	if s.failAck != nil {
 		return s.failAck
 	}

@@ -3,6 +3,7 @@
 package uplink
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -58,6 +59,15 @@ type ReceiptVerifier interface {
 	// another site or device, malformed). It must be safe to call from one goroutine at a
 	// time and must not keep b.
 	Verify(b []byte) (seq uint64, headerHash string, err error)
+}
+
+// ReceiptKeeper may also be implemented by the ReceiptVerifier. Keep stores a verified
+// receipt that matches the local chain; the uplink calls it before it acks up to seq
+// (DESIGN: central's receipt is verified, kept, and only then marks batches acked), so
+// a site can later prove what central held. An error means nothing was kept: the
+// uplink does not ack and tries again.
+type ReceiptKeeper interface {
+	Keep(seq uint64, receipt []byte) error
 }
 
 // Incident kinds.
@@ -127,6 +137,9 @@ type Uplink struct {
 	// Only the Run goroutine writes these.
 	maxSent   uint64 // highest seq ever published: below it, a publish is a resend
 	receipted uint64 // highest seq central receipted (>= what src has, if an Ack failed)
+	receipt   []byte // the receipt for receipted
+	kept      uint64 // highest seq whose receipt the ReceiptKeeper stored
+	ackedSrc  uint64 // highest seq the source recorded through Ack
 
 	state                                             atomic.Value // string
 	published, resends, receipts, badReceipts, reconn atomic.Uint64
@@ -327,6 +340,7 @@ func (u *Uplink) newSender(c publisher) (*sender, error) {
 		return nil, fmt.Errorf("read spool position: %w", err)
 	}
 	u.receipted = max(u.receipted, pos.AckedSeq)
+	u.ackedSrc = max(u.ackedSrc, pos.AckedSeq)
 	s := &sender{u: u, c: c, pos: pos, next: u.receipted + 1, timer: time.NewTimer(time.Hour)}
 	s.timer.Stop()
 	return s, nil
@@ -510,7 +524,7 @@ func (s *sender) receipt(p []byte) {
 	if seq <= u.receipted {
 		return
 	}
-	u.receipted = seq
+	u.receipted, u.receipt = seq, bytes.Clone(p)
 	i := 0
 	for i < len(s.inflight) && s.inflight[i].seq <= seq {
 		i++
@@ -549,14 +563,30 @@ func (s *sender) localHash(seq uint64) (string, bool) {
 	return hash, hash != ""
 }
 
-// retryAck records u.receipted in the source (again, if an earlier Ack failed).
+// retryAck keeps the receipt for u.receipted and records it in the source (again, if an
+// earlier Keep or Ack failed).
 func (u *Uplink) retryAck() {
+	if k, ok := u.rv.(ReceiptKeeper); ok && u.kept < u.receipted && u.receipt != nil {
+		if err := k.Keep(u.receipted, u.receipt); err != nil {
+			u.setErr(fmt.Errorf("keep receipt %d: %w", u.receipted, err))
+			if ok, n := u.rl.Allow("keep", time.Now()); ok {
+				u.log.Error("keep receipt", keySeq, u.receipted, keyErr, err, keySuppressed, n)
+			}
+			return
+		}
+		u.kept = u.receipted
+	}
+	if u.ackedSrc >= u.receipted { // each Ack is a commit: none without news
+		return
+	}
 	if err := u.src.Ack(u.receipted); err != nil {
 		u.setErr(fmt.Errorf("ack %d: %w", u.receipted, err))
 		if ok, n := u.rl.Allow("ack", time.Now()); ok {
 			u.log.Error("record receipt in spool", keySeq, u.receipted, keyErr, err, keySuppressed, n)
 		}
+		return
 	}
+	u.ackedSrc = u.receipted
 }
 
 // once reports whether (kind, seq) is new, and remembers it.

@@ -360,3 +360,88 @@ func TestNotifyNeverBlocks(t *testing.T) {
 		t.Fatalf("pending wakes=%d, want %d", got, want)
 	}
 }
+
+// keepingVerifier stores receipts, or fails to.
+type keepingVerifier struct {
+	hmacVerifier
+	mu   sync.Mutex
+	err  error
+	kept []uint64
+}
+
+func (k *keepingVerifier) Keep(seq uint64, receipt []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.err != nil {
+		return k.err
+	}
+	if s, _, err := k.Verify(receipt); err != nil || s != seq {
+		return errors.New("kept receipt does not name seq")
+	}
+	k.kept = append(k.kept, seq)
+	return nil
+}
+
+// A receipt is kept before it acks; when keeping fails, nothing is acked until it works.
+func TestReceiptKeptBeforeAck(t *testing.T) {
+	src := newSource(t)
+	src.add(t, "d1", 3, 1, 50)
+	kv := &keepingVerifier{hmacVerifier: hmacVerifier{key: []byte("k")}, err: errors.New("disk full")}
+	u, err := New(Config{Broker: "tcp://127.0.0.1:1", Site: "s1", Device: "d1"}, src, kv, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := u.newSender(&recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.fill(); err != nil {
+		t.Fatal(err)
+	}
+	s.receipt(kv.sign(2, src.hashes[1]))
+	if got := src.ackedSeq(); got != 0 {
+		t.Fatalf("acked=%d although keeping failed, want 0", got)
+	}
+	kv.mu.Lock()
+	kv.err = nil
+	kv.mu.Unlock()
+	if err := s.refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := src.ackedSeq(), uint64(2); got != want {
+		t.Fatalf("acked=%d, want %d", got, want)
+	}
+	s.receipt(kv.sign(3, src.hashes[2]))
+	if got, want := kv.kept, []uint64{2, 3}; !equal(got, want) {
+		t.Fatalf("kept %v, want %v", got, want)
+	}
+	if got, want := src.ackedSeq(), uint64(3); got != want {
+		t.Fatalf("acked=%d, want %d", got, want)
+	}
+}
+
+// Ack is a spool commit: polling calls it only when a receipt moved the mark.
+func TestNoAckWithoutNews(t *testing.T) {
+	src := newSource(t)
+	src.add(t, "d1", 3, 1, 50)
+	v := hmacVerifier{key: []byte("k")}
+	_, s, _ := newTestSender(t, src, v, nil, 8)
+	if err := s.fill(); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := s.refresh(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.receipt(v.sign(3, src.hashes[2]))
+	s.receipt(v.sign(3, src.hashes[2]))
+	for range 5 {
+		if err := s.refresh(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := src.calls, 1; got != want {
+		t.Fatalf("Ack calls=%d, want %d", got, want)
+	}
+}

@@ -8,21 +8,24 @@ import (
 )
 
 // BenchmarkDrain measures how fast a backlog leaves the box: sealed batches of 100 events
-// of 300 bytes (about 31 KiB each), published over TLS to a local mosquitto, receipted by
+// of 300 bytes (about 31 KiB each; and 1000 of 200 bytes), published over TLS to a local mosquitto, receipted by
 // a fake central, until the source is acked to the last. Reported as batches/s and
 // events/s, per window, against mosquitto with set_tcp_nodelay (backlog 2000) and with
 // its default, Nagle on (backlog 200: each receipt round waits for a delayed ACK there).
 func BenchmarkDrain(b *testing.B) {
-	const events, size = 100, 300
 	for _, bc := range []struct {
-		broker  string
-		noDelay bool
-		backlog int
-		windows []int
+		broker       string
+		noDelay      bool
+		backlog      int
+		events, size int
+		windows      []int
 	}{
-		{"nodelay", true, 2000, []int{1, 8, 32}},
-		{"default", false, 200, []int{8, 32}},
+		{"nodelay", true, 2000, 100, 300, []int{1, 8, 32}},
+		{"default", false, 200, 100, 300, []int{8, 32}},
+		// Full batches (batch.max_events 1000) of small events, about 215 KiB each.
+		{"nodelay/events=1000", true, 200, 1000, 200, []int{8}},
 	} {
+		events, size := bc.events, bc.size
 		br := startBrokerOpts(b, bc.noDelay)
 		v := hmacVerifier{key: []byte("central")}
 		src := newSource(b)

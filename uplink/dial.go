@@ -20,9 +20,12 @@ import (
 // the drain at about 190 batches/s on loopback. Asking for an immediate ACK after each
 // read (TCP_QUICKACK, Linux only; the kernel clears it again, hence every read) removes
 // the stall from this side, whatever the broker's config.
-func (u *Uplink) dialer() mqtt.OpenConnectionFunc {
+//
+// The dial and the TLS handshake end when ctx does, so a stop never waits out
+// connect_timeout against a broker that does not answer.
+func (u *Uplink) dialer(runCtx context.Context) mqtt.OpenConnectionFunc {
 	return func(uri *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), u.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(runCtx, u.cfg.ConnectTimeout)
 		defer cancel()
 		d := &net.Dialer{Timeout: u.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
 		var raw net.Conn

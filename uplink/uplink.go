@@ -260,7 +260,7 @@ func (u *Uplink) session(ctx context.Context, onConnected func()) (connected boo
 			default:
 			}
 		})
-	o.SetCustomOpenConnectionFn(u.dialer())
+	o.SetCustomOpenConnectionFn(u.dialer(ctx))
 	if u.cfg.Username != "" {
 		o.SetUsername(u.cfg.Username).SetPassword(u.cfg.Password)
 	}

@@ -445,3 +445,48 @@ func TestNoAckWithoutNews(t *testing.T) {
 		t.Fatalf("Ack calls=%d, want %d", got, want)
 	}
 }
+
+// A broker that accepts TCP and never completes the TLS handshake does not hold up a
+// stop: the handshake ends with ctx, not after connect_timeout (here an hour).
+func TestStopDuringHandshake(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c // held open, silent
+		}
+	}()
+	src := newSource(t)
+	u, err := New(Config{Broker: "tls://" + l.Addr().String(), Site: "s1", Device: "d1",
+		ConnectTimeout: time.Hour}, src, hmacVerifier{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- u.Run(ctx) }()
+	conn := <-accepted // the uplink is in its handshake now
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run=%v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run still connecting 30s after cancel")
+	}
+	conn.Close()
+	l.Close()
+	for c := range accepted {
+		c.Close()
+	}
+	goleak.VerifyNone(t)
+}

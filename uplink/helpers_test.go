@@ -181,7 +181,11 @@ func (r *reporter) incidents() []Incident {
 // the receiver will.
 type central struct {
 	t       testing.TB
-	c       mqtt.Client
+	b       *testmqtt.Broker
+	cmu     sync.Mutex
+	cur     mqtt.Client
+	lost    chan struct{}
+	kept    chan struct{}
 	v       hmacVerifier
 	mu      sync.Mutex
 	arrived []uint64 // every delivery, in arrival order
@@ -197,8 +201,9 @@ type central struct {
 // stop disconnects central and waits for its queue to drain. Idempotent.
 func (ce *central) stop() {
 	ce.once.Do(func() {
-		ce.c.Disconnect(100)
 		close(ce.quit)
+		<-ce.kept
+		ce.client().Disconnect(100)
 		<-ce.served
 	})
 }
@@ -228,25 +233,19 @@ func startBrokerOpts(t testing.TB, noDelay bool) *testmqtt.Broker {
 
 func startCentral(t testing.TB, b *testmqtt.Broker, v hmacVerifier) *central {
 	t.Helper()
-	ce := &central{t: t, v: v, hashes: map[uint64]string{}, queue: make(chan mqtt.Message, 1<<16),
-		quit: make(chan struct{}), served: make(chan struct{})}
+	ce := &central{t: t, v: v, b: b, hashes: map[uint64]string{}, queue: make(chan mqtt.Message, 1<<16),
+		quit: make(chan struct{}), served: make(chan struct{}), kept: make(chan struct{}), lost: make(chan struct{}, 1)}
 	go ce.serve()
-	o := mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("central").SetUsername(centralUser).
-		SetPassword(centralPass).SetTLSConfig(b.ClientTLS()).SetCleanSession(true).
-		SetAutoReconnect(true).SetMaxReconnectInterval(100 * time.Millisecond).SetConnectTimeout(5 * time.Second).
-		SetOrderMatters(true). // one handler at a time, in arrival order
-		SetOnConnectHandler(func(c mqtt.Client) {
-			c.Subscribe("edgeaudit/s1/+/batch", 1, ce.onBatch)
-		})
-	ce.c = mqtt.NewClient(o)
-	if tok := ce.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("central connect: %v", tok.Error())
+	if err := ce.connect(); err != nil {
+		t.Fatalf("central connect: %v", err)
 	}
-	// The subscription is made in the connect handler; wait until it is in place.
+	go ce.keep()
+	t.Cleanup(ce.stop)
+	// Wait until a message published now comes back through the subscription.
 	probe := fmt.Sprintf("edgeaudit/s1/probe%d/batch", time.Now().UnixNano())
 	deadline := time.Now().Add(10 * time.Second)
-	for ce.arrivals() == 0 || !ce.sawProbe() {
-		ce.c.Publish(probe, 1, false, "probe").WaitTimeout(time.Second)
+	for !ce.sawProbe() {
+		ce.client().Publish(probe, 1, false, "probe").WaitTimeout(time.Second)
 		if time.Now().After(deadline) {
 			t.Fatal("central subscription not in place after 10s")
 		}
@@ -255,8 +254,63 @@ func startCentral(t testing.TB, b *testmqtt.Broker, v hmacVerifier) *central {
 	ce.mu.Lock()
 	ce.arrived = nil
 	ce.mu.Unlock()
-	t.Cleanup(ce.stop)
 	return ce
+}
+
+// connect makes a new client and subscribes. Central reconnects by itself, with a new
+// client each time, not with paho's auto-reconnect: its resume path has a data race in
+// v1.5.1 (client.resume writes a packet the outgoing goroutine is writing).
+func (ce *central) connect() error {
+	o := mqtt.NewClientOptions().AddBroker(ce.b.URL).SetClientID("central").SetUsername(centralUser).
+		SetPassword(centralPass).SetTLSConfig(ce.b.ClientTLS()).SetCleanSession(true).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).
+		// A publish on a client whose connection just died would otherwise wait 30 s
+		// (paho's default) and hold up every receipt behind it.
+		SetWriteTimeout(200 * time.Millisecond).
+		SetOrderMatters(true). // one handler at a time, in arrival order
+		SetConnectionLostHandler(func(mqtt.Client, error) {
+			select {
+			case ce.lost <- struct{}{}:
+			default:
+			}
+		})
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return fmt.Errorf("connect: %v", tok.Error())
+	}
+	if tok := c.Subscribe("edgeaudit/s1/+/batch", 1, ce.onBatch); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		c.Disconnect(0)
+		return fmt.Errorf("subscribe: %v", tok.Error())
+	}
+	ce.cmu.Lock()
+	ce.cur = c
+	ce.cmu.Unlock()
+	return nil
+}
+
+func (ce *central) client() mqtt.Client {
+	ce.cmu.Lock()
+	defer ce.cmu.Unlock()
+	return ce.cur
+}
+
+// keep reconnects after a lost connection until stop.
+func (ce *central) keep() {
+	defer close(ce.kept)
+	for {
+		select {
+		case <-ce.quit:
+			return
+		case <-ce.lost:
+		}
+		for ce.connect() != nil {
+			select {
+			case <-ce.quit:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
 }
 
 const probeSeq = ^uint64(0)
@@ -283,7 +337,7 @@ func (ce *central) serve() {
 }
 
 func (ce *central) handle(m mqtt.Message) {
-	c := ce.c
+	c := ce.client()
 	if bytes.Equal(m.Payload(), []byte("probe")) {
 		ce.mu.Lock()
 		ce.arrived = append(ce.arrived, probeSeq)
@@ -311,12 +365,6 @@ func (ce *central) handle(m mqtt.Message) {
 	if !silent && stored > 0 {
 		c.Publish("edgeaudit/s1/"+h.Device+"/ack", 1, false, ce.v.sign(stored, hash))
 	}
-}
-
-func (ce *central) arrivals() int {
-	ce.mu.Lock()
-	defer ce.mu.Unlock()
-	return len(ce.arrived)
 }
 
 func (ce *central) sawProbe() bool {

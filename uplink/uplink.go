@@ -116,6 +116,7 @@ type Stats struct {
 	InFlight     int           // published, waiting for a receipt
 	Published    uint64        // publishes, resends included
 	Resends      uint64        // publishes of a seq published before
+	PubAcks      uint64        // broker PUBACKs seen: the broker has it, nothing more (never an ack)
 	Receipts     uint64        // verified receipts
 	BadReceipts  uint64        // receipts that did not verify
 	Reconnects   uint64        // connections after the first
@@ -143,7 +144,7 @@ type Uplink struct {
 
 	state                                             atomic.Value // string
 	published, resends, receipts, badReceipts, reconn atomic.Uint64
-	incidents, oversizeSeq                            atomic.Uint64
+	incidents, oversizeSeq, pubacks                   atomic.Uint64
 	inflight                                          atomic.Int64
 
 	wake chan struct{} // Notify
@@ -319,6 +320,7 @@ type publisher interface {
 type flight struct {
 	seq  uint64
 	hash string
+	tok  mqtt.Token // until its PUBACK (or error) is seen
 }
 
 // sender is one session's delivery state. Its methods are the loop bodies; tests call
@@ -330,7 +332,6 @@ type sender struct {
 	next     uint64   // next seq to publish
 	inflight []flight // published, not receipted, in seq order
 	stuck    uint64   // an oversize seq: nothing at or after it is published
-	last     mqtt.Token
 	timer    *time.Timer
 }
 
@@ -394,14 +395,9 @@ var errEnough = errors.New("enough")
 // connection is gone.
 func (s *sender) fill() error {
 	u := s.u
-	if s.last != nil {
-		select {
-		case <-s.last.Done():
-			if err := s.last.Error(); err != nil {
-				return fmt.Errorf("publish: %w", err)
-			}
-			s.last = nil
-		default:
+	for i := range s.inflight {
+		if err := s.reap(&s.inflight[i]); err != nil {
+			return err
 		}
 	}
 	room := u.cfg.Window - len(s.inflight)
@@ -442,7 +438,8 @@ func (s *sender) fill() error {
 			return nil
 		}
 		hh := ledger.HeaderHash(b.Header)
-		s.last = s.c.Publish(u.cfg.BatchTopic(), 1, false, wire)
+		tok := s.c.Publish(u.cfg.BatchTopic(), 1, false, wire)
+		u.log.Debug("published", keySeq, h.Seq, keySize, len(wire))
 		u.published.Add(1)
 		if h.Seq <= u.maxSent {
 			u.resends.Add(1)
@@ -451,10 +448,29 @@ func (s *sender) fill() error {
 		if len(s.inflight) == 0 {
 			s.timer.Reset(u.cfg.AckTimeout)
 		}
-		s.inflight = append(s.inflight, flight{seq: h.Seq, hash: hexHash(hh)})
+		s.inflight = append(s.inflight, flight{seq: h.Seq, hash: hexHash(hh), tok: tok})
 		s.next = h.Seq + 1
 	}
 	u.inflight.Store(int64(len(s.inflight)))
+	return nil
+}
+
+// reap looks at f's publish token without waiting: a PUBACK is counted, an error
+// returned (the connection is gone).
+func (s *sender) reap(f *flight) error {
+	if f.tok == nil {
+		return nil
+	}
+	select {
+	case <-f.tok.Done():
+		err := f.tok.Error()
+		f.tok = nil
+		if err != nil {
+			return fmt.Errorf("publish seq %d: %w", f.seq, err)
+		}
+		s.u.pubacks.Add(1)
+	default:
+	}
 	return nil
 }
 
@@ -525,8 +541,10 @@ func (s *sender) receipt(p []byte) {
 		return
 	}
 	u.receipted, u.receipt = seq, bytes.Clone(p)
+	u.log.Debug("receipt", keySeq, seq)
 	i := 0
 	for i < len(s.inflight) && s.inflight[i].seq <= seq {
+		s.reap(&s.inflight[i]) // an error shows as a lost connection
 		i++
 	}
 	s.inflight = append(s.inflight[:0], s.inflight[i:]...)
@@ -617,7 +635,7 @@ func (u *Uplink) Stats() Stats {
 	st := Stats{
 		State: u.state.Load().(string), InFlight: int(u.inflight.Load()),
 		Published: u.published.Load(), Resends: u.resends.Load(), Receipts: u.receipts.Load(),
-		BadReceipts: u.badReceipts.Load(), Reconnects: u.reconn.Load(),
+		BadReceipts: u.badReceipts.Load(), Reconnects: u.reconn.Load(), PubAcks: u.pubacks.Load(),
 		OversizeSeq: u.oversizeSeq.Load(), Incidents: u.incidents.Load(),
 	}
 	pos, err := u.src.Position()

@@ -44,6 +44,10 @@ type Config struct {
 	// Cert and Key are the client certificate and its key (PEM), both or neither.
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+	// CentralKey is the PEM public key central signs receipts with. The uplink does not
+	// read it: the daemon loads it into the ReceiptVerifier (ledger.VerifyReceipt) and
+	// refuses to start an uplink without it.
+	CentralKey string `yaml:"central_key"`
 	// Username and Password are optional MQTT credentials.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`

@@ -2,13 +2,15 @@
 # scripts/test.sh - every check and test of edgeaudit, as CI runs it (.ci/run calls it).
 #
 #   1. Installs the test peers on a Debian machine, as root (or through sudo):
-#      rsyslog + rsyslog-gnutls, openssl, util-linux's logger, ca-certificates, curl, with
-#      apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
+#      rsyslog + rsyslog-gnutls + rsyslog-relp, openssl, util-linux's logger,
+#      ca-certificates, curl, strace (the fsync-ordering proofs), mosquitto (the uplink's
+#      real broker), with apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
 #      folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
 #      started. Whatever is already there is kept, so a second run installs nothing.
 #   2. gofmt, go vet, staticcheck (from the Go module proxy; skipped with a note if it
 #      cannot be fetched).
-#   3. go test -race -count=1 ./... (the integration tests run the real peers).
+#   3. go test -race -count=1 ./... (the integration tests run the real peers), then
+#      every benchmark once under -race with a tiny -benchtime.
 #
 # Every step runs even if an earlier check failed; the exit status is 1 if any failed.
 #

@@ -68,6 +68,7 @@ type Config struct {
 // BatchConfig is the `batch:` section.
 type BatchConfig struct {
 	MaxEvents int           `yaml:"max_events"`
+	MaxBytes  int64         `yaml:"max_bytes"`
 	MaxAge    time.Duration `yaml:"max_age"`
 	Heartbeat time.Duration `yaml:"heartbeat"`
 }
@@ -89,7 +90,7 @@ type SpoolConfig struct {
 // SpoolConfig returns the spool package's config.
 func (c *Config) SpoolConfig() spool.Config {
 	return spool.Config{
-		MaxEvents: c.Batch.MaxEvents, MaxAge: c.Batch.MaxAge, Heartbeat: c.Batch.Heartbeat,
+		MaxEvents: c.Batch.MaxEvents, MaxBytes: c.Batch.MaxBytes, MaxAge: c.Batch.MaxAge, Heartbeat: c.Batch.Heartbeat,
 		MaxSizeBytes: c.Spool.MaxSizeBytes, MinFreeBytes: c.Spool.MinFreeBytes, Retention: c.Spool.Retention,
 		QueueSize: c.Spool.QueueSize, CommitEvents: c.Spool.CommitEvents,
 		EvidenceReserveBytes: c.Spool.EvidenceReserveBytes, CloseGrace: c.Spool.CloseGrace,

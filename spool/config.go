@@ -7,7 +7,10 @@ import (
 
 // Defaults for Config's zero values.
 const (
-	DefaultMaxEvents    = 1000
+	DefaultMaxEvents = 1000
+	// DefaultMaxBytes seals a batch once its events reach 192 KiB, so that a batch with
+	// its header and framing fits the uplink's default 256 KiB MQTT message limit.
+	DefaultMaxBytes     = 192 << 10
 	DefaultMaxAge       = 2 * time.Second
 	DefaultHeartbeat    = time.Minute
 	DefaultRetention    = 7 * 24 * time.Hour
@@ -32,6 +35,10 @@ const (
 type Config struct {
 	// MaxEvents seals a batch when it holds this many events (batch.max_events; 1000).
 	MaxEvents int `yaml:"max_events"`
+	// MaxBytes seals a batch when its events' encoded size reaches this many bytes
+	// (batch.max_bytes; 192 KiB), whichever of the two limits comes first. One event
+	// larger than it is sealed alone.
+	MaxBytes int64 `yaml:"max_bytes"`
 	// MaxAge seals a non-empty batch this long after its first event (batch.max_age; 2s).
 	MaxAge time.Duration `yaml:"max_age"`
 	// Heartbeat seals an empty batch when nothing was sealed for this long, so that a
@@ -74,6 +81,9 @@ func (c *Config) SetDefaults() {
 		}
 	}
 	def(&c.MaxEvents, DefaultMaxEvents)
+	if c.MaxBytes == 0 {
+		c.MaxBytes = DefaultMaxBytes
+	}
 	def(&c.QueueSize, DefaultQueueSize)
 	def(&c.CommitEvents, DefaultCommitEvents)
 	if c.MaxAge == 0 {
@@ -119,6 +129,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.MaxEvents < 1 || c.MaxEvents > 100000:
 		return &ConfigError{"batch.max_events", c.MaxEvents, "must be between 1 and 100000"}
+	case c.MaxBytes < 16<<10 || c.MaxBytes > 64<<20:
+		return &ConfigError{"batch.max_bytes", c.MaxBytes, "must be between 16 KiB and 64 MiB"}
 	case c.MaxAge < 10*time.Millisecond || c.MaxAge > time.Hour:
 		return &ConfigError{"batch.max_age", c.MaxAge, "must be between 10ms and 1h"}
 	case c.Heartbeat < time.Second || c.Heartbeat > time.Minute:

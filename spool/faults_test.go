@@ -19,6 +19,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
 // buildSpool writes n events of size bytes each into a closed spool at a new path, in
@@ -689,5 +690,48 @@ func TestCloseWhileCommitsFailAndQueueIsFull(t *testing.T) {
 	<-blocked
 	if s.Stats().Lost == 0 {
 		t.Fatal("no loss counted for the events that could not be committed")
+	}
+}
+
+// TestSealAtMaxBytes: batches are sealed by size as well as by count, so that each fits
+// the uplink's message limit (issue 8); an event larger than the limit is sealed alone.
+func TestSealAtMaxBytes(t *testing.T) {
+	const limit = 16 << 10
+	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 1000, MaxBytes: limit, MaxAge: time.Hour}, newSigner(t))
+	defer s.Close()
+	for i := range 100 {
+		e := ev(i)
+		e.Message = strings.Repeat("b", 1000)
+		if i == 50 {
+			e.Message = strings.Repeat("B", 2*limit) // one event over the limit
+		}
+		appendSync(t, s, e)
+	}
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	n, batches := 0, 0
+	err := s.Batches(1, func(b *ledger.Batch) error {
+		batches++
+		size := 0
+		for _, e := range b.Events {
+			size += len(e)
+		}
+		last := len(b.Events[len(b.Events)-1])
+		// Sealed as soon as the limit is reached: without its last event, a batch is under it.
+		if size-last >= limit {
+			t.Errorf("batch with %d events holds %d bytes before its last event, limit %d", len(b.Events), size-last, limit)
+		}
+		n += len(b.Events)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(verifyAll(t, s)); got != n || n != 100 {
+		t.Fatalf("events=%d verified=%d, want 100", n, got)
+	}
+	if batches < 100*1000/limit {
+		t.Fatalf("%d batches for 100 KB of events with a %d-byte limit, want at least %d", batches, limit, 100*1000/limit)
 	}
 }

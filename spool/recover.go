@@ -241,6 +241,7 @@ func (s *Spool) readState() (err error) {
 				return fmt.Errorf("%w: open batch event %d missing", ErrChainBroken, len(st.leaves))
 			}
 			st.leaves = append(st.leaves, ledger.LeafHash(v))
+			st.bytes += int64(len(v))
 			if e, err := audit.Decode(v); err == nil {
 				if st.first.IsZero() || e.Received.Before(st.first) {
 					st.first = e.Received

@@ -109,6 +109,7 @@ type state struct {
 	headSeq     uint64
 	headHash    ledger.Hash
 	leaves      []ledger.Hash // open batch (seq headSeq+1)
+	bytes       int64         // encoded size of the open batch's events
 	first, last time.Time     // received times in the open batch
 	opened      time.Time     // wall clock when the open batch got its first event
 	lastSeal    time.Time

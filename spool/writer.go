@@ -241,13 +241,14 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 			// The leaf hash is computed here rather than in Append: with one busy sender
 			// connection, its goroutine is the bottleneck and the writer has CPU to spare.
 			st.leaves = append(st.leaves, sha256.Sum256(it.buf))
+			st.bytes += int64(len(it.buf) - 1)
 			if it.received.Before(st.first) {
 				st.first = it.received
 			}
 			if it.received.After(st.last) {
 				st.last = it.received
 			}
-			if len(st.leaves) >= s.cfg.MaxEvents {
+			if len(st.leaves) >= s.cfg.MaxEvents || st.bytes >= s.cfg.MaxBytes {
 				if err := s.seal(tx, now); err != nil {
 					return err
 				}
@@ -352,7 +353,7 @@ func (s *Spool) seal(tx *bolt.Tx, now time.Time) error {
 		return err
 	}
 	st.headSeq, st.headHash = h.Seq, hh
-	st.leaves = st.leaves[:0]
+	st.leaves, st.bytes = st.leaves[:0], 0
 	st.first, st.last, st.lastSeal = time.Time{}, time.Time{}, now
 	return nil
 }

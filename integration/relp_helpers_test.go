@@ -60,26 +60,7 @@ ruleset(name="fwd") {
          action.resumeRetryCount="-1" action.resumeInterval="1" %s)
 }
 `, dir, portOf(t, rs.input), host, port, tlsOpts)
-	confPath := filepath.Join(dir, "rsyslog.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.CommandContext(t.Context(), bin, "-N1", "-f", confPath).CombinedOutput(); err != nil {
-		t.Fatalf("rsyslogd -N1 (config check): %v\n%s\n%s", err, out, conf)
-	}
-	cmd := exec.Command(bin, "-n", "-f", confPath, "-i", filepath.Join(dir, "rsyslogd.pid"))
-	rs.process = startProcess(t, "rsyslogd", dir, cmd)
-	eventually(t, startTimeout, func() (bool, string) {
-		if rs.done() {
-			t.Fatalf("rsyslogd exited: %v\n%s", rs.waitErr, rs.log())
-		}
-		c, err := net.DialTimeout("tcp", rs.input, time.Second)
-		if err != nil {
-			return false, fmt.Sprintf("rsyslogd input %s: %v\n%s", rs.input, err, rs.log())
-		}
-		c.Close()
-		return true, ""
-	})
+	rs.process = runRsyslog(t, bin, dir, conf, rs.input)
 	return rs
 }
 

@@ -164,6 +164,14 @@ ruleset(name="forward") {
          action.resumeRetryCount="-1" action.resumeInterval="1")
 }
 `, work, p.CAFile, p.ClientCert, p.ClientKey, portOf(t, rs.input), host, port, serverName)
+	rs.process = runRsyslog(t, bin, dir, conf, rs.input)
+	return rs
+}
+
+// runRsyslog checks conf with rsyslogd -N1, runs rsyslogd with it in the foreground
+// (its own pid file in dir), and returns once its imtcp input accepts connections.
+func runRsyslog(t testing.TB, bin, dir, conf, input string) *process {
+	t.Helper()
 	confPath := filepath.Join(dir, "rsyslog.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -172,17 +180,17 @@ ruleset(name="forward") {
 		t.Fatalf("rsyslogd -N1 (config check): %v\n%s\n%s", err, out, conf)
 	}
 	cmd := exec.Command(bin, "-n", "-f", confPath, "-i", filepath.Join(dir, "rsyslogd.pid"))
-	rs.process = startProcess(t, "rsyslogd", dir, cmd)
+	p := startProcess(t, "rsyslogd", dir, cmd)
 	eventually(t, startTimeout, func() (bool, string) {
-		if rs.done() {
-			t.Fatalf("rsyslogd exited: %v\n%s", rs.waitErr, rs.log())
+		if p.done() {
+			t.Fatalf("rsyslogd exited: %v\n%s", p.waitErr, p.log())
 		}
-		c, err := net.DialTimeout("tcp", rs.input, time.Second)
+		c, err := net.DialTimeout("tcp", input, time.Second)
 		if err != nil {
-			return false, fmt.Sprintf("rsyslogd input %s: %v\n%s", rs.input, err, rs.log())
+			return false, fmt.Sprintf("rsyslogd input %s: %v\n%s", input, err, p.log())
 		}
 		c.Close()
 		return true, ""
 	})
-	return rs
+	return p
 }

@@ -65,16 +65,14 @@ const (
 	fullHysteresis = 64 << 10
 )
 
-func (sp *space) release(cost int64)   { sp.queued.Add(-cost) }
-func (sp *space) committed(cost int64) { sp.queued.Add(-cost) }
-
-// refresh recomputes the room from the spool's live size and its file system's free
-// space, and the full flag from it.
-func (sp *space) refresh(s *Spool) { s.refreshSpace() }
+// release returns an event's cost once it is committed, lost, or was never queued.
+func (sp *space) release(cost int64) { sp.queued.Add(-cost) }
 
 // noLimit stands for "no limit known" in room arithmetic without overflowing.
 const noLimit = int64(1) << 60
 
+// refreshSpace recomputes the room from the spool's live size and its file system's free
+// space, and the full flag from it.
 func (s *Spool) refreshSpace() {
 	room := noLimit
 	if s.cfg.MaxSizeBytes > 0 {

@@ -190,9 +190,9 @@ func (s *Spool) tryCommit(items []item, forceSeal bool) error {
 		}
 		s.stale = false
 	}
-	if need := s.commitNeed(items); need > 0 {
-		if free, ok := s.freeBytes(); ok && free < need {
-			s.space.refresh(s)
+	if free, ok := s.freeBytes(); ok {
+		if need := s.commitNeed(items); free < need {
+			s.refreshSpace()
 			return fmt.Errorf("%w: %d bytes free, about %d needed", errNoRoom, free, need)
 		}
 	}
@@ -203,7 +203,7 @@ func (s *Spool) tryCommit(items []item, forceSeal bool) error {
 		if rerr := s.reload(); rerr == nil {
 			s.stale = false
 		}
-		s.space.refresh(s)
+		s.refreshSpace()
 	}
 	return err
 }
@@ -221,7 +221,7 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 	dueAge := len(st.leaves) > 0 && now.Sub(st.opened) >= s.cfg.MaxAge
 	dueHeartbeat := now.Sub(st.lastSeal) >= s.cfg.Heartbeat
 	if len(items) == 0 && !dueAge && !dueHeartbeat && !(forceSeal && len(st.leaves) > 0) {
-		s.space.refresh(s)
+		s.refreshSpace()
 		return nil
 	}
 	sealed := 0
@@ -271,14 +271,14 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 	for _, it := range items {
 		cost += it.cost
 	}
-	s.space.committed(cost)
+	s.space.release(cost)
 	s.stats.commits.Add(1)
 	s.stats.committed.Add(uint64(len(items)))
 	s.stats.sealed.Add(uint64(sealed))
 	if sealed > 0 {
 		s.writeHead()
 	}
-	s.space.refresh(s)
+	s.refreshSpace()
 	return nil
 }
 

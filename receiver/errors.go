@@ -26,6 +26,12 @@ var (
 	ErrOtherChain = errors.New("another chain")
 )
 
+// ErrHeadMoved is returned (wrapped) by a Store's Append when the device's stored head
+// is no longer the one the entry was verified against: another receiver (or central's
+// own audit trail writer in another process) appended first. Nothing was written; the
+// caller reloads the head and decides again. It is not a refusal.
+var ErrHeadMoved = errors.New("stored head moved")
+
 // Reasons, one per sentinel, for logs, metrics and quarantine file names.
 const (
 	ReasonMalformed = "malformed"

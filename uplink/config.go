@@ -71,6 +71,12 @@ type Config struct {
 	BackoffMin time.Duration `yaml:"backoff_min"`
 	BackoffMax time.Duration `yaml:"backoff_max"`
 
+	// PublicKey is the device's signing key as PEM (keys/signing.pub). When set, it is
+	// published retained on KeyTopic at each connect, so that a central that trusts on
+	// first use can enrol the device; central never takes a key it already holds a
+	// different one for.
+	PublicKey []byte `yaml:"-"`
+
 	// TLS, when set, is used instead of CA, Cert and Key (tests, or a daemon that builds
 	// its own).
 	TLS *tls.Config `yaml:"-"`
@@ -81,10 +87,13 @@ func (c *Config) topic(leaf string) string {
 	return c.Prefix + "/" + c.Site + "/" + c.Device + "/" + leaf
 }
 
-// BatchTopic, AckTopic and StatusTopic are the device's topics (DESIGN "MQTT").
+// BatchTopic, AckTopic, StatusTopic and KeyTopic are the device's topics (DESIGN "MQTT").
 func (c *Config) BatchTopic() string  { return c.topic("batch") }
 func (c *Config) AckTopic() string    { return c.topic("ack") }
 func (c *Config) StatusTopic() string { return c.topic("status") }
+
+// KeyTopic is where the device's public key is published, retained (trust on first use).
+func (c *Config) KeyTopic() string { return c.topic("key") }
 
 // ApplyDefaults fills zero fields.
 func (c *Config) ApplyDefaults() {

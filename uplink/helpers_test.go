@@ -219,6 +219,7 @@ topic readwrite edgeaudit/#
 
 pattern write edgeaudit/s1/%u/batch
 pattern readwrite edgeaudit/s1/%u/status
+pattern write edgeaudit/s1/%u/key
 pattern read edgeaudit/s1/%u/ack
 `
 

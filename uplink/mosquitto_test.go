@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -57,16 +58,22 @@ func checkOrder(t *testing.T, seqs []uint64) {
 // status subscribes to the device's retained status topic.
 func status(t *testing.T, b *testmqtt.Broker, device string) (<-chan string, mqtt.Client) {
 	t.Helper()
+	return watch(t, b, "edgeaudit/s1/"+device+"/status")
+}
+
+// watch subscribes to topic as central and passes on each payload.
+func watch(t *testing.T, b *testmqtt.Broker, topic string) (<-chan string, mqtt.Client) {
+	t.Helper()
 	ch := make(chan string, 16)
-	o := mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("status-watch").SetUsername(centralUser).
+	o := mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("watch-" + strings.ReplaceAll(topic, "/", "-")).SetUsername(centralUser).
 		SetPassword(centralPass).SetTLSConfig(b.ClientTLS()).SetAutoReconnect(false)
 	c := mqtt.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("status watcher: %v", tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(100) })
-	if tok := c.Subscribe("edgeaudit/s1/"+device+"/status", 1, func(_ mqtt.Client, m mqtt.Message) { ch <- string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("status subscribe: %v", tok.Error())
+	if tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) { ch <- string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", topic, tok.Error())
 	}
 	return ch, c
 }
@@ -129,6 +136,25 @@ func TestDeliverInOrderAndAck(t *testing.T) {
 	ce.stop()
 	watcher.Disconnect(100)
 	leakCheck(t)
+}
+
+// The device's public key is published retained on its key topic at connect, for a
+// central that trusts on first use; a watcher that subscribes later still gets it.
+func TestPublishesKeyRetained(t *testing.T) {
+	b := startBroker(t)
+	v := hmacVerifier{key: []byte("central")}
+	src := newSource(t)
+	cfg := testConfig(b, "d1", "d1", "pw1")
+	cfg.PublicKey = []byte("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+	u, err := New(cfg, src, v, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := status(t, b, "d1")
+	runUplink(t, u)
+	waitFor(t, st, "online") // the key is published before online
+	keys, _ := watch(t, b, "edgeaudit/s1/d1/key")
+	waitFor(t, keys, string(cfg.PublicKey))
 }
 
 // A restart resends from AckedSeq+1: nothing central already acknowledged goes again.

@@ -289,6 +289,9 @@ func (u *Uplink) session(ctx context.Context, onConnected func()) (connected boo
 	if err := waitToken(ctx, st, u.cfg.ConnectTimeout); err != nil {
 		return false, fmt.Errorf("subscribe %s: %w", u.cfg.AckTopic(), err)
 	}
+	if len(u.cfg.PublicKey) > 0 {
+		c.Publish(u.cfg.KeyTopic(), 1, true, u.cfg.PublicKey)
+	}
 	c.Publish(u.cfg.StatusTopic(), 1, true, "online")
 	u.state.Store(StateConnected)
 	onConnected()

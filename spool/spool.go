@@ -57,6 +57,10 @@ type Options struct {
 	Logger   *slog.Logger
 	// Now is the clock; nil means time.Now. Tests replace it.
 	Now func() time.Time
+	// OnSeal, when set, is called by the writer after a commit that sealed batches, so
+	// that the uplink publishes them without waiting for its next poll. It must not
+	// block (uplink.Notify does not).
+	OnSeal func()
 }
 
 // bbolt layout. Event keys are seq|index so that a batch's events are one cursor range

@@ -443,3 +443,33 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// OnSeal fires after each commit that sealed a batch (the uplink's wake-up), and not
+// after commits that only add events to the open batch.
+func TestOnSeal(t *testing.T) {
+	var seals atomic.Int32
+	cfg := Config{MaxEvents: 3, MaxAge: time.Hour, MinFreeBytes: 1}
+	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), cfg, Options{Site: "s1", Device: "d1", Signer: newSigner(t),
+		OnSeal: func() { seals.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 2 {
+		appendSync(t, s, ev(i))
+	}
+	if got := seals.Load(); got != 0 {
+		t.Fatalf("OnSeal called %d times before any seal", got)
+	}
+	appendSync(t, s, ev(2)) // the third event fills the batch
+	if got, want := seals.Load(), int32(1); got != want {
+		t.Fatalf("OnSeal called %d times after the batch filled, want %d", got, want)
+	}
+	appendSync(t, s, ev(3))
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := seals.Load(), int32(2); got != want {
+		t.Fatalf("OnSeal called %d times after Seal, want %d", got, want)
+	}
+}

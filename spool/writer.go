@@ -277,6 +277,9 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 	s.stats.sealed.Add(uint64(sealed))
 	if sealed > 0 {
 		s.writeHead()
+		if s.opts.OnSeal != nil {
+			s.opts.OnSeal()
+		}
 	}
 	s.refreshSpace()
 	return nil

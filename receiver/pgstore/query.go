@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-
 	"github.com/edgeaudit/edgeaudit/receiver"
 )
 
@@ -97,4 +96,3 @@ func querySQL(q receiver.Query) (string, []any) {
 func likeEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
-

@@ -21,6 +21,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/collectors/hl7"
 	"github.com/edgeaudit/edgeaudit/collectors/syslog"
 	"github.com/edgeaudit/edgeaudit/spool"
+	"github.com/edgeaudit/edgeaudit/uplink"
 )
 
 // Defaults of the zero-config daemon (`edgeaudit run` with no flags): unprivileged
@@ -35,6 +36,10 @@ const (
 	DefaultHL7MLLP         = "127.0.0.1:2575"
 	DefaultFHIRHTTP        = "127.0.0.1:8443"
 	DefaultShutdownTimeout = 8 * time.Second // below systemd's TimeoutStopSec (packaging sets 15s)
+	// DefaultUplinkBroker is the zero-config uplink: a broker on this machine (the
+	// embedded one of `edgeaudit receive`, or the demo's); it retries in the
+	// background while none answers.
+	DefaultUplinkBroker = "tcp://127.0.0.1:1883"
 )
 
 // SampleConfig is the commented sample `edgeaudit config` prints.
@@ -56,6 +61,11 @@ type Config struct {
 	Batch   BatchConfig   `yaml:"batch"`
 	Spool   SpoolConfig   `yaml:"spool"`
 	Privacy PrivacyConfig `yaml:"privacy"`
+	// Uplink sends sealed batches to central; a file without `uplink:` has none.
+	Uplink UplinkSection `yaml:"uplink"`
+	// Receive is central's section (`edgeaudit receive`); one file may serve both, so
+	// the appliance accepts it and leaves it alone.
+	Receive yaml.Node `yaml:"receive"`
 
 	// Admin is the loopback HTTP address of /metrics and /healthz; "" disables it.
 	Admin string `yaml:"admin"`
@@ -116,6 +126,7 @@ func DefaultConfig() Config {
 		HL7:     hl7.Config{MLLP: DefaultHL7MLLP},
 		FHIR:    fhir.Config{HTTP: DefaultFHIRHTTP},
 		Admin:   DefaultAdmin,
+		Uplink:  UplinkSection{Config: uplink.Config{Broker: DefaultUplinkBroker}},
 	}
 	return c
 }
@@ -136,6 +147,7 @@ func LoadConfig(path string) (Config, error) {
 	// The same holds for the clinical listeners: a config file opens only what it names.
 	c.Syslog, c.HL7, c.FHIR = syslog.Config{}, hl7.Config{}, fhir.Config{}
 	c.Admin = ""
+	c.Uplink = UplinkSection{}
 	var probe map[string]any
 	if err := yaml.Unmarshal(b, &probe); err != nil {
 		return c, fmt.Errorf("load config %s: %w", path, err)
@@ -156,7 +168,8 @@ func LoadConfig(path string) (Config, error) {
 	base := filepath.Dir(path)
 	for _, p := range []*string{&c.DataDir, &c.Syslog.TLSCert, &c.Syslog.TLSKey, &c.Syslog.TLSClientCA,
 		&c.HL7.TLSCert, &c.HL7.TLSKey, &c.HL7.TLSClientCA,
-		&c.FHIR.TLSCert, &c.FHIR.TLSKey, &c.FHIR.TLSClientCA, &c.FHIR.BearerTokensFile} {
+		&c.FHIR.TLSCert, &c.FHIR.TLSKey, &c.FHIR.TLSClientCA, &c.FHIR.BearerTokensFile,
+		&c.Uplink.CA, &c.Uplink.Cert, &c.Uplink.Key, &c.Uplink.CentralKey} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -255,6 +268,7 @@ func (c *Config) SetDefaults() {
 		c.LogLevel = "info"
 	}
 	c.Syslog.SetDefaults()
+	c.Uplink.setDefaults()
 	c.HL7.SetDefaults()
 	c.FHIR.SetDefaults()
 }
@@ -305,6 +319,17 @@ func (c *Config) Validate() error {
 	if c.FHIR.Enabled() {
 		if err := c.FHIR.Validate(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if c.uplinkEnabled() {
+		uc := c.UplinkConfig()
+		uc.ApplyDefaults()
+		if err := uc.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if d := c.Uplink.DrainTimeout; d > 0 && c.Syslog.DrainTimeout+d > c.ShutdownTimeout-drainMargin {
+			bad("uplink.drain_timeout", d, fmt.Sprintf("syslog.drain_timeout (%s) plus this must be at most shutdown_timeout (%s) minus %s",
+				c.Syslog.DrainTimeout, c.ShutdownTimeout, drainMargin))
 		}
 	}
 	if err := c.Privacy.Validate(); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/collectors/hl7"
 	"github.com/edgeaudit/edgeaudit/collectors/syslog"
 	"github.com/edgeaudit/edgeaudit/spool"
+	"github.com/edgeaudit/edgeaudit/uplink"
 )
 
 // Compile-time checks of the wiring: only this package joins concrete types.
@@ -36,8 +37,11 @@ type component interface {
 	Ready() <-chan struct{}
 }
 
-// pruneEvery is how often acknowledged batches past retention are deleted.
-const pruneEvery = time.Minute
+// pruneEvery is how often acknowledged batches past retention are deleted: a minute,
+// or half the retention when that is shorter (at least a second).
+func pruneEvery(retention time.Duration) time.Duration {
+	return min(time.Minute, max(time.Second, retention/2))
+}
 
 // Daemon is the appliance. New starts nothing; Run does everything.
 type Daemon struct {
@@ -51,6 +55,10 @@ type Daemon struct {
 	hl7    *hl7.Collector
 	fhir   *fhir.Collector
 	admin  net.Addr
+
+	uplink   *uplink.Uplink
+	receipts *receiptBook
+	reporter *uplinkReporter
 }
 
 // New validates cfg (after applying defaults) and returns a daemon that has not started.
@@ -134,6 +142,19 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.mu.Lock()
 	d.syslog, d.hl7, d.fhir = sl, h, f
 	d.mu.Unlock()
+	// The uplink is built (its TLS material and central's key checked) before the spool
+	// opens too; it reads the spool through src once that is open.
+	var (
+		up   *uplink.Uplink
+		src  = &lateSource{}
+		book *receiptBook
+		rep  = &uplinkReporter{self: self, log: d.log.With("component", "uplink")}
+	)
+	if cfg.uplinkEnabled() {
+		if up, book, err = d.newUplink(src, rep, signer); err != nil {
+			return err
+		}
+	}
 	if err := probePorts(cfg); err != nil {
 		return err
 	}
@@ -149,9 +170,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	var onSeal func()
+	if up != nil {
+		onSeal = up.Notify
+	}
 	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{
 		Site: cfg.Site, Device: cfg.Device, Signer: signer,
-		Logger: d.log.With("component", "spool"),
+		Logger: d.log.With("component", "spool"), OnSeal: onSeal,
 	})
 	if err != nil {
 		// Nothing ran: the next start must not read this as an unclean stop (unless the
@@ -169,7 +194,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	registerMetrics(reg, d, sp, sl)
+	src.sp.Store(sp)
+	registerMetrics(reg, d, sp, sl, up)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -186,6 +212,26 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer stopPrune()
 	wg.Go(func() { d.pruneLoop(pruneCtx, sp) })
 	wg.Go(func() { sp.RunScrub(pruneCtx) })
+
+	// The uplink starts after the spool and before the collectors (against the data
+	// flow), and stops after the final seal, before the spool closes.
+	upCtx, stopUplink := context.WithCancel(context.Background())
+	defer stopUplink()
+	upDone := make(chan struct{})
+	if up != nil {
+		book.load()
+		d.mu.Lock()
+		d.uplink, d.receipts, d.reporter = up, book, rep
+		d.mu.Unlock()
+		wg.Go(func() {
+			defer close(upDone)
+			if err := up.Run(upCtx); err != nil {
+				d.log.Error("uplink", "err", err)
+			}
+		})
+	} else {
+		close(upDone)
+	}
 
 	var adminSrv *http.Server
 	if adminLn != nil {
@@ -277,6 +323,11 @@ wait:
 	if err := sp.Seal(sctx); err != nil {
 		d.log.Error("seal open batch at shutdown", "err", err)
 	}
+	if up != nil {
+		d.drainUplink(sctx, up)
+	}
+	stopUplink()
+	<-upDone
 	if adminSrv != nil {
 		adminSrv.Shutdown(sctx)
 	}
@@ -291,7 +342,9 @@ wait:
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context, sp *spool.Spool) {
-	t := time.NewTicker(pruneEvery)
+	sc := d.cfg.SpoolConfig()
+	sc.SetDefaults()
+	t := time.NewTicker(pruneEvery(sc.Retention))
 	defer t.Stop()
 	for {
 		select {
@@ -358,6 +411,8 @@ type Health struct {
 	// damaged batches); a failure incident stays until the daemon restarts, and the chain
 	// holds the event for each.
 	Incidents []spool.Incident `json:"incidents,omitempty"`
+	// Uplink is absent when no uplink is configured.
+	Uplink *UplinkHealth `json:"uplink,omitempty"`
 }
 
 func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) *http.ServeMux {
@@ -406,11 +461,12 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 				h.Warnings = append(h.Warnings, msg)
 			}
 		}
+		upWarn := d.uplinkHealth(&h)
 		code := http.StatusOK
 		switch {
 		case len(h.Failures) > 0:
 			h.Status, code = "failure", http.StatusServiceUnavailable
-		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0):
+		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0 || upWarn):
 			h.Status = "warning"
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -466,8 +522,11 @@ var (
 	mUnreadBy    = prometheus.NewDesc("edgeaudit_syslog_shutdown_unread_bytes_total", "Syslog bytes still queued when the drain budget ran out.", nil, nil)
 )
 
-func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *syslog.Collector) {
+func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *syslog.Collector, up *uplink.Uplink) {
 	reg.MustRegister(&metrics{sp: sp, sl: sl, d: d})
+	if up != nil {
+		reg.MustRegister(&uplinkMetrics{up: up})
+	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {

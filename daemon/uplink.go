@@ -1,0 +1,476 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/ledger"
+	"github.com/edgeaudit/edgeaudit/spool"
+	"github.com/edgeaudit/edgeaudit/uplink"
+)
+
+// Self-audit actions of the uplink: what central's receipts revealed about this chain.
+const (
+	ActionUplinkOversize    = "audit.uplink_oversize"
+	ActionChainBehind       = "audit.chain_behind_central"
+	ActionChainFork         = "audit.chain_fork"
+	ActionReceiptsImported  = "audit.receipts_imported"
+	receiptsDir             = "receipts"
+	centralKeyRecheck       = 10 * time.Second
+	defaultUnsentWarningAge = 15 * time.Minute
+)
+
+// uplinkEnabled says whether the config starts an uplink.
+func (c *Config) uplinkEnabled() bool { return c.Uplink.Broker != "" }
+
+// UplinkConfig returns the uplink package's config, with site and device from the top
+// level.
+func (c *Config) UplinkConfig() uplink.Config {
+	u := c.Uplink.Config
+	u.Site, u.Device = c.Site, c.Device
+	return u
+}
+
+// CentralKeyPath is where central's receipt key is read from: uplink.central_key, or
+// keys/central.pub in the data folder, where an enrolment may drop it later.
+func (c *Config) CentralKeyPath() string {
+	if c.Uplink.CentralKey != "" {
+		return c.Uplink.CentralKey
+	}
+	return filepath.Join(c.DataDir, "keys", "central.pub")
+}
+
+// ReceiptsDir holds central's newest receipt for each chain, beside the spool.
+func (c *Config) ReceiptsDir() string { return filepath.Join(c.DataDir, receiptsDir) }
+
+// UplinkSection is the `uplink:` section: the uplink package's config plus what only
+// the daemon uses.
+type UplinkSection struct {
+	uplink.Config `yaml:",inline"`
+	// UnsentWarningAge: health warns when the oldest batch central has not receipted is
+	// older than this (default 15m).
+	UnsentWarningAge time.Duration `yaml:"unsent_warning_age"`
+	// DrainTimeout is how long a stop waits for central to receipt what is sealed
+	// (default 2s; 0 in the file means the default, a negative value skips the wait).
+	// It comes out of shutdown_timeout.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+}
+
+func (u *UplinkSection) setDefaults() {
+	if u.UnsentWarningAge == 0 {
+		u.UnsentWarningAge = defaultUnsentWarningAge
+	}
+	if u.DrainTimeout == 0 {
+		u.DrainTimeout = 2 * time.Second
+	}
+}
+
+// ReadCentralKey reads a PEM "PUBLIC KEY" holding an ECDSA P-256 key (central.pub).
+func ReadCentralKey(path string) (*ecdsa.PublicKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read central key: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("read central key %s: no PUBLIC KEY PEM block", path)
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("read central key %s: %w", path, err)
+	}
+	ek, ok := k.(*ecdsa.PublicKey)
+	if !ok || ek.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("read central key %s: not an ECDSA P-256 key", path)
+	}
+	return ek, nil
+}
+
+// lateSource lets the uplink be built (which loads and checks its TLS material) before
+// the spool is opened, like lateSink for the collectors.
+type lateSource struct{ sp atomic.Pointer[spool.Spool] }
+
+var _ uplink.Source = (*lateSource)(nil)
+
+func (l *lateSource) get() (*spool.Spool, error) {
+	sp := l.sp.Load()
+	if sp == nil {
+		return nil, errNoSpool
+	}
+	return sp, nil
+}
+
+func (l *lateSource) Position() (uplink.Position, error) {
+	sp, err := l.get()
+	if err != nil {
+		return uplink.Position{}, err
+	}
+	p, err := sp.Position()
+	return uplink.Position{HeadSeq: p.HeadSeq, HeadHash: p.HeadHash, AckedSeq: p.AckedSeq}, err
+}
+
+func (l *lateSource) Batches(from uint64, fn func(*ledger.Batch) error) error {
+	sp, err := l.get()
+	if err != nil {
+		return err
+	}
+	return sp.Batches(from, fn)
+}
+
+func (l *lateSource) Ack(seq uint64) error {
+	sp, err := l.get()
+	if err != nil {
+		return err
+	}
+	return sp.Ack(seq)
+}
+
+// receiptBook verifies central's receipts for this appliance's current chain and keeps
+// the newest one per chain in receipts/<chain>.receipt (uplink.ReceiptKeeper).
+type receiptBook struct {
+	site, device string
+	dir          string
+	keyPath      string
+	required     bool // the key was configured: it was read at start and never changes
+	chain        func() string
+
+	mu        sync.Mutex
+	pub       *ecdsa.PublicKey
+	lastRead  time.Time
+	keyErr    error
+	newest    ledger.Receipt
+	newestSet bool
+}
+
+var (
+	_ uplink.ReceiptVerifier = (*receiptBook)(nil)
+	_ uplink.ReceiptKeeper   = (*receiptBook)(nil)
+)
+
+// errNoCentralKey: receipts cannot be checked until central's key is installed.
+var errNoCentralKey = errors.New("central's receipt key is not installed")
+
+// key returns central's key. A configured key was read at start; the default path is
+// re-read at most every centralKeyRecheck while absent, so a key installed later takes
+// effect without a restart.
+func (r *receiptBook) key() (*ecdsa.PublicKey, error) {
+	if r.pub != nil || r.required {
+		return r.pub, r.keyErr
+	}
+	if time.Since(r.lastRead) < centralKeyRecheck && !r.lastRead.IsZero() {
+		return nil, r.keyErr
+	}
+	r.lastRead = time.Now()
+	k, err := ReadCentralKey(r.keyPath)
+	if errors.Is(err, os.ErrNotExist) {
+		r.keyErr = fmt.Errorf("%w (%s)", errNoCentralKey, r.keyPath)
+		return nil, r.keyErr
+	}
+	r.pub, r.keyErr = k, err
+	return k, err
+}
+
+// Verify implements uplink.ReceiptVerifier: central's signature, this appliance's names,
+// and the spool's current chain (a retained receipt of a chain quarantined earlier is
+// not this chain's and must not look like a rollback).
+func (r *receiptBook) Verify(b []byte) (uint64, string, error) {
+	r.mu.Lock()
+	pub, err := r.key()
+	r.mu.Unlock()
+	if err != nil {
+		return 0, "", err
+	}
+	rc, err := r.check(b, pub)
+	if err != nil {
+		return 0, "", err
+	}
+	return rc.Seq, rc.HeaderHash, nil
+}
+
+func (r *receiptBook) check(b []byte, pub *ecdsa.PublicKey) (ledger.Receipt, error) {
+	rc, err := ledger.VerifyReceipt(b, pub)
+	if err != nil {
+		return rc, err
+	}
+	if rc.Site != r.site || rc.Device != r.device {
+		return rc, fmt.Errorf("receipt names %s/%s, this appliance is %s/%s", rc.Site, rc.Device, r.site, r.device)
+	}
+	if chain := r.chain(); rc.Chain != chain {
+		return rc, fmt.Errorf("receipt is for chain %s, the spool's chain is %s", rc.Chain, chain)
+	}
+	return rc, nil
+}
+
+// Keep implements uplink.ReceiptKeeper: the receipt is written (temp, fsync, rename)
+// before the uplink acks, so an ack never exists without the receipt that proves it.
+func (r *receiptBook) Keep(seq uint64, b []byte) error {
+	rc, err := ledger.ParseReceipt(b)
+	if err != nil {
+		return fmt.Errorf("keep receipt: %w", err)
+	}
+	if rc.Seq != seq {
+		return fmt.Errorf("keep receipt: it names seq %d, not %d", rc.Seq, seq)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.newestSet && r.newest.Chain == rc.Chain && r.newest.Seq >= rc.Seq {
+		return nil // an older or equal receipt adds nothing
+	}
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return fmt.Errorf("keep receipt: %w", err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(r.dir, rc.Chain+".receipt"), b, 0o600); err != nil {
+		return fmt.Errorf("keep receipt: %w", err)
+	}
+	r.newest, r.newestSet = rc, true
+	return nil
+}
+
+// load reads the kept receipt of the current chain, so that health shows it after a
+// restart and Keep does not replace it with an older one.
+func (r *receiptBook) load() {
+	b, err := os.ReadFile(filepath.Join(r.dir, r.chain()+".receipt"))
+	if err != nil {
+		return
+	}
+	if rc, err := ledger.ParseReceipt(b); err == nil {
+		r.mu.Lock()
+		r.newest, r.newestSet = rc, true
+		r.mu.Unlock()
+	}
+}
+
+// Newest returns the newest kept receipt of the current chain.
+func (r *receiptBook) Newest() (ledger.Receipt, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.newest, r.newestSet && r.newest.Chain == r.chain()
+}
+
+// keyStatus says whether central's key is usable (for health).
+func (r *receiptBook) keyStatus() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, err := r.key()
+	return err
+}
+
+// uplinkReporter turns the uplink's incidents into self-audit events and keeps them for
+// health. Report never blocks: the event goes through the self-audit queue.
+type uplinkReporter struct {
+	self *selfAudit
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	incidents []uplink.Incident
+}
+
+var _ uplink.Reporter = (*uplinkReporter)(nil)
+
+func (u *uplinkReporter) Report(in uplink.Incident) {
+	u.mu.Lock()
+	u.incidents = append(u.incidents, in)
+	u.mu.Unlock()
+	var e audit.Event
+	switch in.Kind {
+	case uplink.IncidentOversize:
+		e = u.self.event(ActionUplinkOversize, audit.OutcomeSeriousFailure,
+			fmt.Sprintf("batch %d is %d bytes, over uplink.max_message_bytes %d: it and every batch after it wait", in.Seq, in.Size, in.Limit))
+		e.Detail = map[string]string{"seq": fmt.Sprint(in.Seq), "size": fmt.Sprint(in.Size), "limit": fmt.Sprint(in.Limit)}
+	case uplink.IncidentRollback:
+		e = u.self.event(ActionChainBehind, audit.OutcomeSeriousFailure,
+			fmt.Sprintf("central holds seq %d, beyond the local head %d: this spool was restored, cloned or rolled back", in.Seq, in.LocalHead))
+		e.Detail = map[string]string{"central_seq": fmt.Sprint(in.Seq), "local_head": fmt.Sprint(in.LocalHead), "central_hash": in.CentralHash}
+	case uplink.IncidentFork:
+		e = u.self.event(ActionChainFork, audit.OutcomeSeriousFailure,
+			fmt.Sprintf("central's batch %d differs from the local one: two appliances share this chain", in.Seq))
+		e.Detail = map[string]string{"seq": fmt.Sprint(in.Seq), "local_head": fmt.Sprint(in.LocalHead),
+			"local_hash": in.LocalHash, "central_hash": in.CentralHash}
+	default:
+		e = u.self.event("audit.uplink_incident", audit.OutcomeSeriousFailure, in.Kind)
+	}
+	u.log.Error("uplink incident", "kind", in.Kind, "seq", in.Seq, "local_head", in.LocalHead)
+	u.self.enqueue(e, [3]string{"uplink", "mqtt", in.Kind})
+}
+
+func (u *uplinkReporter) list() []uplink.Incident {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]uplink.Incident(nil), u.incidents...)
+}
+
+// newUplink builds the uplink and its receipt book. A configured central key must read
+// now; the default one (keys/central.pub) may come later.
+func (d *Daemon) newUplink(src *lateSource, rep *uplinkReporter, signer interface{ Public() *ecdsa.PublicKey }) (*uplink.Uplink, *receiptBook, error) {
+	cfg := &d.cfg
+	book := &receiptBook{site: cfg.Site, device: cfg.Device, dir: cfg.ReceiptsDir(), keyPath: cfg.CentralKeyPath(),
+		required: cfg.Uplink.CentralKey != "", chain: func() string {
+			sp, err := src.get()
+			if err != nil {
+				return ""
+			}
+			pos, err := sp.Position()
+			if err != nil {
+				return ""
+			}
+			return pos.Chain
+		}}
+	if book.required {
+		k, err := ReadCentralKey(book.keyPath)
+		if err != nil {
+			return nil, nil, fmt.Errorf("uplink.central_key: %w", err)
+		}
+		book.pub = k
+	}
+	uc := cfg.UplinkConfig()
+	pub, err := x509.MarshalPKIXPublicKey(signer.Public())
+	if err != nil {
+		return nil, nil, fmt.Errorf("uplink: %w", err)
+	}
+	uc.PublicKey = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
+	up, err := uplink.New(uc, src, book, rep, d.log.With("component", "uplink"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return up, book, nil
+}
+
+// drainUplink gives central a bounded time to receipt what was sealed before the stop,
+// so that a clean stop with a reachable central leaves nothing unsent. A second SIGTERM
+// ends the process at once (main releases the signal handler on the first).
+func (d *Daemon) drainUplink(ctx context.Context, up *uplink.Uplink) {
+	budget := d.cfg.Uplink.DrainTimeout
+	if budget <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	up.Notify()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st := up.Stats()
+		if st.Unsent == 0 || st.State != uplink.StateConnected {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			d.log.Info("stopping with batches central has not receipted; they go at the next start", "unsent", st.Unsent)
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// uplinkHealth adds the uplink's state to h.
+func (d *Daemon) uplinkHealth(h *Health) (failing bool) {
+	d.mu.Lock()
+	up, book, rep := d.uplink, d.receipts, d.reporter
+	d.mu.Unlock()
+	if up == nil {
+		h.Warnings = append(h.Warnings, "no uplink configured: batches never leave this appliance and are never pruned")
+		return false
+	}
+	st := up.Stats()
+	uh := &UplinkHealth{State: st.State, Broker: d.cfg.Uplink.Broker, Unsent: st.Unsent,
+		OldestUnsentSeconds: st.OldestUnsent.Seconds(), InFlight: st.InFlight, Receipts: st.Receipts,
+		BadReceipts: st.BadReceipts, OversizeSeq: st.OversizeSeq, LastError: st.LastError}
+	if rc, ok := book.Newest(); ok {
+		uh.ReceiptSeq, uh.ReceiptTime = rc.Seq, rc.Time.UTC().Format(time.RFC3339)
+	}
+	h.Uplink = uh
+	if err := book.keyStatus(); err != nil {
+		h.Warnings = append(h.Warnings, "receipts cannot be verified: "+err.Error()+"; nothing is acknowledged or pruned")
+	}
+	if st.Unsent > 0 && st.OldestUnsent > d.cfg.Uplink.UnsentWarningAge {
+		failing = true
+		h.Warnings = append(h.Warnings, fmt.Sprintf("%d batches central has not receipted, the oldest sealed %s ago (uplink %s)",
+			st.Unsent, st.OldestUnsent.Round(time.Second), st.State))
+	}
+	if st.OversizeSeq != 0 {
+		h.Failures = append(h.Failures, fmt.Sprintf("batch %d is larger than uplink.max_message_bytes: it and every later batch wait", st.OversizeSeq))
+	}
+	for _, in := range rep.list() {
+		switch in.Kind {
+		case uplink.IncidentRollback:
+			h.Failures = append(h.Failures, fmt.Sprintf("central holds seq %d beyond the local head %d: this spool is behind central (restored, cloned or rolled back)", in.Seq, in.LocalHead))
+		case uplink.IncidentFork:
+			h.Failures = append(h.Failures, fmt.Sprintf("central's batch %d differs from the local one: a fork (two appliances with one data folder?)", in.Seq))
+		}
+	}
+	return failing
+}
+
+// UplinkHealth is the uplink part of /healthz.
+type UplinkHealth struct {
+	State               string  `json:"state"`
+	Broker              string  `json:"broker"`
+	Unsent              uint64  `json:"unsent_batches"`
+	OldestUnsentSeconds float64 `json:"oldest_unsent_seconds"`
+	InFlight            int     `json:"in_flight"`
+	Receipts            uint64  `json:"receipts"`
+	BadReceipts         uint64  `json:"bad_receipts,omitempty"`
+	ReceiptSeq          uint64  `json:"receipt_seq,omitempty"`
+	ReceiptTime         string  `json:"receipt_time,omitempty"`
+	OversizeSeq         uint64  `json:"oversize_seq,omitempty"`
+	LastError           string  `json:"last_error,omitempty"`
+}
+
+type uplinkMetrics struct{ up *uplink.Uplink }
+
+var (
+	mUpConnected = prometheus.NewDesc("edgeaudit_uplink_connected", "1 while the uplink has an MQTT session.", nil, nil)
+	mUpUnsent    = prometheus.NewDesc("edgeaudit_uplink_unsent_batches", "Sealed batches central has not receipted.", nil, nil)
+	mUpOldest    = prometheus.NewDesc("edgeaudit_uplink_oldest_unsent_seconds", "Age of the oldest sealed batch central has not receipted.", nil, nil)
+	mUpInFlight  = prometheus.NewDesc("edgeaudit_uplink_in_flight_batches", "Batches published and waiting for a receipt.", nil, nil)
+	mUpPublished = prometheus.NewDesc("edgeaudit_uplink_published_total", "Batch publishes, resends included.", nil, nil)
+	mUpResends   = prometheus.NewDesc("edgeaudit_uplink_resends_total", "Publishes of a seq published before.", nil, nil)
+	mUpReceipts  = prometheus.NewDesc("edgeaudit_uplink_receipts_total", "Verified receipts from central.", nil, nil)
+	mUpBad       = prometheus.NewDesc("edgeaudit_uplink_bad_receipts_total", "Receipts that did not verify.", nil, nil)
+	mUpReconn    = prometheus.NewDesc("edgeaudit_uplink_reconnects_total", "MQTT connections after the first.", nil, nil)
+	mUpIncidents = prometheus.NewDesc("edgeaudit_uplink_incidents_total", "Rollback and fork receipts seen.", nil, nil)
+)
+
+func (m *uplinkMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mUpConnected, mUpUnsent, mUpOldest, mUpInFlight, mUpPublished, mUpResends,
+		mUpReceipts, mUpBad, mUpReconn, mUpIncidents} {
+		ch <- d
+	}
+}
+
+func (m *uplinkMetrics) Collect(ch chan<- prometheus.Metric) {
+	st := m.up.Stats()
+	g := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	c := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
+	conn := 0.0
+	if st.State == uplink.StateConnected {
+		conn = 1
+	}
+	g(mUpConnected, conn)
+	g(mUpUnsent, float64(st.Unsent))
+	g(mUpOldest, st.OldestUnsent.Seconds())
+	g(mUpInFlight, float64(st.InFlight))
+	c(mUpPublished, st.Published)
+	c(mUpResends, st.Resends)
+	c(mUpReceipts, st.Receipts)
+	c(mUpBad, st.BadReceipts)
+	c(mUpReconn, st.Reconnects)
+	c(mUpIncidents, st.Incidents)
+}

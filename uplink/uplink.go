@@ -519,25 +519,21 @@ func (s *sender) receipt(p []byte) {
 			return
 		}
 	}
-	if seq > s.pos.HeadSeq {
+	in, ok := match(seq, hash, s.pos, s.localHash)
+	if in != nil {
 		u.incidents.Add(1)
-		if u.once(IncidentRollback, seq) {
-			u.log.Error("central holds batches beyond the local head: this spool is behind central (restored, cloned or rolled back)",
-				keySeq, seq, "head", s.pos.HeadSeq)
-			u.report(Incident{Kind: IncidentRollback, Seq: seq, LocalHead: s.pos.HeadSeq, CentralHash: hash})
+		if u.once(in.Kind, seq) {
+			if in.Kind == IncidentRollback {
+				u.log.Error("central holds batches beyond the local head: this spool is behind central (restored, cloned or rolled back)",
+					keySeq, seq, "head", s.pos.HeadSeq)
+			} else {
+				u.log.Error("receipt names another header at this seq: a fork", keySeq, seq, "local", in.LocalHash, "central", hash)
+			}
+			u.report(*in)
 		}
 		return
 	}
-	local, ok := s.localHash(seq)
 	if !ok { // pruned long ago: acked already, nothing to compare or do
-		return
-	}
-	if !strings.EqualFold(local, hash) {
-		u.incidents.Add(1)
-		if u.once(IncidentFork, seq) {
-			u.log.Error("receipt names another header at this seq: a fork", keySeq, seq, "local", local, "central", hash)
-			u.report(Incident{Kind: IncidentFork, Seq: seq, LocalHead: s.pos.HeadSeq, LocalHash: local, CentralHash: hash})
-		}
 		return
 	}
 	if seq <= u.receipted {
@@ -561,6 +557,23 @@ func (s *sender) receipt(p []byte) {
 	u.retryAck()
 }
 
+// match compares a verified receipt for (seq, hash) with the local chain at pos. It
+// returns a rollback or fork incident, or ok when the receipt covers a local batch; with
+// neither, the batch was pruned long ago (acked already: nothing to compare or do).
+func match(seq uint64, hash string, pos Position, localHash func(uint64) (string, bool)) (in *Incident, ok bool) {
+	if seq > pos.HeadSeq {
+		return &Incident{Kind: IncidentRollback, Seq: seq, LocalHead: pos.HeadSeq, CentralHash: hash}, false
+	}
+	local, found := localHash(seq)
+	if !found {
+		return nil, false
+	}
+	if !strings.EqualFold(local, hash) {
+		return &Incident{Kind: IncidentFork, Seq: seq, LocalHead: pos.HeadSeq, LocalHash: local, CentralHash: hash}, false
+	}
+	return nil, true
+}
+
 // localHash is the header hash of the local batch seq, if the spool still has it.
 func (s *sender) localHash(seq uint64) (string, bool) {
 	for _, f := range s.inflight {
@@ -571,17 +584,98 @@ func (s *sender) localHash(seq uint64) (string, bool) {
 	if seq == s.pos.HeadSeq && s.pos.HeadHash != "" {
 		return s.pos.HeadHash, true
 	}
+	hash, err := sourceHash(s.u.src, seq)
+	if err != nil {
+		s.u.setErr(err)
+	}
+	return hash, hash != ""
+}
+
+// sourceHash reads the header hash of batch seq from src; "" when it is not there.
+func sourceHash(src Source, seq uint64) (string, error) {
 	var hash string
-	err := s.u.src.Batches(seq, func(b *ledger.Batch) error {
+	err := src.Batches(seq, func(b *ledger.Batch) error {
 		if h, err := ledger.ParseHeader(b.Header); err == nil && h.Seq == seq {
 			hash = hexHash(ledger.HeaderHash(b.Header))
 		}
 		return errEnough
 	})
 	if err != nil && !errors.Is(err, errEnough) {
-		s.u.setErr(fmt.Errorf("read batch %d: %w", seq, err))
+		return "", fmt.Errorf("read batch %d: %w", seq, err)
 	}
-	return hash, hash != ""
+	return hash, nil
+}
+
+// ApplyResult is what ApplyReceipts did.
+type ApplyResult struct {
+	Receipts  int        // receipts read
+	Verified  int        // of them, verified by the ReceiptVerifier
+	Bad       []error    // one per receipt that did not verify
+	Incidents []Incident // rollback or fork receipts (also reported)
+	AckedSeq  uint64     // the source's acked seq afterwards
+	Moved     bool       // the acked seq moved
+}
+
+// ApplyReceipts applies receipts carried by hand from central (an air-gapped site:
+// `edgeaudit receipts import`) with the rules of the MQTT path: each is verified, compared
+// with the local chain (a rollback or fork is reported to rep, never acked), and the
+// highest matching one is kept (when rv is a ReceiptKeeper) before the source is acked up
+// to it. An error is a source or keeper failure; nothing after it was recorded.
+func ApplyReceipts(src Source, rv ReceiptVerifier, rep Reporter, receipts [][]byte) (ApplyResult, error) {
+	res := ApplyResult{Receipts: len(receipts)}
+	pos, err := src.Position()
+	if err != nil {
+		return res, fmt.Errorf("apply receipts: %w", err)
+	}
+	var best uint64
+	var bestReceipt []byte
+	var readErr error
+	localHash := func(seq uint64) (string, bool) {
+		if seq == pos.HeadSeq && pos.HeadHash != "" {
+			return pos.HeadHash, true
+		}
+		h, err := sourceHash(src, seq)
+		if err != nil && readErr == nil {
+			readErr = err
+		}
+		return h, h != ""
+	}
+	for i, b := range receipts {
+		seq, hash, err := rv.Verify(b)
+		if err != nil {
+			res.Bad = append(res.Bad, fmt.Errorf("receipt %d: %w", i+1, err))
+			continue
+		}
+		res.Verified++
+		in, ok := match(seq, hash, pos, localHash)
+		if readErr != nil {
+			return res, fmt.Errorf("apply receipts: %w", readErr)
+		}
+		if in != nil {
+			res.Incidents = append(res.Incidents, *in)
+			if rep != nil {
+				rep.Report(*in)
+			}
+			continue
+		}
+		if ok && seq > best {
+			best, bestReceipt = seq, b
+		}
+	}
+	res.AckedSeq = pos.AckedSeq
+	if best <= pos.AckedSeq {
+		return res, nil
+	}
+	if k, ok := rv.(ReceiptKeeper); ok {
+		if err := k.Keep(best, bestReceipt); err != nil {
+			return res, fmt.Errorf("apply receipts: keep receipt %d: %w", best, err)
+		}
+	}
+	if err := src.Ack(best); err != nil {
+		return res, fmt.Errorf("apply receipts: ack %d: %w", best, err)
+	}
+	res.AckedSeq, res.Moved = best, true
+	return res, nil
 }
 
 // retryAck keeps the receipt for u.receipted and records it in the source (again, if an

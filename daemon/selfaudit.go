@@ -73,7 +73,12 @@ func newSelfAudit(sink collectors.Sink, reg prometheus.Registerer, log *slog.Log
 var _ collectors.Reporter = (*selfAudit)(nil)
 
 func (s *selfAudit) event(action, outcome, reason string) audit.Event {
-	now := s.now().UTC()
+	return selfEvent(s.now(), action, outcome, reason)
+}
+
+// selfEvent is an event the appliance records about itself at now.
+func selfEvent(now time.Time, action, outcome, reason string) audit.Event {
+	now = now.UTC()
 	return audit.Event{
 		Time: now, Received: now,
 		Source: audit.Source{Kind: audit.KindSelf, Transport: "internal", App: "edgeaudit"},

@@ -33,6 +33,7 @@ const (
 	receiptsDir             = "receipts"
 	centralKeyRecheck       = 10 * time.Second
 	defaultUnsentWarningAge = 15 * time.Minute
+	maxIncidents            = 32 // kept for health
 )
 
 // uplinkEnabled says whether the config starts an uplink.
@@ -138,6 +139,22 @@ func (l *lateSource) Ack(seq uint64) error {
 		return err
 	}
 	return sp.Ack(seq)
+}
+
+// newReceiptBook returns the book of cfg's appliance over the spool behind src.
+func newReceiptBook(cfg *Config, src *lateSource) *receiptBook {
+	return &receiptBook{site: cfg.Site, device: cfg.Device, dir: cfg.ReceiptsDir(), keyPath: cfg.CentralKeyPath(),
+		required: cfg.Uplink.CentralKey != "", chain: func() string {
+			sp, err := src.get()
+			if err != nil {
+				return ""
+			}
+			pos, err := sp.Position()
+			if err != nil {
+				return ""
+			}
+			return pos.Chain
+		}}
 }
 
 // receiptBook verifies central's receipts for this appliance's current chain and keeps
@@ -284,28 +301,36 @@ var _ uplink.Reporter = (*uplinkReporter)(nil)
 
 func (u *uplinkReporter) Report(in uplink.Incident) {
 	u.mu.Lock()
-	u.incidents = append(u.incidents, in)
+	if len(u.incidents) < maxIncidents { // each (kind, seq) comes once; the chain has them all
+		u.incidents = append(u.incidents, in)
+	}
 	u.mu.Unlock()
+	e := incidentEvent(in, u.self.now())
+	u.log.Error("uplink incident", "kind", in.Kind, "seq", in.Seq, "local_head", in.LocalHead)
+	u.self.enqueue(e, [3]string{"uplink", "mqtt", in.Kind})
+}
+
+// incidentEvent is the self-audit event of an uplink incident.
+func incidentEvent(in uplink.Incident, now time.Time) audit.Event {
 	var e audit.Event
 	switch in.Kind {
 	case uplink.IncidentOversize:
-		e = u.self.event(ActionUplinkOversize, audit.OutcomeSeriousFailure,
+		e = selfEvent(now, ActionUplinkOversize, audit.OutcomeSeriousFailure,
 			fmt.Sprintf("batch %d is %d bytes, over uplink.max_message_bytes %d: it and every batch after it wait", in.Seq, in.Size, in.Limit))
 		e.Detail = map[string]string{"seq": fmt.Sprint(in.Seq), "size": fmt.Sprint(in.Size), "limit": fmt.Sprint(in.Limit)}
 	case uplink.IncidentRollback:
-		e = u.self.event(ActionChainBehind, audit.OutcomeSeriousFailure,
+		e = selfEvent(now, ActionChainBehind, audit.OutcomeSeriousFailure,
 			fmt.Sprintf("central holds seq %d, beyond the local head %d: this spool was restored, cloned or rolled back", in.Seq, in.LocalHead))
 		e.Detail = map[string]string{"central_seq": fmt.Sprint(in.Seq), "local_head": fmt.Sprint(in.LocalHead), "central_hash": in.CentralHash}
 	case uplink.IncidentFork:
-		e = u.self.event(ActionChainFork, audit.OutcomeSeriousFailure,
+		e = selfEvent(now, ActionChainFork, audit.OutcomeSeriousFailure,
 			fmt.Sprintf("central's batch %d differs from the local one: two appliances share this chain", in.Seq))
 		e.Detail = map[string]string{"seq": fmt.Sprint(in.Seq), "local_head": fmt.Sprint(in.LocalHead),
 			"local_hash": in.LocalHash, "central_hash": in.CentralHash}
 	default:
-		e = u.self.event("audit.uplink_incident", audit.OutcomeSeriousFailure, in.Kind)
+		e = selfEvent(now, "audit.uplink_incident", audit.OutcomeSeriousFailure, in.Kind)
 	}
-	u.log.Error("uplink incident", "kind", in.Kind, "seq", in.Seq, "local_head", in.LocalHead)
-	u.self.enqueue(e, [3]string{"uplink", "mqtt", in.Kind})
+	return e
 }
 
 func (u *uplinkReporter) list() []uplink.Incident {
@@ -318,18 +343,7 @@ func (u *uplinkReporter) list() []uplink.Incident {
 // now; the default one (keys/central.pub) may come later.
 func (d *Daemon) newUplink(src *lateSource, rep *uplinkReporter, signer interface{ Public() *ecdsa.PublicKey }) (*uplink.Uplink, *receiptBook, error) {
 	cfg := &d.cfg
-	book := &receiptBook{site: cfg.Site, device: cfg.Device, dir: cfg.ReceiptsDir(), keyPath: cfg.CentralKeyPath(),
-		required: cfg.Uplink.CentralKey != "", chain: func() string {
-			sp, err := src.get()
-			if err != nil {
-				return ""
-			}
-			pos, err := sp.Position()
-			if err != nil {
-				return ""
-			}
-			return pos.Chain
-		}}
+	book := newReceiptBook(cfg, src)
 	if book.required {
 		k, err := ReadCentralKey(book.keyPath)
 		if err != nil {

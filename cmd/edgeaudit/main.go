@@ -65,6 +65,8 @@ func run(ctx context.Context, args []string, stop func()) error {
 		return (&ExportCommand{}).Run(ctx, rest)
 	case "config":
 		return (&ConfigCommand{}).Run(ctx, rest)
+	case "receipts":
+		return (&ReceiptsCommand{}).Run(ctx, rest)
 	case "token":
 		return (&TokenCommand{}).Run(ctx, rest)
 	case "version":
@@ -94,6 +96,7 @@ The commands are:
 	verify    check a spool or exported batches: chain, signatures, Merkle roots
 	export    write sealed batches (or their events as JSON lines) to a file
 	config    print a commented sample config
+	receipts  apply central's receipts carried by hand (air-gapped sites)
 	token     reveal the identifier behind a patient token (audited)
 	version   print the version
 

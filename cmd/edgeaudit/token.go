@@ -1,18 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/user"
-	"strings"
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/attest"
@@ -67,39 +62,11 @@ func (c *TokenCommand) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
-var errDaemonDown = errors.New("daemon not running")
-
-// revealOnline asks the running daemon, which holds the spool and the vault.
 func revealOnline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequest) (string, error) {
-	if cfg.Admin == "" {
-		return "", errDaemonDown
-	}
-	secret, err := os.ReadFile(cfg.AdminTokenPath())
-	if errors.Is(err, os.ErrNotExist) {
-		return "", errDaemonDown
-	}
-	if err != nil {
-		return "", fmt.Errorf("read admin token (run as root or the service user): %w", err)
-	}
 	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Admin+"/v1/token/reveal", bytes.NewReader(body))
+	b, err := adminPost(ctx, cfg, "/v1/token/reveal", "application/json", body)
 	if err != nil {
 		return "", err
-	}
-	hreq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(secret)))
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(hreq)
-	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return "", errDaemonDown
-		}
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	var out struct{ Value string }
 	if err := json.Unmarshal(b, &out); err != nil {
@@ -108,8 +75,6 @@ func revealOnline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequ
 	return out.Value, nil
 }
 
-// revealOffline works on a stopped daemon's files: it records the reveal in the spool
-// (sealing it) before it prints anything.
 func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequest) (string, error) {
 	if _, err := os.Stat(cfg.KeyPath()); err != nil {
 		return "", fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)

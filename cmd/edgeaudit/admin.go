@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/edgeaudit/edgeaudit/daemon"
+)
+
+// errDaemonDown: no daemon answers on the admin endpoint; the command works on the data
+// folder itself instead.
+var errDaemonDown = errors.New("daemon not running")
+
+// adminPost sends a privileged request to the running daemon's admin endpoint, with
+// the admin token from the data folder. It returns the body of a 200 answer; any other
+// status is an error carrying the daemon's message.
+func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string, body []byte) ([]byte, error) {
+	if cfg.Admin == "" {
+		return nil, errDaemonDown
+	}
+	secret, err := os.ReadFile(cfg.AdminTokenPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errDaemonDown
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read admin token (run as root or the service user): %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Admin+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(secret)))
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("X-Edgeaudit-User", whoami())
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, errDaemonDown
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return b, fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return b, nil
+}

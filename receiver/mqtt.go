@@ -26,8 +26,24 @@ const retryMin = 100 * time.Millisecond
 // connectTimeout bounds one connection attempt.
 const connectTimeout = 10 * time.Second
 
+// settleDelay is how long after a device's activity a receiver in a shared group
+// rechecks the device (settle); settleMax caps the delay between rechecks while
+// batches stay held. The appliance resends an unreceipted batch only after its ack
+// timeout (30 s by default): a held batch whose gap another receiver filled is stored
+// within settleDelay instead.
+const (
+	settleDelay = 200 * time.Millisecond
+	settleMax   = 5 * time.Second
+)
+
 // BatchFilter is the subscription of a receiver with the given prefix.
 func BatchFilter(prefix string) string { return prefix + "/+/+/" + batchLevel }
+
+// SharedBatchFilter is the shared subscription of a receiver in group: the broker
+// delivers each batch to one subscriber of the group.
+func SharedBatchFilter(group, prefix string) string {
+	return "$share/" + group + "/" + BatchFilter(prefix)
+}
 
 // AckTopic is where the receipts of site/device go.
 func AckTopic(prefix, site, device string) string {
@@ -47,9 +63,10 @@ func splitBatchTopic(prefix, topic string) (site, device string, ok bool) {
 	return parts[0], parts[1], true
 }
 
-// Run subscribes to BatchFilter(Prefix) at QoS 1 on Broker and handles each batch, one
-// at a time in the order the broker delivers them, until ctx is done. It returns nil
-// when ctx is cancelled, and only after every goroutine it started has exited.
+// Run subscribes to BatchFilter(Prefix) at QoS 1 on Broker (SharedBatchFilter when
+// SharedGroup is set) and handles each batch, one at a time in the order the broker
+// delivers them, until ctx is done. It returns nil when ctx is cancelled, and only after
+// every goroutine it started has exited.
 //
 // Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after Handle
 // has stored it (or refused and quarantined it); a batch whose storing keeps failing is
@@ -58,6 +75,11 @@ func splitBatchTopic(prefix, topic string) (site, device string, ok bool) {
 // a restart of the receiver. Receipts are published to AckTopic at QoS 1, retained: a
 // device that connects learns central's position for it at once (docs/format.md,
 // "Receipts").
+//
+// In a shared group, two receivers may publish receipts of one device out of order (the
+// retained one could be the older): each receiver rechecks a device settleDelay after
+// its activity and publishes the stored head's receipt when it is newer than the last
+// one it published, and stores held batches whose gap another receiver filled.
 func (r *Receiver) Run(ctx context.Context) error {
 	if r.cfg.Broker == "" {
 		return errors.New("receiver run: no broker configured")
@@ -75,6 +97,9 @@ func (r *Receiver) Run(ctx context.Context) error {
 		}
 	}
 	filter := BatchFilter(r.cfg.Prefix)
+	if r.cfg.SharedGroup != "" {
+		filter = SharedBatchFilter(r.cfg.SharedGroup, r.cfg.Prefix)
+	}
 	// The subscription is renewed on every connect. OnConnect runs in a goroutine of
 	// paho's that nothing waits for, so it only hands its token to the loop below.
 	subs := make(chan mqtt.Token, 4)
@@ -128,12 +153,19 @@ func (r *Receiver) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+	st := newSettler()
+	defer st.timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			r.handleMessage(ctx, client, m, &pubs)
+			site, dev, o, ok := r.handleMessage(ctx, client, m, &pubs)
+			if ok && r.cfg.SharedGroup != "" {
+				st.touch(site, dev, o)
+			}
+		case <-st.timer.C:
+			r.settleDue(ctx, client, st, &pubs)
 		case tok := <-subs:
 			pubs.Add(1)
 			go func() {
@@ -158,21 +190,21 @@ func (r *Receiver) Run(ctx context.Context) error {
 }
 
 // handleMessage is the loop body of Run: handle one batch message, acknowledge it to
-// the broker once it is stored or refused, and publish the receipt.
-func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt.Message, pubs *sync.WaitGroup) {
-	site, dev, ok := splitBatchTopic(r.cfg.Prefix, m.Topic())
+// the broker once it is stored or refused, and publish the receipt. ok is false when
+// nothing was handled (another topic, or Run is stopping).
+func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt.Message, pubs *sync.WaitGroup) (site, dev string, o outcome, ok bool) {
+	site, dev, ok = splitBatchTopic(r.cfg.Prefix, m.Topic())
 	if !ok {
 		r.log.Warn("message on an unexpected topic", attrTopic, m.Topic(), attrBytes, len(m.Payload()))
 		m.Ack()
-		return
+		return "", "", outcome{}, false
 	}
 	bo := backoff.New(retryMin, r.cfg.RetryMax)
 	var limit ratelog.Limiter
-	var rc []byte
 	start := time.Now()
 	for {
 		var err error
-		rc, err = r.Handle(ctx, site, dev, m.Payload())
+		o, err = r.handle(ctx, site, dev, m.Payload())
 		var ref *RefusedError
 		if err == nil || errors.As(err, &ref) {
 			if bo.Failures() > 0 {
@@ -185,10 +217,17 @@ func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt
 			r.log.Error("handle batch, will retry", attrSite, site, attrDevice, dev, attrError, err, "suppressed", suppressed)
 		}
 		if bo.BackOff(ctx, err) != nil {
-			return // shutting down: not acknowledged, the broker redelivers it
+			return "", "", outcome{}, false // shutting down: not acknowledged, the broker redelivers it
 		}
 	}
 	m.Ack()
+	r.publishReceipt(ctx, client, site, dev, o.receipt, pubs)
+	return site, dev, o, true
+}
+
+// publishReceipt publishes rc (if any) to the device's ack topic, retained, and waits
+// for the broker's PUBACK in a goroutine that pubs tracks.
+func (r *Receiver) publishReceipt(ctx context.Context, client mqtt.Client, site, dev string, rc []byte, pubs *sync.WaitGroup) {
 	if rc == nil {
 		return
 	}
@@ -207,4 +246,92 @@ func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt
 		case <-ctx.Done():
 		}
 	}()
+}
+
+// settler is Run's schedule of device rechecks in a shared group. Only Run's goroutine
+// uses it; one timer serves every device, so rechecks start no goroutines.
+type settler struct {
+	timer *time.Timer
+	devs  map[string]*settleState // "site/device"
+}
+
+// settleState is one device's recheck.
+type settleState struct {
+	site, dev string
+	published uint64    // seq of the last receipt this receiver published
+	due       time.Time // zero: no recheck scheduled
+	delay     time.Duration
+}
+
+func newSettler() *settler {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &settler{timer: t, devs: map[string]*settleState{}}
+}
+
+// touch records a handled batch of site/device and schedules a recheck, unless one is
+// due already.
+func (s *settler) touch(site, dev string, o outcome) {
+	k := site + "/" + dev
+	d := s.devs[k]
+	if d == nil {
+		d = &settleState{site: site, dev: dev}
+		s.devs[k] = d
+	}
+	if o.receipt != nil {
+		d.published = o.seq
+	}
+	if d.due.IsZero() {
+		d.delay = settleDelay
+		s.schedule(d, time.Now())
+	}
+}
+
+func (s *settler) schedule(d *settleState, now time.Time) {
+	d.due = now.Add(d.delay)
+	s.reset(now)
+}
+
+// reset sets the timer for the earliest due recheck.
+func (s *settler) reset(now time.Time) {
+	var first time.Time
+	for _, d := range s.devs {
+		if !d.due.IsZero() && (first.IsZero() || d.due.Before(first)) {
+			first = d.due
+		}
+	}
+	s.timer.Stop()
+	if !first.IsZero() {
+		s.timer.Reset(max(first.Sub(now), 0))
+	}
+}
+
+// settleDue rechecks the devices whose time has come: the stored head's receipt is
+// published when it is newer than the last one published here, and a device with
+// batches still held (or whose store read failed) is rechecked again later, less often.
+// A device with nothing left to do is forgotten, so the schedule holds only active
+// devices.
+func (r *Receiver) settleDue(ctx context.Context, client mqtt.Client, s *settler, pubs *sync.WaitGroup) {
+	now := time.Now()
+	for k, d := range s.devs {
+		if d.due.IsZero() || d.due.After(now) {
+			continue
+		}
+		d.due = time.Time{}
+		o, err := r.settle(ctx, d.site, d.dev)
+		if err != nil {
+			r.log.Warn("recheck device", attrSite, d.site, attrDevice, d.dev, attrError, err)
+		}
+		if err == nil && o.receipt != nil && o.seq > d.published {
+			r.publishReceipt(ctx, client, d.site, d.dev, o.receipt, pubs)
+			d.published = o.seq
+		}
+		if err != nil || o.held {
+			d.delay = min(2*d.delay, settleMax)
+			d.due = now.Add(d.delay)
+			continue
+		}
+		delete(s.devs, k)
+	}
+	s.reset(now)
 }

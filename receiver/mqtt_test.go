@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.uber.org/goleak"
 
+	"github.com/edgeaudit/edgeaudit/internal/testpg"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
 )
@@ -27,7 +28,8 @@ func TestMain(m *testing.M) {
 	net.DefaultResolver.Dial = func(context.Context, string, string) (net.Conn, error) {
 		return nil, errors.New("tests resolve no names")
 	}
-	os.Exit(m.Run())
+	// One PostgreSQL cluster for the whole binary (the shared-store tests), stopped here.
+	os.Exit(testpg.Main(m))
 }
 
 // allowAll lets every client connect and use every topic. (mochi's auth.AllowHook

@@ -74,12 +74,28 @@ type Config struct {
 	// RetryMax caps the backoff between attempts of a batch whose storing failed
 	// (default DefaultRetryMax).
 	RetryMax time.Duration
+	// SharedGroup, when set, makes Run subscribe to $share/<SharedGroup>/<Prefix>/+/+/batch
+	// (an MQTT shared subscription): the broker hands each batch to one of the receivers
+	// in the group, which must share one store (PostgreSQL) and have distinct ClientIDs.
+	// Run then also rechecks a device shortly after its activity: held batches are
+	// stored as soon as another receiver has filled the gap before them, and a receipt
+	// published out of order by two receivers is followed by the newest one. Empty
+	// (the default): a plain subscription, one receiver owns the store.
+	SharedGroup string
+	// OnRefuse, when set, is called after each refusal (counted, logged and quarantined
+	// by then), from the goroutine that handled the batch and with no lock of the
+	// receiver held. It must be quick and must not keep ref beyond the call; rate
+	// limiting is the caller's.
+	OnRefuse func(ref *RefusedError)
 }
 
 // Validate checks the fields that have no default.
 func (c *Config) Validate() error {
 	if c.Quarantine == "" {
 		return &configerr.Error{Field: "receive.quarantine", Value: c.Quarantine, Err: errors.New("required")}
+	}
+	if c.SharedGroup != "" && strings.ContainsAny(c.SharedGroup, "/+#\x00") {
+		return &configerr.Error{Field: "receive.shared_group", Value: c.SharedGroup, Err: errors.New("must be one MQTT topic level: no '/', '+', '#' or NUL")}
 	}
 	if strings.ContainsAny(c.KeyName, " +\t\n\r") {
 		return &configerr.Error{Field: "receive.key_name", Value: c.KeyName, Err: errors.New("must not contain spaces or '+'")}
@@ -139,6 +155,9 @@ type Stats struct {
 	Duplicates  uint64 // batches already stored, answered with the head's receipt
 	Held        uint64 // batches held ahead of a gap (each time one was taken in)
 	HeldDropped uint64 // batches not held because the device's hold was full
+	// HeadMoved counts appends the store turned down because another receiver had
+	// moved the device's head first; each batch was decided again on the new head.
+	HeadMoved   uint64
 	Refused     map[string]uint64
 	Quarantined uint64 // refused batches written to the quarantine folder
 	// QuarantineSkipped counts refused batches not written: the budget was used up or
@@ -159,10 +178,10 @@ type Receiver struct {
 	devices map[string]*device // "site/device"
 
 	stats struct {
-		batches, events, duplicates, held, heldDropped, quarantined, quarantineSkipped atomic.Uint64
-		quarantineBytes                                                                atomic.Int64
-		refusedMu                                                                      sync.Mutex
-		refused                                                                        map[string]uint64
+		batches, events, duplicates, held, heldDropped, headMoved, quarantined, quarantineSkipped atomic.Uint64
+		quarantineBytes                                                                           atomic.Int64
+		refusedMu                                                                                 sync.Mutex
+		refused                                                                                   map[string]uint64
 	}
 	now func() time.Time
 }
@@ -171,10 +190,16 @@ type Receiver struct {
 type device struct {
 	mu        sync.Mutex
 	loaded    bool
-	head      Head
+	head      Head // the store's head as last seen; other receivers may have moved it since
 	held      map[uint64]heldBatch
 	heldBytes int
+	// refused collects the refusals made under mu, for OnRefuse once mu is released.
+	refused []*RefusedError
 }
+
+// maxAttempts bounds how often one batch is decided again after the store's head moved
+// under it (each time another receiver stored a batch of the device first).
+const maxAttempts = 8
 
 // heldBatch has passed every check but the link to its predecessor.
 type heldBatch struct {
@@ -208,7 +233,7 @@ func New(cfg Config, store Store, keys DeviceKeys, signer Signer, logger *slog.L
 // Stats returns a snapshot of the counters.
 func (r *Receiver) Stats() Stats {
 	s := Stats{Batches: r.stats.batches.Load(), Events: r.stats.events.Load(), Duplicates: r.stats.duplicates.Load(),
-		Held: r.stats.held.Load(), HeldDropped: r.stats.heldDropped.Load(), Quarantined: r.stats.quarantined.Load(),
+		Held: r.stats.held.Load(), HeldDropped: r.stats.heldDropped.Load(), HeadMoved: r.stats.headMoved.Load(), Quarantined: r.stats.quarantined.Load(),
 		QuarantineSkipped: r.stats.quarantineSkipped.Load(), Refused: map[string]uint64{}}
 	r.stats.refusedMu.Lock()
 	for k, v := range r.stats.refused {
@@ -245,88 +270,168 @@ func (r *Receiver) device(site, dev string) *device {
 // Any other error (the store, the key folder or the signer failing) leaves the device's
 // stored state as it was; the same batch may be handled again.
 func (r *Receiver) Handle(ctx context.Context, site, dev string, payload []byte) ([]byte, error) {
+	o, err := r.handle(ctx, site, dev, payload)
+	return o.receipt, err
+}
+
+// outcome is what handle and settle leave behind for Run.
+type outcome struct {
+	receipt []byte // the device's head's receipt (nil while nothing is stored)
+	seq     uint64 // the head's seq, which receipt names
+	held    bool   // batches of the device are held ahead of a gap
+}
+
+func (r *Receiver) handle(ctx context.Context, site, dev string, payload []byte) (outcome, error) {
 	if !ledger.ValidName(site) || !ledger.ValidName(dev) {
 		// Not a path we can quarantine under: count and refuse only.
-		return nil, r.refuse(ctx, &RefusedError{Site: site, Device: dev, Err: ErrMalformed,
-			Detail: "site or device is not a valid name"}, nil)
+		ref := &RefusedError{Site: site, Device: dev, Err: ErrMalformed, Detail: "site or device is not a valid name"}
+		err := r.refuse(ctx, ref, nil)
+		r.notify(ref)
+		return outcome{}, err
 	}
 	// The checks that need no stored state run first, outside the device's lock, and
 	// before any state exists for it: publishers of unknown names cost no memory.
 	b, h, hash, ref := r.check(ctx, site, dev, payload)
 	if ref != nil {
 		if ref.Err == nil { // not a refusal: an I/O error looking up the key
-			return nil, fmt.Errorf("handle %s/%s: %s", site, dev, ref.Detail)
+			return outcome{}, fmt.Errorf("handle %s/%s: %s", site, dev, ref.Detail)
 		}
-		return nil, r.refuse(ctx, ref, payload)
+		err := r.refuse(ctx, ref, payload)
+		r.notify(ref)
+		return outcome{}, err
 	}
 	d := r.device(site, dev)
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	err := r.handleLocked(ctx, site, dev, d, b, h, hash, payload)
+	o := outcome{seq: d.head.Seq, held: len(d.held) > 0}
+	if err == nil {
+		o.receipt = d.head.Receipt
+	}
+	refused := d.refused
+	d.refused = nil
+	d.mu.Unlock()
+	r.notify(refused...)
+	return o, err
+}
+
+// notify passes refusals to OnRefuse; the caller holds no lock.
+func (r *Receiver) notify(refs ...*RefusedError) {
+	if r.cfg.OnRefuse == nil {
+		return
+	}
+	for _, ref := range refs {
+		r.cfg.OnRefuse(ref)
+	}
+}
+
+// refuseLocked is refuse for a refusal made under d.mu: OnRefuse is called later, once
+// d.mu is released.
+func (r *Receiver) refuseLocked(ctx context.Context, d *device, ref *RefusedError, payload []byte) error {
+	err := r.refuse(ctx, ref, payload)
+	d.refused = append(d.refused, ref)
+	return err
+}
+
+// handleLocked decides what to do with one checked batch, against the device's head as
+// this receiver last saw it. The store may be shared: a head that another receiver has
+// moved shows as ErrHeadMoved from Append (reload and decide again), and a batch that
+// seems ahead of a gap is decided again on a fresh head before it is held (the gap may
+// be stored already).
+func (r *Receiver) handleLocked(ctx context.Context, site, dev string, d *device, b *ledger.Batch, h ledger.Header, hash string, payload []byte) error {
 	if !d.loaded {
-		h, err := r.store.Head(ctx, site, dev)
+		if err := r.reload(ctx, site, dev, d); err != nil {
+			return err
+		}
+	}
+	refuse := func(err error, format string, args ...any) error {
+		return r.refuseLocked(ctx, d, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: err, Detail: fmt.Sprintf(format, args...)}, payload)
+	}
+	reloaded := false
+	for attempt := 0; ; attempt++ {
+		if attempt == maxAttempts {
+			return fmt.Errorf("handle %s/%s seq %d: %d attempts: %w", site, dev, h.Seq, attempt, ErrHeadMoved)
+		}
+		head := d.head
+		if head.Chain != "" && h.Chain != head.Chain {
+			ref := &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrOtherChain,
+				Detail: fmt.Sprintf("chain %s, the stored chain is %s (head seq %d)", h.Chain, head.Chain, head.Seq),
+				Hint:   "the appliance started a new chain (a quarantined or replaced spool?); check it before accepting the new chain"}
+			return r.refuseLocked(ctx, d, ref, payload)
+		}
+		switch next := head.Seq + 1; {
+		case h.Seq < next:
+			stored := head.Hash
+			if h.Seq != head.Seq {
+				hb, err := r.store.Header(ctx, site, dev, head.Chain, h.Seq)
+				if errors.Is(err, os.ErrNotExist) {
+					// Below the head but not stored: only a chain whose first batches
+					// were never received (not possible today: the first must be seq 1).
+					return refuse(ErrFork, "seq %d is below the head %d but not stored", h.Seq, head.Seq)
+				}
+				if err != nil {
+					return fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
+				}
+				sum := ledger.HeaderHash(hb)
+				stored = hex.EncodeToString(sum[:])
+			}
+			if hash != stored {
+				return refuse(ErrFork, "seq %d has header %s, the stored one is %s", h.Seq, short(hash), short(stored))
+			}
+			r.stats.duplicates.Add(1)
+			r.drainHeld(ctx, site, dev, d)
+			return nil
+		case h.Seq > next:
+			if !reloaded {
+				// Another receiver may have stored the gap: look before holding.
+				reloaded = true
+				if err := r.reload(ctx, site, dev, d); err != nil {
+					return err
+				}
+				// Held batches that follow the new head go first: this one may
+				// follow them.
+				r.drainHeld(ctx, site, dev, d)
+				continue
+			}
+			if old, ok := d.held[h.Seq]; ok {
+				if old.hash != hash {
+					return refuse(ErrFork, "seq %d has header %s, a held one has %s", h.Seq, short(hash), short(old.hash))
+				}
+				r.drainHeld(ctx, site, dev, d)
+				return nil
+			}
+			if len(d.held) >= r.cfg.MaxHeld || d.heldBytes+len(payload) > r.cfg.MaxHeldBytes {
+				r.stats.heldDropped.Add(1)
+				r.log.Warn("hold full, batch dropped until resent", attrSite, site, attrDevice, dev, attrSeq, h.Seq,
+					attrHeadSeq, head.Seq, "held", len(d.held))
+				r.drainHeld(ctx, site, dev, d)
+				return nil
+			}
+			d.held[h.Seq] = heldBatch{raw: payload, batch: b, header: h, hash: hash}
+			d.heldBytes += len(payload)
+			r.stats.held.Add(1)
+			r.drainHeld(ctx, site, dev, d)
+			return nil
+		}
+		// The next batch: it must link to the head. The head's hash never changes once
+		// stored, so a stale head cannot make this a false fork.
+		if want := prevOf(head); h.Prev != want {
+			return refuse(ErrFork, "seq %d has prev %s, the stored seq %d is %s", h.Seq, short(h.Prev), head.Seq, short(want))
+		}
+		err := r.apply(ctx, site, dev, d, b, h, hash)
+		if errors.Is(err, ErrHeadMoved) {
+			r.stats.headMoved.Add(1)
+			reloaded = true
+			if err := r.reload(ctx, site, dev, d); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
-			return nil, fmt.Errorf("handle %s/%s: %w", site, dev, err)
+			return err
 		}
-		d.head, d.loaded = h, true
+		r.drainHeld(ctx, site, dev, d)
+		return nil
 	}
-	refuse := func(err error, format string, args ...any) ([]byte, error) {
-		return nil, r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: err, Detail: fmt.Sprintf(format, args...)}, payload)
-	}
-	head := d.head
-	if head.Chain != "" && h.Chain != head.Chain {
-		ref := &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrOtherChain,
-			Detail: fmt.Sprintf("chain %s, the stored chain is %s (head seq %d)", h.Chain, head.Chain, head.Seq),
-			Hint:   "the appliance started a new chain (a quarantined or replaced spool?); check it before accepting the new chain"}
-		return nil, r.refuse(ctx, ref, payload)
-	}
-	switch next := head.Seq + 1; {
-	case h.Seq < next:
-		stored := head.Hash
-		if h.Seq != head.Seq {
-			hb, err := r.store.Header(ctx, site, dev, head.Chain, h.Seq)
-			if errors.Is(err, os.ErrNotExist) {
-				// Below the head but not stored: only a chain whose first batches
-				// were never received (not possible today: the first must be seq 1).
-				return refuse(ErrFork, "seq %d is below the head %d but not stored", h.Seq, head.Seq)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
-			}
-			sum := ledger.HeaderHash(hb)
-			stored = hex.EncodeToString(sum[:])
-		}
-		if hash != stored {
-			return refuse(ErrFork, "seq %d has header %s, the stored one is %s", h.Seq, short(hash), short(stored))
-		}
-		r.stats.duplicates.Add(1)
-		return d.head.Receipt, nil
-	case h.Seq > next:
-		if old, ok := d.held[h.Seq]; ok {
-			if old.hash != hash {
-				return refuse(ErrFork, "seq %d has header %s, a held one has %s", h.Seq, short(hash), short(old.hash))
-			}
-			return d.head.Receipt, nil
-		}
-		if len(d.held) >= r.cfg.MaxHeld || d.heldBytes+len(payload) > r.cfg.MaxHeldBytes {
-			r.stats.heldDropped.Add(1)
-			r.log.Warn("hold full, batch dropped until resent", attrSite, site, attrDevice, dev, attrSeq, h.Seq,
-				attrHeadSeq, head.Seq, "held", len(d.held))
-			return d.head.Receipt, nil
-		}
-		d.held[h.Seq] = heldBatch{raw: payload, batch: b, header: h, hash: hash}
-		d.heldBytes += len(payload)
-		r.stats.held.Add(1)
-		return d.head.Receipt, nil
-	}
-	// The next batch: it must link to the head.
-	if want := prevOf(head); h.Prev != want {
-		return refuse(ErrFork, "seq %d has prev %s, the stored seq %d is %s", h.Seq, short(h.Prev), head.Seq, short(want))
-	}
-	if err := r.apply(ctx, site, dev, d, b, h, hash); err != nil {
-		return nil, err
-	}
-	r.drainHeld(ctx, site, dev, d)
-	return d.head.Receipt, nil
 }
 
 func prevOf(h Head) string {
@@ -336,10 +441,63 @@ func prevOf(h Head) string {
 	return h.Hash
 }
 
+// reload reads the device's head from the store, and lets go of held batches that it
+// covers: another receiver stored them (or, if the stored header differs, they are a
+// fork, refused as such).
+func (r *Receiver) reload(ctx context.Context, site, dev string, d *device) error {
+	h, err := r.store.Head(ctx, site, dev)
+	if err != nil {
+		return fmt.Errorf("handle %s/%s: %w", site, dev, err)
+	}
+	d.head, d.loaded = h, true
+	for seq, hb := range d.held {
+		if seq > h.Seq {
+			continue
+		}
+		delete(d.held, seq)
+		d.heldBytes -= len(hb.raw)
+		stored := h.Hash
+		if seq != h.Seq {
+			b, err := r.store.Header(ctx, site, dev, h.Chain, seq)
+			if err != nil {
+				// Not known: let it go unreceipted, the appliance resends it.
+				r.log.Warn("check held batch against the store", attrSite, site, attrDevice, dev, attrSeq, seq, attrError, err)
+				continue
+			}
+			sum := ledger.HeaderHash(b)
+			stored = hex.EncodeToString(sum[:])
+		}
+		if stored != hb.hash {
+			r.refuseLocked(ctx, d, &RefusedError{Site: site, Device: dev, Seq: seq, Err: ErrFork,
+				Detail: fmt.Sprintf("held seq %d has header %s, the stored one is %s", seq, short(hb.hash), short(stored))}, hb.raw)
+		}
+	}
+	return nil
+}
+
+// settle reloads the device's head and stores the held batches that now follow it: the
+// gap before them may have been filled by another receiver. Run calls it shortly after
+// a device's activity when the store is shared.
+func (r *Receiver) settle(ctx context.Context, site, dev string) (outcome, error) {
+	d := r.device(site, dev)
+	d.mu.Lock()
+	err := r.reload(ctx, site, dev, d)
+	if err == nil {
+		r.drainHeld(ctx, site, dev, d)
+	}
+	o := outcome{receipt: d.head.Receipt, seq: d.head.Seq, held: len(d.held) > 0}
+	refused := d.refused
+	d.refused = nil
+	d.mu.Unlock()
+	r.notify(refused...)
+	return o, err
+}
+
 // drainHeld applies held batches that now follow the head. One whose link is broken is
-// refused as a fork; a store error leaves it held for the next Handle.
+// refused as a fork; a store error leaves it held for the next Handle; a head moved by
+// another receiver is reloaded (bounded).
 func (r *Receiver) drainHeld(ctx context.Context, site, dev string, d *device) {
-	for {
+	for attempt := 0; attempt < maxAttempts; {
 		hb, ok := d.held[d.head.Seq+1]
 		if !ok {
 			return
@@ -347,12 +505,22 @@ func (r *Receiver) drainHeld(ctx context.Context, site, dev string, d *device) {
 		if want := prevOf(d.head); hb.header.Prev != want {
 			delete(d.held, hb.header.Seq)
 			d.heldBytes -= len(hb.raw)
-			r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: hb.header.Seq, Err: ErrFork,
+			r.refuseLocked(ctx, d, &RefusedError{Site: site, Device: dev, Seq: hb.header.Seq, Err: ErrFork,
 				Detail: fmt.Sprintf("held seq %d has prev %s, the stored seq %d is %s", hb.header.Seq, short(hb.header.Prev), d.head.Seq, short(want))}, hb.raw)
 			return
 		}
 		// apply takes it out of the hold once stored.
-		if err := r.apply(ctx, site, dev, d, hb.batch, hb.header, hb.hash); err != nil {
+		err := r.apply(ctx, site, dev, d, hb.batch, hb.header, hb.hash)
+		if errors.Is(err, ErrHeadMoved) {
+			r.stats.headMoved.Add(1)
+			attempt++
+			if err := r.reload(ctx, site, dev, d); err != nil {
+				r.log.Warn("reload head", attrSite, site, attrDevice, dev, attrError, err)
+				return
+			}
+			continue
+		}
+		if err != nil {
 			r.log.Warn("store held batch", attrSite, site, attrDevice, dev, attrSeq, hb.header.Seq, attrError, err)
 			return
 		}
@@ -376,7 +544,7 @@ func (r *Receiver) apply(ctx context.Context, site, dev string, d *device, b *le
 		delete(d.held, h.Seq)
 		d.heldBytes -= len(old.raw)
 		if old.hash != hash {
-			r.refuse(ctx, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrFork,
+			r.refuseLocked(ctx, d, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrFork,
 				Detail: fmt.Sprintf("held seq %d has header %s, the stored one is %s", h.Seq, short(old.hash), short(hash))}, old.raw)
 		}
 	}

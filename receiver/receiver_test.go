@@ -427,6 +427,9 @@ func TestConfigValidate(t *testing.T) {
 		{"key name with a space", receiver.Config{Quarantine: "/q", KeyName: "a b"}, false},
 		{"key name with a plus", receiver.Config{Quarantine: "/q", KeyName: "a+b"}, false},
 		{"negative hold", receiver.Config{Quarantine: "/q", MaxHeld: -1}, false},
+		{"shared group", receiver.Config{Quarantine: "/q", SharedGroup: "central"}, true},
+		{"shared group of two levels", receiver.Config{Quarantine: "/q", SharedGroup: "a/b"}, false},
+		{"shared group with a wildcard", receiver.Config{Quarantine: "/q", SharedGroup: "a+"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

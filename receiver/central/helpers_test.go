@@ -25,6 +25,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/internal/testpg"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
 	"github.com/edgeaudit/edgeaudit/uplink"
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 	net.DefaultResolver.Dial = func(context.Context, string, string) (net.Conn, error) {
 		return nil, errors.New("tests resolve no names")
 	}
-	os.Exit(m.Run())
+	os.Exit(testpg.Main(m))
 }
 
 func genKey(t testing.TB) *ecdsa.PrivateKey {

@@ -211,7 +211,7 @@ func (w *writer) write(heads Heads, q receiver.Query) (Summary, error) {
 		if err := ledger.VerifyInclusion(w.cur.leaves[m.Index], uint64(m.Index), uint64(len(w.cur.leaves)), path, w.cur.root); err != nil {
 			return fmt.Errorf("%s/%s seq %d index %d: %w", m.Site, m.Device, m.Seq, m.Index, err)
 		}
-		line, err := json.Marshal(eventLine(m))
+		line, err := json.Marshal(EventOf(m))
 		if err != nil {
 			return err
 		}
@@ -278,9 +278,10 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// eventLine keeps the exact bytes: as JSON when encoding/json writes them back
-// unchanged (RawMessage output is compacted and HTML-escaped), else as base64.
-func eventLine(m receiver.Match) Event {
+// EventOf is the events.jsonl line of m (`edgeaudit query` prints the same lines). It
+// keeps the exact bytes: as JSON when encoding/json writes them back unchanged
+// (RawMessage output is compacted and HTML-escaped), else as base64.
+func EventOf(m receiver.Match) Event {
 	e := Event{Site: m.Site, Device: m.Device, Chain: m.Chain, Seq: m.Seq, Index: m.Index}
 	if json.Valid(m.Event) {
 		if again, err := json.Marshal(json.RawMessage(m.Event)); err == nil && bytes.Equal(again, m.Event) {

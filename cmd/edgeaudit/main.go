@@ -63,6 +63,8 @@ func run(ctx context.Context, args []string, stop func()) error {
 		return (&VerifyCommand{}).Run(ctx, rest)
 	case "export":
 		return (&ExportCommand{}).Run(ctx, rest)
+	case "query":
+		return (&QueryCommand{}).Run(ctx, rest)
 	case "config":
 		return (&ConfigCommand{}).Run(ctx, rest)
 	case "receipts":
@@ -95,6 +97,7 @@ The commands are:
 	run       run the daemon in the foreground
 	verify    check a spool or exported batches: chain, signatures, Merkle roots
 	export    write sealed batches (or their events as JSON lines) to a file
+	query     central: select stored events (audited), optionally as an evidence package
 	config    print a commented sample config
 	receipts  apply central's receipts carried by hand (air-gapped sites)
 	token     reveal the identifier behind a patient token (audited)

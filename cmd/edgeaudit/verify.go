@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/evidence"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/spool"
 )
@@ -51,6 +52,9 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	files := fs.Args()
+	if *dataDir == "" && len(files) == 1 && len(keys) == 0 && evidence.IsPackage(files[0]) {
+		return verifyEvidence(files[0], *asJSON) // an evidence package carries its keys
+	}
 	if (*dataDir == "") == (len(files) == 0) {
 		return &usageError{"verify: give either -data DIR or one or more FILEs"}
 	}
@@ -172,6 +176,7 @@ Usage:
 
 	edgeaudit verify -data DIR [arguments]
 	edgeaudit verify -key PEM [arguments] FILE...
+	edgeaudit verify [-json] EVIDENCE-DIR
 
 Arguments:
 
@@ -187,5 +192,9 @@ Arguments:
 
 	-json
 	    Print the result as one JSON object.
+
+	EVIDENCE-DIR
+	    An evidence package ("edgeaudit query -evidence"): checks its manifest, header
+	    signatures, inclusion proofs and receipts with the keys it carries.
 `)
 }

@@ -71,6 +71,10 @@ func run(ctx context.Context, args []string, stop func()) error {
 		return (&ReceiptsCommand{}).Run(ctx, rest)
 	case "token":
 		return (&TokenCommand{}).Run(ctx, rest)
+	case "receive":
+		return (&ReceiveCommand{stopSignals: stop}).Run(ctx, rest)
+	case "devices":
+		return (&DevicesCommand{}).Run(ctx, rest)
 	case "version":
 		fmt.Println("edgeaudit", buildVersion())
 		return nil
@@ -101,6 +105,8 @@ The commands are:
 	config    print a commented sample config
 	receipts  apply central's receipts carried by hand (air-gapped sites)
 	token     reveal the identifier behind a patient token (audited)
+	receive   central: receive, verify and store batches, answer with receipts
+	devices   central: enrol, list and remove device keys
 	version   print the version
 
 Use "edgeaudit <command> -h" for more information about a command.

@@ -304,6 +304,11 @@ type daemonConfig struct {
 	MaxAge         time.Duration
 	MaxMessageSize int
 	UDPReadBuffer  int
+	// Extra is YAML appended to the config (top-level sections such as uplink:).
+	Extra string
+	// Prepare runs on the empty data folder before the daemon starts (e.g. to put a
+	// signing key there that central has enrolled already).
+	Prepare func(dataDir string) error
 }
 
 // serverTLS are the PEM files of the daemon's TLS listener.
@@ -347,6 +352,11 @@ func startDaemon(t testing.TB, cfg daemonConfig) *daemon {
 		// A failed attempt may have created the spool; start from nothing.
 		if err := os.RemoveAll(d.dataDir); err != nil {
 			t.Fatal(err)
+		}
+		if cfg.Prepare != nil {
+			if err := cfg.Prepare(d.dataDir); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := os.WriteFile(d.config, []byte(d.yaml(cfg)), 0o600); err != nil {
 			t.Fatal(err)
@@ -395,6 +405,7 @@ func (d *daemon) yaml(cfg daemonConfig) string {
 		}
 	}
 	fmt.Fprintf(&b, "admin: %s\nlog_level: debug\n", q(d.admin))
+	b.WriteString(cfg.Extra)
 	return b.String()
 }
 

@@ -22,8 +22,11 @@ import (
 // certificate, written as PEM files into a temporary folder.
 type PKI struct {
 	CAFile, CertFile, KeyFile string
-	Pool                      *x509.CertPool
-	Client                    tls.Certificate
+	// ClientCertFile and ClientKeyFile are Client as PEM files, for a process under
+	// test that reads its client certificate from a config.
+	ClientCertFile, ClientKeyFile string
+	Pool                          *x509.CertPool
+	Client                        tls.Certificate
 }
 
 // New writes a new CA, server and client certificate into t.TempDir().
@@ -94,12 +97,14 @@ func New(t testing.TB) *PKI {
 		KeyFile:  write("server-key.pem", "EC PRIVATE KEY", keyDER(srvKey)),
 		Pool:     x509.NewCertPool(),
 		Client:   tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey},
+
+		ClientCertFile: write("client.pem", "CERTIFICATE", cliDER),
+		ClientKeyFile:  write("client-key.pem", "EC PRIVATE KEY", keyDER(cliKey)),
 	}
 	p.Pool.AddCert(ca)
 	return p
 }
 
-// clientConfig trusts the test CA; withCert adds the client certificate.
 // ClientConfig trusts the CA and, with withCert, presents the client certificate.
 func (p *PKI) ClientConfig(withCert bool) *tls.Config {
 	c := &tls.Config{RootCAs: p.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}

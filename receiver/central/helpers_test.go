@@ -63,6 +63,7 @@ func pubPEM(t testing.TB, pub *ecdsa.PublicKey) []byte {
 type chain struct {
 	site, device, chain string
 	key                 *ecdsa.PrivateKey
+	pad                 int // events are padded to about this many bytes
 	batches             []*ledger.Batch
 	hashes              []string
 }
@@ -85,7 +86,9 @@ func (c *chain) add(t testing.TB, n, events int) {
 		}
 		var evs [][]byte
 		for i := range events {
-			evs = append(evs, fmt.Appendf(nil, `{"id":"%s-%d-%d","action":"phi.view"}`, c.device, seq, i))
+			e := fmt.Appendf(nil, `{"id":"%s-%d-%d","action":"phi.view","pad":"`, c.device, seq, i)
+			e = append(e, strings.Repeat("x", max(c.pad-len(e)-2, 0))...)
+			evs = append(evs, append(e, `"}`...))
 		}
 		h := ledger.Header{Site: c.site, Device: c.device, Chain: c.chain, Seq: seq, Prev: prev,
 			Sealed: time.Now().UTC().Format(time.RFC3339Nano), TimeSync: ledger.TimeSync{State: "unknown"}, KeyID: kid}

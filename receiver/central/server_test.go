@@ -26,7 +26,7 @@ type appliance struct {
 }
 
 // runAppliance runs an uplink for c with cfg (broker, credentials) until the test ends.
-func runAppliance(t *testing.T, c *chain, centralPub *ecdsa.PublicKey, cfg uplink.Config) *appliance {
+func runAppliance(t testing.TB, c *chain, centralPub *ecdsa.PublicKey, cfg uplink.Config) *appliance {
 	t.Helper()
 	a := &appliance{c: c, src: &source{c: c}, v: &verifier{pub: centralPub, site: c.site, device: c.device}}
 	cfg.Site, cfg.Device = c.site, c.device

@@ -74,7 +74,8 @@ func newEmbeddedBroker(cfg Config, logger *slog.Logger) (*EmbeddedBroker, error)
 		}
 		b.tls = tc
 	}
-	h := &authHook{prefix: cfg.Prefix, certs: cfg.EmbeddedBrokerTLSClientCA != "", log: b.log}
+	h := &authHook{prefix: cfg.Prefix, certs: cfg.EmbeddedBrokerTLSClientCA != "", log: b.log,
+		reserved: map[string]bool{cfg.ClientID: true, cfg.ClientID + keysClientSuffix: true}}
 	if cfg.EmbeddedBrokerPasswords != "" {
 		pw, err := LoadPasswords(cfg.EmbeddedBrokerPasswords)
 		if err != nil {
@@ -144,6 +145,7 @@ type authHook struct {
 	certs        bool                     // identity from the client certificate's CN
 	passwords    map[string]passwordEntry // nil: no password file
 	internalPass []byte
+	reserved     map[string]bool // the receiver's client ids, which no device may use
 	log          *slog.Logger
 	limit        ratelog.Limiter
 }
@@ -210,6 +212,9 @@ func (h *authHook) authenticate(cl *mochi.Client, pk packets.Packet) (string, er
 	// another's session (or the receiver's).
 	if want := "edgeaudit-" + site + "-" + device; pk.Connect.ClientIdentifier != want {
 		return "", fmt.Errorf("client id %q: the embedded broker wants %q for %s", pk.Connect.ClientIdentifier, want, id)
+	}
+	if h.reserved[pk.Connect.ClientIdentifier] {
+		return "", fmt.Errorf("client id %q is the receiver's", pk.Connect.ClientIdentifier)
 	}
 	if pk.Connect.WillFlag && !h.deviceMayPublish(site, device, pk.Connect.WillTopic) {
 		return "", fmt.Errorf("last will on topic %q is not the device's own", pk.Connect.WillTopic)

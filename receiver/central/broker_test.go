@@ -231,7 +231,7 @@ func TestEmbeddedBrokerCertificates(t *testing.T) {
 // devices' listener.
 func TestEmbeddedBrokerPasswords(t *testing.T) {
 	leakCheck(t)
-	pw := writePasswords(t, map[string]string{"s1/d1": "pw1", "s1/d2": "pw2"})
+	pw := writePasswords(t, map[string]string{"s1/d1": "pw1", "s1/d2": "pw2", "receiver/keys": "pwk"})
 	b := startBroker(t, Config{DataDir: t.TempDir(), EmbeddedBroker: "127.0.0.1:0", EmbeddedBrokerPasswords: pw,
 		EmbeddedBrokerMaxMessageBytes: 4096})
 	url := "tcp://" + b.Addr()
@@ -259,6 +259,7 @@ func TestEmbeddedBrokerPasswords(t *testing.T) {
 		d    dial
 	}{
 		{"wrong password", dial{url: url, id: "edgeaudit-s1-d1", user: "s1/d1", pass: "pw2"}},
+		{"a device whose client id is the receiver's", dial{url: url, id: "edgeaudit-receiver-keys", user: "receiver/keys", pass: "pwk"}},
 		{"anonymous", dial{url: url, id: "edgeaudit-s1-d1"}},
 		{"unknown user", dial{url: url, id: "edgeaudit-s1-d3", user: "s1/d3", pass: "pw1"}},
 		{"receiver's user on the devices' listener", dial{url: url, id: "x", user: internalUser, pass: b.password}},

@@ -275,6 +275,12 @@ func (c *Config) Validate() error {
 		if c.EmbeddedBrokerTLSClientCA == "" && c.EmbeddedBrokerPasswords == "" {
 			bad("embedded_broker_passwords", "", errors.New("required without receive.embedded_broker_tls_client_ca: anonymous devices are refused"))
 		}
+		for _, k := range []struct{ key, v string }{{"username", c.Username}, {"password", c.Password},
+			{"tls_ca", c.TLSCA}, {"tls_cert", c.TLSCert}, {"tls_key", c.TLSKey}} {
+			if k.v != "" {
+				bad(k.key, "", errors.New("not used with receive.embedded_broker (the receiver logs in to it by itself)"))
+			}
+		}
 		if c.EmbeddedBrokerMaxMessageBytes < 1024 {
 			bad("embedded_broker_max_message_bytes", fmt.Sprint(c.EmbeddedBrokerMaxMessageBytes), errors.New("must be at least 1024"))
 		}

@@ -117,6 +117,9 @@ func TestValidate(t *testing.T) {
 		{"embedded TLS key without cert", func(c *Config) {
 			c.Broker, c.EmbeddedBroker, c.EmbeddedBrokerPasswords, c.EmbeddedBrokerTLSKey = "", "127.0.0.1:1883", "pw", "k.pem"
 		}, "receive.embedded_broker_tls_cert"},
+		{"broker login with the embedded broker", func(c *Config) {
+			c.Broker, c.EmbeddedBroker, c.EmbeddedBrokerPasswords, c.Username = "", "127.0.0.1:1883", "pw", "central"
+		}, "receive.username"},
 		{"embedded option without embedded broker", func(c *Config) { c.EmbeddedBrokerPasswords = "pw" }, "receive.embedded_broker_passwords"},
 		{"tls cert without key", func(c *Config) { c.Broker, c.TLSCert = "tls://127.0.0.1:8883", "c.pem" }, "receive.tls_cert"},
 		{"prefix with a slash", func(c *Config) { c.Prefix = "a/b" }, "receive.prefix"},

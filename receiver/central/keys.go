@@ -134,7 +134,17 @@ func Enrol(dir, site, device string, pub *ecdsa.PublicKey, replace bool) (Enrolm
 		err = writeNew(path, data)
 	}
 	if errors.Is(err, os.ErrExist) {
-		return res, fmt.Errorf("enrol %s/%s: %w (written meanwhile by another process)", site, device, ErrKeyExists)
+		// Written meanwhile (another receiver's trust on first use, an operator): the
+		// same key is no change, another one is refused as above.
+		now, kerr := (receiver.FolderKeys{Dir: dir}).Key(context.Background(), site, device)
+		if kerr == nil {
+			nkid, _ := ledger.KeyID(now)
+			if nkid == kid {
+				return res, nil
+			}
+			res.Previous = nkid
+		}
+		return res, fmt.Errorf("enrol %s/%s: %w (written meanwhile, key_id %s)", site, device, ErrKeyExists, res.Previous)
 	}
 	if err != nil {
 		return res, fmt.Errorf("enrol %s/%s: %w", site, device, err)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -30,6 +31,9 @@ const stopTimeout = 5 * time.Second
 // connectTimeout bounds one connection attempt of the key subscriber.
 const connectTimeout = 10 * time.Second
 
+// keysClientSuffix makes the key subscriber's client id from the receiver's.
+const keysClientSuffix = "-keys"
+
 // Server is the central receiver: New loads and checks everything, Run opens the store,
 // starts the embedded broker when configured, and receives until ctx is done.
 type Server struct {
@@ -43,6 +47,7 @@ type Server struct {
 	keys       *TOFUKeys
 	alerts     *alerter
 
+	started  atomic.Bool
 	mu       sync.Mutex
 	receiver *receiver.Receiver
 	ready    chan struct{} // closed once Run is receiving
@@ -135,6 +140,9 @@ func (s *Server) Stats() receiver.Stats {
 // until ctx is done. Then it stops in reverse order and records the stop. It returns
 // nil when ctx is cancelled, after every goroutine it started has exited.
 func (s *Server) Run(ctx context.Context) (err error) {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("central: Run called twice")
+	}
 	cfg := s.cfg
 	store, trail, closeStore, err := s.open(ctx, true)
 	if err != nil {
@@ -186,7 +194,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}()
 	if cfg.TrustOnFirstUse {
-		kc := keyClient{broker: rc.Broker, clientID: cfg.ClientID + "-keys", user: rc.Username, password: rc.Password,
+		kc := keyClient{broker: rc.Broker, clientID: cfg.ClientID + keysClientSuffix, user: rc.Username, password: rc.Password,
 			tls: rc.TLS, prefix: cfg.Prefix, retryMax: rc.RetryMax}
 		wg.Add(1)
 		go func() {

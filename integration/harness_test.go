@@ -409,6 +409,16 @@ func (d *daemon) yaml(cfg daemonConfig) string {
 	return b.String()
 }
 
+// restart starts the daemon again on its config and data folder, after a stop or a
+// kill, and waits until it is ready.
+func (d *daemon) restart(t testing.TB) {
+	t.Helper()
+	d.process = startProcess(t, "edgeaudit-restarted", d.dir, exec.Command(binPath, "run", "--config", d.config))
+	if err := d.waitReady(t); err != nil {
+		t.Fatalf("daemon did not restart: %v\n%s", err, d.log())
+	}
+}
+
 // listeners is how many syslog listeners the daemon was configured with.
 func (d *daemon) listeners() int {
 	n := 0

@@ -9,6 +9,7 @@ import (
 	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -24,7 +25,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
-	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
@@ -68,7 +68,7 @@ type EmbeddedBroker struct {
 func newEmbeddedBroker(cfg Config, logger *slog.Logger) (*EmbeddedBroker, error) {
 	b := &EmbeddedBroker{addr: cfg.EmbeddedBroker, log: logger.With(attrComponent, "central.broker")}
 	if cfg.EmbeddedBrokerTLSCert != "" {
-		tc, err := tlsconf.Server("receive.embedded_broker", cfg.EmbeddedBrokerTLSCert, cfg.EmbeddedBrokerTLSKey, cfg.EmbeddedBrokerTLSClientCA)
+		tc, err := serverTLS(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -100,6 +100,29 @@ func newEmbeddedBroker(cfg Config, logger *slog.Logger) (*EmbeddedBroker, error)
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	return b, nil
+}
+
+// serverTLS is the embedded broker's TLS: its certificate, TLS 1.2 at least, and with
+// a client CA, client certificates required and verified.
+func serverTLS(cfg Config) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(cfg.EmbeddedBrokerTLSCert, cfg.EmbeddedBrokerTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("load receive.embedded_broker_tls_cert %s and receive.embedded_broker_tls_key %s: %w",
+			cfg.EmbeddedBrokerTLSCert, cfg.EmbeddedBrokerTLSKey, err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if cfg.EmbeddedBrokerTLSClientCA != "" {
+		pem, err := os.ReadFile(cfg.EmbeddedBrokerTLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("load receive.embedded_broker_tls_client_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("load receive.embedded_broker_tls_client_ca %s: no PEM certificate found", cfg.EmbeddedBrokerTLSClientCA)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
 }
 
 // start opens both listeners and serves. The returned URL is the internal listener's,

@@ -171,3 +171,41 @@ func TestOpenStoreFolder(t *testing.T) {
 		t.Fatalf("store folder %v mode %v, want 0700", err, fi.Mode().Perm())
 	}
 }
+
+// TestNewErrors: files that cannot be loaded are errors from New naming their key, and
+// a central key that does not parse is never replaced.
+func TestNewErrors(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.pem")
+	if err := os.WriteFile(junk, []byte("not pem"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	p := newPKI(t)
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"tls_ca missing", Config{Broker: "tls://127.0.0.1:8883", TLSCA: missing}, "receive.tls_ca"},
+		{"tls_ca not PEM", Config{Broker: "tls://127.0.0.1:8883", TLSCA: junk}, "receive.tls_ca"},
+		{"tls_cert missing", Config{Broker: "tls://127.0.0.1:8883", TLSCert: missing, TLSKey: missing}, "receive.tls_cert"},
+		{"embedded cert missing", Config{EmbeddedBroker: "127.0.0.1:0", EmbeddedBrokerPasswords: junk,
+			EmbeddedBrokerTLSCert: missing, EmbeddedBrokerTLSKey: missing}, "receive.embedded_broker_tls_cert"},
+		{"embedded client CA not PEM", Config{EmbeddedBroker: "127.0.0.1:0", EmbeddedBrokerTLSCert: p.CertFile,
+			EmbeddedBrokerTLSKey: p.KeyFile, EmbeddedBrokerTLSClientCA: junk}, "receive.embedded_broker_tls_client_ca"},
+		{"passwords missing", Config{EmbeddedBroker: "127.0.0.1:0", EmbeddedBrokerPasswords: missing}, "receive.embedded_broker_passwords"},
+		{"central key not a key", Config{Key: junk}, "receive.key"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.DataDir = t.TempDir()
+			_, err := New(tt.cfg, testLogger())
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("New: %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(junk); string(b) != "not pem" {
+		t.Errorf("the unparsable central key was replaced")
+	}
+}

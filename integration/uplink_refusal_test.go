@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
 )
 
@@ -222,4 +224,149 @@ func TestUplinkForkTwoAppliances(t *testing.T) {
 	if q, _ := filepath.Glob(filepath.Join(c.dir, "quarantine", testSite, testDevice, "*-fork.eab")); len(q) == 0 {
 		t.Fatal("no fork quarantined")
 	}
+}
+
+// Air-gapped site: export on the appliance, import at central, and the receipts file
+// carried back and applied, once to a stopped daemon's spool and once through a running
+// daemon's admin endpoint. The same checks hold: verified receipts ack, and then
+// retention may prune.
+func TestAirGapReceipts(t *testing.T) {
+	c := startCentral(t)
+	c.stop(t) // no MQTT here: the files travel by hand
+	d := startDaemon(t, daemonConfig{MaxAge: 200 * time.Millisecond, Prepare: func(dir string) error {
+		if err := c.enrolledKey()(dir); err != nil {
+			return err
+		}
+		// The default place of central's key when no uplink is configured.
+		pub, err := os.ReadFile(c.pubPath)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, "keys", "central.pub"), pub, 0o600)
+	}})
+	r, err := receiver.New(receiver.Config{Quarantine: filepath.Join(c.dir, "quarantine")}, c.store,
+		receiver.FolderKeys{Dir: c.keys}, c.signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	carry := func(round int) (receipts string, head uint64) {
+		t.Helper()
+		export := filepath.Join(t.TempDir(), "site.eab")
+		if res := runCLI(t, "export", "-data", d.dataDir, "-out", export); res.code != 0 {
+			t.Fatalf("%s", res)
+		}
+		f, err := os.Open(export)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		res, err := r.Import(t.Context(), f)
+		if err != nil || len(res.Refused) != 0 || len(res.Receipts) != 1 {
+			t.Fatalf("round %d: import: %+v, %v", round, res, err)
+		}
+		receipts = filepath.Join(t.TempDir(), "receipts.jsonl")
+		out, err := os.Create(receipts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ledger.WriteReceipts(out, res.Receipts); err != nil {
+			t.Fatal(err)
+		}
+		if err := out.Close(); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := ledger.ParseReceipt(res.Receipts[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return receipts, rc.Seq
+	}
+
+	// Round 1: the daemon is stopped; the command opens the spool itself.
+	sendSyslog(t, d.tcp, "gap1", 0, 500, 0)
+	eventually(t, waitTimeout, func() (bool, string) {
+		h := d.mustHealth(t)
+		return h.Committed >= 500, fmt.Sprintf("committed %d", h.Committed)
+	})
+	d.stop(t)
+	file, head := carry(1)
+	if res := runCLI(t, "receipts", "import", "-config", d.config, file); res.code != 0 || !strings.Contains(res.stdout, fmt.Sprintf("acked up to seq %d", head)) {
+		t.Fatalf("offline receipts import: %s", res)
+	}
+	// Applying the same file again changes nothing and is not an error.
+	if res := runCLI(t, "receipts", "import", "-config", d.config, file); res.code != 0 || !strings.Contains(res.stdout, "stays") {
+		t.Fatalf("second receipts import: %s", res)
+	}
+
+	// Round 2: the daemon runs; the command goes through the admin endpoint.
+	d.restart(t)
+	if got := d.mustHealth(t); got.HeadSeq < head {
+		t.Fatalf("head %d after restart, below the receipted %d", got.HeadSeq, head)
+	}
+	sendSyslog(t, d.tcp, "gap2", 0, 500, 0)
+	eventually(t, waitTimeout, func() (bool, string) {
+		h := d.mustHealth(t)
+		return h.Committed >= 500, fmt.Sprintf("committed %d", h.Committed)
+	})
+	d.stop(t)
+	file2, head2 := carry(2)
+	d.restart(t)
+	if res := runCLI(t, "receipts", "import", "-config", d.config, file2); res.code != 0 || !strings.Contains(res.stdout, fmt.Sprintf("acked up to seq %d", head2)) {
+		t.Fatalf("online receipts import: %s\n%s", res, d.log())
+	}
+	if h := d.uplinkHealthless(t); h.AckedSeq != head2 {
+		t.Fatalf("acked %d after the online import, want %d", h.AckedSeq, head2)
+	}
+	// A receipts file signed by another key acks nothing and says so (exit 1).
+	other := startCentral(t)
+	other.stop(t)
+	r2, err := receiver.New(receiver.Config{Quarantine: filepath.Join(other.dir, "q")}, other.store,
+		receiver.FolderKeys{Dir: c.keys}, other.signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.stop(t)
+	export := filepath.Join(t.TempDir(), "site.eab")
+	if res := runCLI(t, "export", "-data", d.dataDir, "-out", export); res.code != 0 {
+		t.Fatalf("%s", res)
+	}
+	f, err := os.Open(export)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r2.Import(t.Context(), f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := filepath.Join(t.TempDir(), "forged.jsonl")
+	fw, _ := os.Create(forged)
+	ledger.WriteReceipts(fw, res.Receipts)
+	fw.Close()
+	if res := runCLI(t, "receipts", "import", "-config", d.config, forged); res.code != 1 || !strings.Contains(res.stdout, "1 did not verify") {
+		t.Fatalf("forged receipts import: %s", res)
+	}
+	var imports int
+	for _, e := range exportEvents(t, d.dataDir, true) {
+		if e.Action == "audit.receipts_imported" {
+			imports++
+		}
+	}
+	if imports != 4 {
+		t.Fatalf("%d audit.receipts_imported events in the chain, want 4 (one per import)", imports)
+	}
+}
+
+// uplinkHealthless reads head and acked seq from /healthz of a daemon without an uplink.
+func (d *daemon) uplinkHealthless(t testing.TB) uplinkHealth {
+	t.Helper()
+	b, err := d.get(t.Context(), "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz: %v", err)
+	}
+	var h uplinkHealth
+	if err := json.Unmarshal(b, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

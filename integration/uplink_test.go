@@ -140,9 +140,15 @@ func (c *central) uplinkYAML(extra string) string {
 		q(c.broker.URL), q(p.CAFile), q(p.ClientCertFile), q(p.ClientKeyFile), q(c.pubPath), testDevice, devicePass, extra)
 }
 
-// storedEvents reads the central store's events of the appliance, in chain order, and
-// checks that its batches form one contiguous chain from seq 1.
-func (c *central) storedEvents(t testing.TB) (chain string, seqs []uint64, events [][]byte) {
+// storedBatch is one batch of the central store: its seq and its events.
+type storedBatch struct {
+	seq    uint64
+	events [][]byte
+}
+
+// storedBatches reads the central store's batches of the appliance, in chain order,
+// and checks that they form one contiguous chain from seq 1 up to the stored head.
+func (c *central) storedBatches(t testing.TB) (chain string, batches []storedBatch) {
 	t.Helper()
 	devDir := filepath.Join(c.store.Dir, testSite, testDevice)
 	h, err := c.store.Head(t.Context(), testSite, testDevice)
@@ -150,38 +156,48 @@ func (c *central) storedEvents(t testing.TB) (chain string, seqs []uint64, event
 		t.Fatal(err)
 	}
 	if h.Chain == "" {
-		return "", nil, nil
+		return "", nil
 	}
 	files, err := filepath.Glob(filepath.Join(devDir, h.Chain, "events", "*.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	sort.Strings(files)
-	for _, f := range files {
+	for i, f := range files {
 		seq, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(f), ".jsonl"), 10, 64)
 		if err != nil {
 			t.Fatal(err)
 		}
-		seqs = append(seqs, seq)
+		if seq != uint64(i+1) {
+			t.Fatalf("central store: batch file %d is seq %d, not contiguous from 1", i, seq)
+		}
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
+		sb := storedBatch{seq: seq}
 		for _, line := range bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n")) {
 			if len(line) > 0 {
-				events = append(events, line)
+				sb.events = append(sb.events, line)
 			}
 		}
+		batches = append(batches, sb)
 	}
-	for i, s := range seqs {
-		if s != uint64(i+1) {
-			t.Fatalf("central store seqs %v: not contiguous from 1 at index %d", seqs, i)
-		}
-	}
-	if n := uint64(len(seqs)); n != h.Seq {
+	if n := uint64(len(batches)); n != h.Seq {
 		t.Fatalf("central head seq %d, %d batch files", h.Seq, n)
 	}
-	return h.Chain, seqs, events
+	return h.Chain, batches
+}
+
+// storedEvents is storedBatches flattened: the seqs and all events in chain order.
+func (c *central) storedEvents(t testing.TB) (chain string, seqs []uint64, events [][]byte) {
+	t.Helper()
+	chain, batches := c.storedBatches(t)
+	for _, b := range batches {
+		seqs = append(seqs, b.seq)
+		events = append(events, b.events...)
+	}
+	return chain, seqs, events
 }
 
 // uplinkHealth is the uplink block of /healthz.

@@ -95,7 +95,7 @@ func newEmbeddedBroker(cfg Config, logger *slog.Logger) (*EmbeddedBroker, error)
 	// No forced expiry: retained receipts and queued messages stay until replaced.
 	caps.MaximumMessageExpiryInterval = 0
 	b.srv = mochi.New(&mochi.Options{Capabilities: caps, Logger: slog.New(newMochiLog(b.log.Handler(), slog.LevelWarn)),
-		SysTopicResendInterval: 3600})
+		SysTopicResendInterval: 3600, InlineClient: true})
 	if err := b.srv.AddHook(h, nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
@@ -156,6 +156,11 @@ func (b *EmbeddedBroker) Addr() string {
 		return ""
 	}
 	return b.devices.Address()
+}
+
+// retain publishes payload retained on topic from inside the broker (no ACL applies).
+func (b *EmbeddedBroker) retain(topic string, payload []byte) error {
+	return b.srv.Publish(topic, payload, true, 1)
 }
 
 // close disconnects every client and waits for their goroutines.

@@ -238,7 +238,9 @@ func TestEmbeddedBrokerPasswords(t *testing.T) {
 	central := internalClient(t, b, "t-central")
 	central.subscribe(t, "edgeaudit/+/+/status")
 	d1 := mustConnect(t, dial{url: url, id: "edgeaudit-s1-d1", user: "s1/d1", pass: "pw1"})
-	if err := d1.publish(t, "edgeaudit/s1/d1/status", true, "online"); err != nil {
+	// Not retained: a retained message published while the SUBACK is under way can
+	// arrive twice (live and as retained), which is MQTT, not what this test is about.
+	if err := d1.publish(t, "edgeaudit/s1/d1/status", false, "online"); err != nil {
 		t.Fatal(err)
 	}
 	if m := central.next(t); string(m.Payload()) != "online" {

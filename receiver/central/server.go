@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/internal/backoff"
 	"github.com/edgeaudit/edgeaudit/internal/ratelog"
+	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
 )
 
@@ -158,6 +160,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 		defer s.broker.close()
 		rc.Broker, rc.Username, rc.Password, rc.TLS = u, internalUser, s.broker.password, nil
+		s.retainReceipts(ctx, store)
 	}
 	setReceiverHooks(&rc, cfg, s.alerts.refused)
 	r, err := receiver.New(rc, store, s.keys, s.signer, s.base)
@@ -499,4 +502,44 @@ func (s *Server) RemoveDevice(ctx context.Context, site, device string) (keyID s
 		return kid, fmt.Errorf("remove device %s/%s: removed, but not recorded in central's trail: %w", site, device, err)
 	}
 	return kid, nil
+}
+
+// retainReceipts publishes, retained, the receipt of every device's stored head on its
+// ack topic of the embedded broker, whose retained messages do not outlive a restart:
+// a device that connects learns at once where central stands for it, even when it
+// has nothing to send (a restored appliance finds out it is behind, invariant 9).
+// Folder stores only: they list their devices.
+func (s *Server) retainReceipts(ctx context.Context, store receiver.Store) {
+	if IsPostgres(s.cfg.Store) {
+		return
+	}
+	n := 0
+	sites, _ := os.ReadDir(s.cfg.Store)
+	for _, se := range sites {
+		if !se.IsDir() || !ledger.ValidName(se.Name()) || se.Name() == s.cfg.AuditSite {
+			continue
+		}
+		devs, _ := os.ReadDir(filepath.Join(s.cfg.Store, se.Name()))
+		for _, de := range devs {
+			if !de.IsDir() || !ledger.ValidName(de.Name()) {
+				continue
+			}
+			h, err := store.Head(ctx, se.Name(), de.Name())
+			if err != nil {
+				s.log.Warn("stored head", attrSite, se.Name(), attrDevice, de.Name(), attrError, err)
+				continue
+			}
+			if len(h.Receipt) == 0 {
+				continue
+			}
+			if err := s.broker.retain(receiver.AckTopic(s.cfg.Prefix, se.Name(), de.Name()), h.Receipt); err != nil {
+				s.log.Warn("retain receipt", attrSite, se.Name(), attrDevice, de.Name(), attrError, err)
+				continue
+			}
+			n++
+		}
+	}
+	if n > 0 {
+		s.log.Info("stored heads' receipts retained on the embedded broker", "devices", n)
+	}
 }

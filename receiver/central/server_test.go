@@ -186,13 +186,26 @@ func TestEmbeddedEndToEnd(t *testing.T) {
 	if got, want := srv.Stats().Batches, uint64(8); got != want {
 		t.Errorf("stored %d batches, want %d", got, want)
 	}
-	// A restart keeps central's key: the same central.pub.
+	// A restart keeps central's key (the same central.pub), and the embedded broker,
+	// whose retained messages died with it, retains each stored head's receipt again:
+	// a device learns central's position at connect, with nothing to send.
 	srv2, err := New(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if srv2.KeyCreated() || !readCentralPub(t, cfg).Equal(pub) {
 		t.Error("a second New made a new central key")
+	}
+	stop2 := runServer(t, srv2)
+	dev := mustConnect(t, dial{url: "tcp://" + srv2.Broker().Addr(), id: "edgeaudit-s1-d2", user: "s1/d2", pass: "pw2"})
+	dev.subscribe(t, "edgeaudit/s1/d2/ack")
+	m := dev.next(t)
+	r, err := ledger.VerifyReceipt(m.Payload(), pub)
+	if err != nil || !m.Retained() || r.Seq != 3 || r.HeaderHash != d2.hashes[2] {
+		t.Fatalf("after a restart: receipt %+v (%v, retained %v), want the retained receipt of s1/d2 seq 3", r, err, m.Retained())
+	}
+	if err := stop2(); err != nil {
+		t.Fatal(err)
 	}
 }
 

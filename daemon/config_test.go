@@ -115,3 +115,51 @@ func TestSampleConfigIsValid(t *testing.T) {
 	var ce *ConfigError
 	_ = errors.As(err, &ce)
 }
+
+func TestUplinkConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		enabled    bool
+		wantErr    string // substring naming the key; "" = valid
+	}{
+		{"no section, no uplink", "site: s1\n", false, ""},
+		{"the zero config's broker needs a file-less start", "site: s1\nuplink: {}\n", false, ""},
+		{"tls broker", "site: s1\nuplink: {broker: \"tls://central.example:8883\", ca: ca.pem}\n", true, ""},
+		{"plain tcp off the box", "site: s1\nuplink: {broker: \"tcp://central.example:1883\"}\n", true, "uplink.broker"},
+		{"cert without key", "site: s1\nuplink: {broker: \"tls://c:8883\", cert: c.pem}\n", true, "uplink.cert"},
+		{"unknown key", "site: s1\nuplink: {broker: \"tls://c:8883\", brokr: x}\n", true, "brokr"},
+		{"drain past the budget", "site: s1\nshutdown_timeout: 6s\nuplink: {broker: \"tls://c:8883\", drain_timeout: 2s}\n", true, "uplink.drain_timeout"},
+		{"central's section is accepted", "site: s1\nreceive: {store: /srv/central, anything: 1}\n", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeConfig(t, tc.body)
+			c, err := LoadConfig(p)
+			if err == nil {
+				c.SetDefaults()
+				err = c.Validate()
+			}
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("error %v, want none", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("error %v, want one naming %q", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if got := c.uplinkEnabled(); got != tc.enabled {
+				t.Errorf("uplink enabled=%v, want %v", got, tc.enabled)
+			}
+			if c.Uplink.CA != "" && !filepath.IsAbs(c.Uplink.CA) {
+				t.Errorf("uplink.ca=%q, want it relative to the config file", c.Uplink.CA)
+			}
+		})
+	}
+	d := DefaultConfig()
+	if got, want := d.Uplink.Broker, DefaultUplinkBroker; got != want {
+		t.Errorf("zero-config broker=%q, want %q", got, want)
+	}
+	if got, want := d.CentralKeyPath(), filepath.Join(d.DataDir, "keys", "central.pub"); got != want {
+		t.Errorf("default central key %q, want %q", got, want)
+	}
+}

@@ -413,7 +413,9 @@ func (d *daemon) yaml(cfg daemonConfig) string {
 // kill, and waits until it is ready.
 func (d *daemon) restart(t testing.TB) {
 	t.Helper()
-	d.process = startProcess(t, "edgeaudit-restarted", d.dir, exec.Command(binPath, "run", "--config", d.config))
+	// A log of its own: waitReady must not count an earlier run's "listening" lines.
+	name := fmt.Sprintf("edgeaudit-restart-%d", time.Now().UnixNano())
+	d.process = startProcess(t, name, d.dir, exec.Command(binPath, "run", "--config", d.config))
 	if err := d.waitReady(t); err != nil {
 		t.Fatalf("daemon did not restart: %v\n%s", err, d.log())
 	}

@@ -408,6 +408,13 @@ func (d *Daemon) uplinkHealth(h *Health) (failing bool) {
 		uh.ReceiptSeq, uh.ReceiptTime = rc.Seq, rc.Time.UTC().Format(time.RFC3339)
 	}
 	h.Uplink = uh
+	if st.State != uplink.StateConnected {
+		msg := "uplink " + st.State + " (" + d.cfg.Uplink.Broker + ")"
+		if st.LastError != "" {
+			msg += ": " + st.LastError
+		}
+		h.Warnings = append(h.Warnings, msg)
+	}
 	if err := book.keyStatus(); err != nil {
 		h.Warnings = append(h.Warnings, "receipts cannot be verified: "+err.Error()+"; nothing is acknowledged or pruned")
 	}

@@ -69,8 +69,11 @@ func NewAuditTrail(store Store, signer Signer, site, device string, logger *slog
 // Record seals events into one batch after the trail's stored head and appends it,
 // durably, before it returns nil. Empty fields are filled: id, time and received (now),
 // source (kind self, transport internal, app edgeaudit, host the trail's device) and
-// outcome (unknown). Record with no events does nothing. On error nothing was recorded,
-// and the same events may be recorded again.
+// outcome (unknown). Record with no events does nothing. On error the batch is normally
+// not stored and the events may be recorded again; the exception is a store whose
+// commit succeeded but whose answer was lost, where a second Record stores them twice
+// (under new ids when the ids were filled here), which a trail tolerates better than a
+// lost record.
 func (t *AuditTrail) Record(ctx context.Context, events ...audit.Event) error {
 	if len(events) == 0 {
 		return nil

@@ -27,12 +27,14 @@ const retryMin = 100 * time.Millisecond
 const connectTimeout = 10 * time.Second
 
 // settleDelay is how long after a device's activity a receiver in a shared group
-// rechecks the device (settle); settleMax caps the delay between rechecks while
-// batches stay held. The appliance resends an unreceipted batch only after its ack
-// timeout (30 s by default): a held batch whose gap another receiver filled is stored
-// within settleDelay instead.
+// rechecks the device (settle) for a newer receipt to publish. While batches of the
+// device are held, the first recheck comes after heldRetry, and the delay doubles up to
+// settleMax: the broker hands consecutive batches to different receivers, so the gap
+// is usually filled by the other one within milliseconds, while the appliance resends
+// an unreceipted batch only after its ack timeout (30 s by default).
 const (
 	settleDelay = 200 * time.Millisecond
+	heldRetry   = 5 * time.Millisecond
 	settleMax   = 5 * time.Second
 )
 
@@ -103,9 +105,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 	// The subscription is renewed on every connect. OnConnect runs in a goroutine of
 	// paho's that nothing waits for, so it only hands its token to the loop below.
 	subs := make(chan mqtt.Token, 4)
+	// A member of a shared group has a clean session: mosquitto (2.0.11, tested) keeps
+	// handing a disconnected member with a persistent session its share of the batches,
+	// queued where no receiver reads them, until the session expires. What a stopped
+	// member had not stored, the appliances resend, as they never got its receipt.
+	persistent := r.cfg.SharedGroup == ""
 	opts := mqtt.NewClientOptions().AddBroker(r.cfg.Broker).SetClientID(r.cfg.ClientID).
 		SetUsername(r.cfg.Username).SetPassword(r.cfg.Password).
-		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
+		SetCleanSession(!persistent).SetAutoAckDisabled(true).SetOrderMatters(true).
 		SetAutoReconnect(true).SetMaxReconnectInterval(r.cfg.RetryMax).SetConnectTimeout(connectTimeout).
 		// Messages of the persistent session can arrive before the subscription is
 		// renewed: the default handler takes them.
@@ -281,9 +288,14 @@ func (s *settler) touch(site, dev string, o outcome) {
 	if o.receipt != nil {
 		d.published = o.seq
 	}
-	if d.due.IsZero() {
+	now := time.Now()
+	switch {
+	case o.held && (d.due.IsZero() || d.due.Sub(now) > heldRetry):
+		d.delay = heldRetry
+		s.schedule(d, now)
+	case d.due.IsZero():
 		d.delay = settleDelay
-		s.schedule(d, time.Now())
+		s.schedule(d, now)
 	}
 }
 

@@ -64,7 +64,8 @@ type Config struct {
 	Prefix string
 	// ClientID is the receiver's MQTT client id (default DefaultClientID). The session
 	// is persistent (clean session off), so the broker keeps batches published while the
-	// receiver is away; two receivers must not share one id.
+	// receiver is away; in a SharedGroup it is clean (see Run). Two receivers must not
+	// share one id.
 	ClientID           string
 	Username, Password string
 	// TLS configures the broker connection for tls:// and ssl:// URLs.

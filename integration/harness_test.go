@@ -727,6 +727,10 @@ type verifyResult struct {
 	BadSeq  uint64 `json:"bad_seq"`
 	Reason  string `json:"reason"`
 	Error   string `json:"error"`
+	Receipt *struct {
+		Seq     uint64 `json:"seq"`
+		Matched string `json:"matched"`
+	} `json:"receipt"`
 }
 
 // verify runs `edgeaudit verify -json ARGS...` and decodes its answer.

@@ -136,6 +136,18 @@ func TestUplinkRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyDir(t, backup, d.dataDir)
+	// Offline, verify with central's newest receipt already shows the copy is behind.
+	head, err := c.store.Head(t.Context(), testSite, testDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newest := filepath.Join(t.TempDir(), "central.receipt")
+	if err := os.WriteFile(newest, head.Receipt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, out := verify(t, "-data", d.dataDir, "-receipts", newest, "-central-key", c.pubPath); out.code != 1 || res.Reason != "receipt" || !strings.Contains(res.Error, "behind central") {
+		t.Fatalf("verify of the restored copy against central's receipt: %+v\n%s", res, out)
+	}
 
 	d.restart(t)
 	var h uplinkHealth

@@ -381,8 +381,29 @@ func TestUplinkBrokerOutage(t *testing.T) {
 	}
 	c.broker.Restart()
 	wg.Wait()
-	d.waitAllReceipted(t, n, 2*waitTimeout)
+	done := d.waitAllReceipted(t, n, 2*waitTimeout)
 	d.stop(t)
 	_, _, events := c.storedEvents(t)
 	checkExactlyOnce(t, tagged(t, events, "outage"), n)
+	// The site can prove what central holds: verify ties the kept receipt to the chain.
+	res, out := verify(t, "-data", d.dataDir, "-central-key", c.pubPath)
+	if out.code != 0 || res.Receipt == nil || res.Receipt.Matched != "batch" || res.Receipt.Seq < done.HeadSeq {
+		t.Fatalf("verify with receipts: %+v (receipt %+v), want a receipt matched to a batch at seq >= %d\n%s", res, res.Receipt, done.HeadSeq, out)
+	}
+	// A kept receipt edited by hand (here: its seq) no longer verifies.
+	kept, _ := filepath.Glob(filepath.Join(d.dataDir, "receipts", "*.receipt"))
+	if len(kept) != 1 {
+		t.Fatalf("kept receipts %v, want one", kept)
+	}
+	b, err := os.ReadFile(kept[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := strings.Replace(string(b), fmt.Sprintf("\nseq %d\n", res.Receipt.Seq), fmt.Sprintf("\nseq %d\n", res.Receipt.Seq+100), 1)
+	if err := os.WriteFile(kept[0], []byte(forged), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, out := verify(t, "-data", d.dataDir, "-central-key", c.pubPath); out.code != 1 || res.Reason != "receipt" {
+		t.Fatalf("verify with an edited receipt: %+v\n%s", res, out)
+	}
 }

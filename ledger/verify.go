@@ -19,6 +19,7 @@ const (
 	ReasonPrev      = "prev"      // prev is not the hash of the previous header
 	ReasonCount     = "count"     // header count differs from the number of events
 	ReasonRoot      = "root"      // Merkle root does not match the events
+	ReasonReceipt   = "receipt"   // central's receipt does not verify or does not match the chain
 )
 
 // VerifyError names the first bad batch and why.

@@ -37,6 +37,20 @@ type verifyResult struct {
 	BadSeq   uint64 `json:"bad_seq,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	Error    string `json:"error,omitempty"`
+	// Receipt is what central's newest receipt for the chain proves, when one was
+	// checked: central held the chain up to its seq.
+	Receipt *receiptResult `json:"receipt,omitempty"`
+}
+
+// receiptResult is the receipt part of the -json output.
+type receiptResult struct {
+	Seq    uint64 `json:"seq"`
+	Time   string `json:"time"`
+	Header string `json:"header"`
+	// Matched says how the receipt was tied to the chain: "batch" (the header hash of
+	// the verified batch at its seq), "anchor" (the pruned anchor) or "pruned" (before
+	// what is left; only its signature and names were checked).
+	Matched string `json:"matched"`
 }
 
 // Run implements the command.
@@ -46,6 +60,8 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	var keys keyList
 	fs.Var(&keys, "key", "trusted public key PEM file (repeatable)")
 	partial := fs.Bool("partial", false, "accept a chain that starts after seq 1")
+	receiptsPath := fs.String("receipts", "", "central's receipts: a receipts file or a .receipt (default with -data: DIR/receipts)")
+	centralKey := fs.String("central-key", "", "central's public key PEM, to check receipts (default with -data: DIR/keys/central.pub or uplink's)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	fs.Usage = c.Usage
 	if err := fs.Parse(args); err != nil {
@@ -77,12 +93,20 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	v.AllowPartial = *partial
+	// A receipt that does not verify is a finding like a bad batch (reported after the
+	// chain's own check, in the same output); anything else here stops at once.
+	rcpts, receiptErr := loadReceipts(*dataDir, *receiptsPath, *centralKey)
+	var rve *ledger.VerifyError
+	if receiptErr != nil && !errors.As(receiptErr, &rve) {
+		return receiptErr
+	}
 	res := verifyResult{}
 	check := func(b *ledger.Batch) error {
 		h, err := v.Verify(b)
 		if err != nil {
 			return err
 		}
+		rcpts.see(h, b)
 		if res.Batches == 0 {
 			res.FirstSeq, res.Chain = h.Seq, h.Chain
 		}
@@ -91,10 +115,17 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 		res.LastSeq = h.Seq
 		return nil
 	}
+	var pos spool.Position
 	if *dataDir != "" {
-		err = verifySpool(*dataDir, v, check)
+		pos, err = verifySpool(*dataDir, v, check)
 	} else {
 		err = verifyFiles(files, check)
+	}
+	switch {
+	case err == nil && receiptErr != nil:
+		err = receiptErr
+	case err == nil && rcpts != nil:
+		res.Receipt, err = rcpts.check(res.Chain, res.FirstSeq, res.LastSeq, pos)
 	}
 	res.OK = err == nil
 	var ve *ledger.VerifyError
@@ -108,6 +139,9 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 		json.NewEncoder(os.Stdout).Encode(res)
 	} else if err == nil {
 		fmt.Printf("ok: %d batches (seq %d..%d), %d events, chain %s\n", res.Batches, res.FirstSeq, res.LastSeq, res.Events, res.Chain)
+		if r := res.Receipt; r != nil {
+			fmt.Printf("central holds this chain up to seq %d (receipt of %s, matched by %s)\n", r.Seq, r.Time, r.Matched)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
@@ -115,28 +149,28 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
-func verifySpool(dir string, v *ledger.Verifier, check func(*ledger.Batch) error) error {
+func verifySpool(dir string, v *ledger.Verifier, check func(*ledger.Batch) error) (spool.Position, error) {
 	r, err := spool.OpenReader(filepath.Join(dir, "spool.db"))
 	if err != nil {
-		return err
+		return spool.Position{}, err
 	}
 	defer r.Close()
 	pos, err := r.Position()
 	if err != nil {
-		return err
+		return pos, err
 	}
 	if pos.PrunedSeq > 0 {
 		v.Anchor(pos.PrunedSeq, pos.PrunedHash)
 	}
 	if err := r.Batches(1, check); err != nil {
-		return err
+		return pos, err
 	}
 	// Batches missing at the end show only against the head the spool recorded.
 	if last := v.Next(); pos.HeadSeq > 0 && last != pos.HeadSeq+1 {
-		return &ledger.VerifyError{Seq: max(last, 1), Reason: ledger.ReasonGap,
+		return pos, &ledger.VerifyError{Seq: max(last, 1), Reason: ledger.ReasonGap,
 			Detail: fmt.Sprintf("spool head is seq %d but the stored chain ends before seq %d", pos.HeadSeq, max(last, 1))}
 	}
-	return nil
+	return pos, nil
 }
 
 func verifyFiles(files []string, check func(*ledger.Batch) error) error {
@@ -189,6 +223,19 @@ Arguments:
 
 	-partial
 	    Accept a chain whose first batch is not seq 1 (an export of a pruned spool).
+
+	-receipts FILE|DIR
+	    Central's receipts: a receipts file (edgeaudit receive import), one .receipt,
+	    or a folder of them. With -data, DIR/receipts (what the uplink kept) is used
+	    when it exists. The newest receipt of the verified chain must verify with
+	    central's key, name the chain's site, device and chain id, and name the header
+	    hash of the batch at its seq (or the pruned anchor); then central provably
+	    held the chain up to that seq. A receipt beyond the chain's end means this copy
+	    is behind central (restored or rolled back): exit 1, reason "receipt".
+
+	-central-key PEM
+	    Central's receipt key (central.pub). With -data, DIR/keys/central.pub when it
+	    exists; required with -receipts otherwise.
 
 	-json
 	    Print the result as one JSON object.

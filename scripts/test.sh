@@ -5,7 +5,9 @@
 #      rsyslog + rsyslog-gnutls + rsyslog-relp, openssl, util-linux's logger,
 #      ca-certificates, curl, strace (the fsync-ordering proofs), mosquitto (the uplink's
 #      real broker), postgresql (the receiver's PostgreSQL store, run as a throwaway
-#      cluster by internal/testpg), with apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
+#      cluster by internal/testpg), swtpm + swtpm-tools + tpm2-tools (the TPM-bound keys),
+#      chrony + faketime (NTP time-sync evidence against a real, and a skewed, server),
+#      with apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
 #      folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
 #      started. Whatever is already there is kept, so a second run installs nothing.
 #   2. gofmt, go vet, staticcheck (from the Go module proxy; skipped with a note if it
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION=v0.8.2 # honnef.co/go/tools; 2026.2.2, knows Go 1.26
 GO_TEST_TIMEOUT=${GO_TEST_TIMEOUT:-15m}
-PEER_PKGS=(rsyslog rsyslog-gnutls rsyslog-relp openssl bsdutils util-linux ca-certificates curl strace mosquitto postgresql)
+PEER_PKGS=(rsyslog rsyslog-gnutls rsyslog-relp openssl bsdutils util-linux ca-certificates curl strace mosquitto postgresql swtpm swtpm-tools tpm2-tools chrony faketime)
 
 # rsyslogd lives in /usr/sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

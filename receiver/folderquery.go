@@ -1,7 +1,6 @@
 package receiver
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -159,8 +158,9 @@ func (q *Query) matchFields(f *queryFields) bool {
 // name order (site, device, chain id, then seq: the names are zero-padded), one file at
 // a time, so memory does not grow with the store. In the chain the head names, only
 // seqs up to the head are read: a batch written before a crash but never made the head
-// was not stored (Append writes it again). Each line is one event's exact bytes; only
-// the fields a query compares are decoded, and only matched events are copied for fn.
+// was not stored (Append writes it again). Each line is one event's exact bytes (the
+// .eab's when the lines do not match the header's count); only the fields a query
+// compares are decoded, and only matched events are copied for fn.
 func (f FolderStore) Query(ctx context.Context, q Query, fn func(Match) error) error {
 	sites, err := f.names(f.Dir, q.Site, true)
 	if err != nil {
@@ -224,7 +224,39 @@ type scanner struct {
 	q       Query
 	fn      func(Match) error
 	matched int
-	rd      *bufio.Reader
+	events  [][]byte // the current batch's, reused
+	buf     []byte   // the current events file, reused
+}
+
+// read reads a whole file into the scanner's buffer.
+func (s *scanner) read(path string) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if n := int(st.Size()) + 1; cap(s.buf) < n { // +1: see the end in one read
+		s.buf = make([]byte, 0, n)
+	}
+	b := s.buf[:0]
+	for {
+		n, err := fh.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			s.buf = b
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(b) == cap(b) { // the file grew
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 func (s *scanner) device(ctx context.Context, f FolderStore, site, dev string) error {
@@ -261,7 +293,7 @@ func (s *scanner) device(ctx context.Context, f FolderStore, site, dev string) e
 			if err := ctx.Err(); err != nil {
 				return fmt.Errorf("query: %w", err)
 			}
-			if err := s.file(filepath.Join(evDir, fe.Name()), Match{Site: site, Device: dev, Chain: chain, Seq: seq}); err != nil {
+			if err := s.file(ctx, f, filepath.Join(evDir, fe.Name()), Match{Site: site, Device: dev, Chain: chain, Seq: seq}); err != nil {
 				return err
 			}
 		}
@@ -286,57 +318,61 @@ func seqOfName(name, ext string) (uint64, bool) {
 	return seq, seq > 0
 }
 
-// file scans one events file; where carries the batch's location.
-func (s *scanner) file(path string, where Match) error {
-	fh, err := os.Open(path)
-	if err != nil {
+// file scans one batch's events file; where carries the batch's location. The file is
+// read whole (one batch, bounded by the receiver's max_batch_bytes), so that its lines
+// can be checked against the signed header's count before any is given to fn: an
+// event holding a newline byte (events are opaque; audit's encoder never writes one)
+// or a damaged file would shift every index after it. On a mismatch the events come
+// from the .eab file, which is authoritative.
+func (s *scanner) file(ctx context.Context, f FolderStore, path string, where Match) error {
+	fail := func(err error) error {
 		return fmt.Errorf("query %s/%s seq %d: %w", where.Site, where.Device, where.Seq, err)
 	}
-	defer fh.Close()
-	if s.rd == nil {
-		s.rd = bufio.NewReaderSize(fh, 256<<10)
+	data, err := s.read(path)
+	if err != nil {
+		return fail(err)
+	}
+	hb, err := f.Header(ctx, where.Site, where.Device, where.Chain, where.Seq)
+	if err != nil {
+		return fail(err)
+	}
+	h, err := ledger.ParseHeader(hb)
+	if err != nil {
+		return fail(err)
+	}
+	s.events = s.events[:0]
+	if bytes.Count(data, []byte{'\n'}) == h.Count && (len(data) == 0 || data[len(data)-1] == '\n') {
+		for len(data) > 0 {
+			i := bytes.IndexByte(data, '\n')
+			s.events, data = append(s.events, data[:i]), data[i+1:]
+		}
 	} else {
-		s.rd.Reset(fh)
+		raw, err := f.Batch(ctx, where.Site, where.Device, where.Chain, where.Seq)
+		if err != nil {
+			return fail(err)
+		}
+		b, err := ledger.NewReader(bytes.NewReader(raw)).Next()
+		if err != nil {
+			return fail(err)
+		}
+		s.events = append(s.events, b.Events...)
 	}
 	fields, needles := s.q.filtersFields(), s.q.needles()
-	var long []byte // a line longer than the buffer
-	for index := 0; ; {
-		line, err := s.rd.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			long = append(long, line...)
+	for index, ev := range s.events {
+		if fields && !s.q.matchEvent(needles, ev) {
 			continue
 		}
-		if err == io.EOF && len(line) == 0 && len(long) == 0 {
-			return nil
+		m := where
+		m.Index, m.Event = index, bytes.Clone(ev)
+		if err := s.fn(m); err != nil {
+			return err
 		}
-		if err != nil && err != io.EOF {
-			return fmt.Errorf("query %s/%s seq %d: %w", where.Site, where.Device, where.Seq, err)
-		}
-		if long != nil {
-			line = append(long, line...)
-			long = nil
-		}
-		ev := bytes.TrimSuffix(line, []byte{'\n'})
-		ok := true
-		if fields {
-			ok = s.q.matchEvent(needles, ev)
-		}
-		if ok {
-			m := where
-			m.Index, m.Event = index, bytes.Clone(ev)
-			if err := s.fn(m); err != nil {
-				return err
-			}
-			s.matched++
-			if s.q.Limit > 0 && s.matched >= s.q.Limit {
-				return errLimit
-			}
-		}
-		index++
-		if err == io.EOF {
-			return nil
+		s.matched++
+		if s.q.Limit > 0 && s.matched >= s.q.Limit {
+			return errLimit
 		}
 	}
+	return nil
 }
 
 // Batch implements Querier: the stored .eab file of seq in the device's chain.

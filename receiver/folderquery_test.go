@@ -253,13 +253,15 @@ func TestFolderStoreQuerySkipsBeyondHead(t *testing.T) {
 
 // Events are opaque to verifiers: one that is not JSON is returned by a query without
 // event filters and by no other. One written by another encoder, with escapes, matches
-// as what it decodes to (the quick reject on literal bytes must not drop it).
+// as what it decodes to (the quick reject on literal bytes must not drop it). One with
+// a newline byte comes out whole, at its index (from the .eab).
 func TestFolderStoreQueryOpaqueEvent(t *testing.T) {
 	e := newEnv(t, receiver.Config{}, nil)
 	a := newAppliance(t, "s1", "d1")
 	enroll(t, e.keysDir, "s1", "d1", &a.key.PublicKey)
 	events := [][]byte{[]byte("not json"), qev{"e01", "08:00", "phi.view", "success", "P1", "alice", nil}.encode(),
-		[]byte(`{ "time": "2026-12-01T08:00:00Z", "patient": "P\u0031", "action": "phi.\u0076iew" }`)}
+		[]byte(`{ "time": "2026-12-01T08:00:00Z", "patient": "P\u0031", "action": "phi.\u0076iew" }`),
+		[]byte("{\"patient\":\n\"P1\"}")} // a newline inside: the .jsonl has a line more than the batch
 	if _, err := e.r.Handle(t.Context(), "s1", "d1", wire(a.seal(t, nil, events)[0])); err != nil {
 		t.Fatal(err)
 	}
@@ -269,9 +271,9 @@ func TestFolderStoreQueryOpaqueEvent(t *testing.T) {
 		q    receiver.Query
 		want []int
 	}{
-		{"no filter", receiver.Query{}, []int{0, 1, 2}},
-		{"device only", receiver.Query{Site: "s1", Device: "d1"}, []int{0, 1, 2}},
-		{"patient", receiver.Query{Patient: "P1"}, []int{1, 2}},
+		{"no filter", receiver.Query{}, []int{0, 1, 2, 3}},
+		{"device only", receiver.Query{Site: "s1", Device: "d1"}, []int{0, 1, 2, 3}},
+		{"patient", receiver.Query{Patient: "P1"}, []int{1, 2, 3}},
 		{"action prefix", receiver.Query{Action: "phi.*"}, []int{1, 2}},
 		{"user", receiver.Query{User: "alice"}, []int{1}},
 		{"time", receiver.Query{From: time.Unix(0, 0)}, []int{1, 2}},
@@ -376,5 +378,19 @@ func BenchmarkFolderQuery(b *testing.B) {
 			}
 			b.ReportMetric(float64(batches*perBatch*b.N)/b.Elapsed().Seconds(), "events/s")
 		})
+	}
+}
+
+// An events file that does not hold the batch's count of lines (damaged, or edited by
+// hand) is not trusted: the events come from the .eab file.
+func TestFolderStoreQueryDamagedEventsFile(t *testing.T) {
+	fx := newQueryFixture(t)
+	p := filepath.Join(fx.store.Dir, "s1", "d1", fx.chains["s1/d1"], "events", receiver.SeqName(1)+".jsonl")
+	if err := os.WriteFile(p, append(qev{"e99", "12:00", "phi.view", "success", "P1", "x", nil}.encode(), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := fx.run(t, receiver.Query{Site: "s1", Device: "d1"}) // run checks each event's bytes
+	if want := []string{"s1/d1/1/0/e01", "s1/d1/1/1/e02", "s1/d1/2/0/e03", "s1/d1/2/1/e04"}; !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
 	}
 }

@@ -290,7 +290,6 @@ func retainedSeq(t *testing.T, b *testmqtt.Broker, device string, want uint64, d
 	}
 }
 
-
 // testLog collects log lines of several components (Warn and above) for a failing
 // test's output.
 type testLog struct {

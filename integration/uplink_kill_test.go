@@ -64,6 +64,29 @@ func (r *receiveProc) kill(t testing.TB) {
 	<-r.exited
 }
 
+// startCentralProc starts a real mosquitto and `edgeaudit receive` on it, with
+// central's key created beforehand (so that the appliance can be given central.pub).
+// The returned central describes its folders; its in-process receiver is nil.
+func startCentralProc(t testing.TB) (*central, *receiveProc) {
+	t.Helper()
+	b := testmqtt.Start(t, testmqtt.Options{
+		Users: map[string]string{testDevice: devicePass, centralUser: centralPass},
+		ACL:   uplinkACL, TCPNoDelay: true,
+	})
+	cdir := filepath.Join(t.TempDir(), "central")
+	csigner, _, err := attest.LoadOrCreateSoftware(filepath.Join(cdir, "keys", "central.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpub := filepath.Join(cdir, "keys", "central.pub")
+	if err := attest.WritePublicPEM(cpub, csigner.Public()); err != nil {
+		t.Fatal(err)
+	}
+	c := &central{broker: b, dir: cdir, store: receiver.FolderStore{Dir: filepath.Join(cdir, "store")},
+		keys: filepath.Join(cdir, "devices"), pubPath: cpub, signer: csigner}
+	return c, startReceive(t, b, cdir)
+}
+
 // kill9 kills the daemon at once and waits for the exit.
 func (d *daemon) kill9(t testing.TB) {
 	t.Helper()
@@ -75,23 +98,8 @@ func (d *daemon) kill9(t testing.TB) {
 // syslog load: at the end central's store verifies end to end with the appliance's key
 // and holds, byte for byte, the batches the appliance sealed.
 func TestUplinkKill9BothSides(t *testing.T) {
-	b := testmqtt.Start(t, testmqtt.Options{
-		Users: map[string]string{testDevice: devicePass, centralUser: centralPass},
-		ACL:   uplinkACL, TCPNoDelay: true,
-	})
-	cdir := filepath.Join(t.TempDir(), "central")
-	// Central's key and the device's enrolment exist before either side starts.
-	csigner, _, err := attest.LoadOrCreateSoftware(filepath.Join(cdir, "keys", "central.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpub := filepath.Join(cdir, "keys", "central.pub")
-	if err := attest.WritePublicPEM(cpub, csigner.Public()); err != nil {
-		t.Fatal(err)
-	}
-	c := &central{broker: b, dir: cdir, store: receiver.FolderStore{Dir: filepath.Join(cdir, "store")},
-		keys: filepath.Join(cdir, "devices"), pubPath: cpub, signer: csigner}
-	rp := startReceive(t, b, cdir)
+	c, rp := startCentralProc(t)
+	cdir := c.dir
 	d := startDaemon(t, daemonConfig{MaxAge: 200 * time.Millisecond, Prepare: c.enrolledKey(), Extra: c.uplinkYAML("")})
 
 	// The load: numbered messages at a steady rate over one connection at a time, which

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -194,7 +195,7 @@ func TestUplinkRollback(t *testing.T) {
 // batches as a fork; the appliance whose batches were refused learns it from the
 // receipts and fails health.
 func TestUplinkForkTwoAppliances(t *testing.T) {
-	c := startCentral(t)
+	c, rp := startCentralProc(t) // the real `edgeaudit receive`, which alerts in its own trail
 	a := startDaemon(t, daemonConfig{MaxAge: 200 * time.Millisecond, Prepare: c.enrolledKey(), Extra: c.uplinkYAML("")})
 	sendSyslog(t, a.tcp, "shared", 0, 100, 0)
 	a.waitAllReceipted(t, 100, waitTimeout)
@@ -206,9 +207,12 @@ func TestUplinkForkTwoAppliances(t *testing.T) {
 	a.restart(t)
 	sendSyslog(t, a.tcp, "from-a", 0, 300, 0)
 	sendSyslog(t, b.tcp, "from-b", 0, 300, 0)
+	forkFiles := func() []string {
+		q, _ := filepath.Glob(filepath.Join(c.dir, "quarantine", testSite, testDevice, "*-fork.eab"))
+		return q
+	}
 	eventually(t, waitTimeout, func() (bool, string) {
-		s := c.recv.Stats()
-		return s.Refused[receiver.ReasonFork] > 0, fmt.Sprintf("refused %v", s.Refused)
+		return len(forkFiles()) > 0, "no fork quarantined yet\n" + rp.log()
 	})
 	forked := func(d *daemon) bool {
 		for _, f := range d.uplinkHealth(t).Failures {
@@ -223,6 +227,8 @@ func TestUplinkForkTwoAppliances(t *testing.T) {
 	})
 	a.stop(t)
 	b.stop(t)
+	rp.cmd.Process.Signal(syscall.SIGTERM)
+	<-rp.exited
 	// Central holds one consistent chain: all of shared, and one appliance's messages
 	// only, never a mix at one seq (storedEvents checks the seqs are contiguous).
 	_, _, events := c.storedEvents(t)
@@ -233,8 +239,10 @@ func TestUplinkForkTwoAppliances(t *testing.T) {
 		// fork check rules out: each seq links to its predecessor's hash.
 		t.Fatalf("central holds messages of both clones (a %d, b %d): the fork was not refused", fa, fb)
 	}
-	if q, _ := filepath.Glob(filepath.Join(c.dir, "quarantine", testSite, testDevice, "*-fork.eab")); len(q) == 0 {
-		t.Fatal("no fork quarantined")
+	// Central raised it: a security alert naming the fork in its own audit trail.
+	res := runCLI(t, "query", "-config", rp.config, "-action", "security.alert")
+	if res.code != 0 || !strings.Contains(res.stdout, "fork") {
+		t.Fatalf("central's trail has no fork alert: %s", res)
 	}
 }
 

@@ -31,6 +31,8 @@ func BenchmarkAppend(b *testing.B) {
 		a.seal(b, fillEvents(perBatch, seq))
 	}
 	b.Logf("event size %d bytes, batch %d bytes", len(a.batches[0].Events[0]), len(a.batches[0].AppendWire(nil)))
+	// Device names stay unique over every run of the sub-benchmarks on this cluster.
+	round := 0
 	for _, way := range []struct {
 		name   string
 		append func(context.Context, receiver.Entry) error
@@ -39,7 +41,8 @@ func BenchmarkAppend(b *testing.B) {
 		{"insert-batch", func(ctx context.Context, e receiver.Entry) error { return pgstore.AppendInsertBatch(s, ctx, e) }},
 	} {
 		b.Run(way.name, func(b *testing.B) {
-			round, i := 0, 0
+			round++
+			i := 0
 			device := func() string { return fmt.Sprintf("%s-%d", way.name, round) }
 			for b.Loop() {
 				if i == chainLen { // the chain is used up: the same batches as another device

@@ -13,10 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
@@ -243,7 +243,7 @@ func (w *writer) write(heads Heads, q receiver.Query) (Summary, error) {
 	if err := w.writeFile(ReadmeFile, fmt.Appendf(nil, readme, Format)); err != nil {
 		return Summary{}, err
 	}
-	slices.SortFunc(w.files, func(a, b File) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(w.files, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
 	man := Manifest{Format: Format, Created: time.Now().UTC(), Tool: toolVersion(), Query: queryOf(q),
 		Events: n, Batches: w.batches, Devices: len(w.devices), Files: w.files}
 	mb, err := json.MarshalIndent(man, "", "  ")
@@ -264,16 +264,6 @@ func (w *writer) write(heads Heads, q receiver.Query) (Summary, error) {
 		size += f.Size
 	}
 	return Summary{Events: n, Batches: w.batches, Devices: len(w.devices), Files: len(w.files), Bytes: size}, nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // EventOf is the events.jsonl line of m (`edgeaudit query` prints the same lines). It
@@ -450,8 +440,6 @@ func publicPEM(k *ecdsa.PublicKey) ([]byte, error) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
 }
-
-var _ io.Writer = (*hashedFile)(nil)
 
 // tree is a batch's RFC 6962 Merkle tree, level by level, so that the proofs of many
 // events of one batch cost one tree instead of ledger.InclusionProof's subtree roots

@@ -53,14 +53,24 @@ type Header struct {
 	Alg      string   `json:"alg"`
 }
 
-// TimeSync is the clock evidence at sealing time.
+// TimeSync is the clock evidence at sealing time (package timesync fills it).
 type TimeSync struct {
-	State     string `json:"state"` // synced|unsynced|unknown
+	State     string `json:"state"` // synced|offset|unsynced|unknown (docs/format.md)
 	Server    string `json:"server,omitempty"`
-	OffsetNS  int64  `json:"offset_ns"`
+	OffsetNS  int64  `json:"offset_ns"` // server time minus local time, of the answer in Checked
 	MaxOffset int64  `json:"max_offset_ns,omitempty"`
 	Checked   string `json:"checked,omitempty"` // RFC 3339 UTC of the last NTP answer
 	Error     string `json:"error,omitempty"`
+
+	// Optional members, omitted when zero so that a header without them encodes as
+	// before: the round trip, the root distance ((root delay + round trip)/2 + root
+	// dispersion), stratum, leap indicator (0 none, 1 insert, 2 delete) and reference
+	// id (beevik/ntp's ReferenceString) of the answer in Checked.
+	RTTNS          int64  `json:"rtt_ns,omitempty"`
+	RootDistanceNS int64  `json:"root_distance_ns,omitempty"`
+	Stratum        int    `json:"stratum,omitempty"`
+	Leap           int    `json:"leap,omitempty"`
+	RefID          string `json:"ref_id,omitempty"`
 }
 
 // Encode returns the header bytes. Call it once per batch: the result is the contract.

@@ -221,3 +221,9 @@ func TestOnRefuse(t *testing.T) {
 		t.Fatalf("Handle from OnRefuse: receipt seq %d err %v, want 3", receiptSeq(t, rc, &e.central.PublicKey), herr)
 	}
 }
+
+// TestPGStoreConformance runs the stores' conformance suite (store_test.go) against the
+// PostgreSQL store, a fresh database per case.
+func TestPGStoreConformance(t *testing.T) {
+	testStore(t, func(t *testing.T) receiver.Store { return openPG(t) })
+}

@@ -449,3 +449,92 @@ func TestProofsMatchEventsRoot(t *testing.T) {
 		}
 	}
 }
+
+// batchReceipts is a store that kept each batch's receipt (as the PostgreSQL store's
+// batches table does): here signed on demand by central's key, with hash overriding
+// the header hash when set.
+type batchReceipts struct {
+	receiver.FolderStore
+	central *ecdsa.PrivateKey
+	t       testing.TB
+	hash    string
+}
+
+func (s batchReceipts) BatchReceipt(ctx context.Context, site, device, chain string, seq uint64) ([]byte, error) {
+	hb, err := s.Header(ctx, site, device, chain, seq)
+	if err != nil {
+		return nil, err
+	}
+	sum := ledger.HeaderHash(hb)
+	hash := hex.EncodeToString(sum[:])
+	if s.hash != "" {
+		hash = s.hash
+	}
+	return signReceipt(s.t, s.central, ledger.Receipt{Site: site, Device: device, Chain: chain, Seq: seq, HeaderHash: hash, Time: time.Now()}), nil
+}
+
+var _ evidence.BatchReceipts = batchReceipts{}
+
+func TestWriteWithBatchReceipts(t *testing.T) {
+	fx := newFixture(t)
+	q := receiver.Query{Patient: "P1"}
+	heads := batchReceipts{FolderStore: fx.store, central: fx.central, t: t}
+	dir := filepath.Join(t.TempDir(), "case")
+	if _, err := evidence.Write(t.Context(), dir, fx.store, heads, fx.keys, &fx.central.PublicKey, q); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := evidence.Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range rep.Devices {
+		if d.Bound != d.Batches {
+			t.Errorf("%s/%s: %d of %d batches bound to a receipt of their own", d.Site, d.Device, d.Bound, d.Batches)
+		}
+	}
+	// Without them, only a batch at the head's seq is.
+	plain, _ := fx.write(t, q)
+	rep, err = evidence.Verify(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range rep.Devices {
+		if want := map[string]int{"s1/d1": 0, "s2/d1": 1}[d.Site+"/"+d.Device]; d.Bound != want {
+			t.Errorf("%s/%s: %d batches bound, want %d (the head's)", d.Site, d.Device, d.Bound, want)
+		}
+	}
+	// A kept receipt that names another header is refused when writing, and a forged
+	// one (signed by central, another header) when verifying.
+	heads.hash = strings.Repeat("cd", 32)
+	if _, err := evidence.Write(t.Context(), filepath.Join(t.TempDir(), "case"), fx.store, heads, fx.keys, &fx.central.PublicKey, q); err == nil ||
+		!strings.Contains(err.Error(), "names s1/d1") {
+		t.Fatalf("a receipt for another header: err=%v", err)
+	}
+	p := filepath.Join(dir, evidence.ReceiptsFile)
+	fh, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcs, err := ledger.ReadReceipts(fh)
+	fh.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := fx.chains["s1/d1"]
+	for i, b := range rcs {
+		if r, _ := ledger.ParseReceipt(b); r.Site == "s1" && r.Seq == 1 {
+			rcs[i] = signReceipt(t, fx.central, ledger.Receipt{Site: "s1", Device: "d1", Chain: chain, Seq: 1, HeaderHash: strings.Repeat("cd", 32), Time: time.Now()})
+		}
+	}
+	var buf bytes.Buffer
+	if err := ledger.WriteReceipts(&buf, rcs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rehash(t, dir)
+	if _, err := evidence.Verify(dir); !errors.Is(err, evidence.ErrReceipt) || !strings.Contains(err.Error(), "names header") {
+		t.Fatalf("a forged receipt at a batch: err=%v, want ErrReceipt naming the header", err)
+	}
+}

@@ -29,7 +29,7 @@ const Format = "edgeaudit.evidence/v1"
 //	batches/<site>/<device>/<chain>/<seq>.header   exact header bytes of each batch used
 //	batches/<site>/<device>/<chain>/<seq>.sig      its DER ECDSA signature
 //	keys/<site>/<device>.pub                       the device's public key (PEM)
-//	receipts.jsonl                                 the newest receipt of each device (ledger receipts file)
+//	receipts.jsonl                                 the newest receipt of each device, and each batch's own when the store keeps them (ledger receipts file)
 //	central.pub                                    central's receipt key (PEM)
 const (
 	ManifestFile = "manifest.json"
@@ -193,6 +193,9 @@ type Device struct {
 	Site, Device, Chain string
 	Batches, Events     int
 	Receipt             ledger.Receipt // the newest receipt, covering every batch above
+	// Bound counts the batches with a receipt at their own seq, which names their
+	// header hash: bound to central's key, not only to the device's.
+	Bound int
 }
 
 // Summary is what Write wrote.
@@ -263,7 +266,8 @@ appliance sealed it and that central stored it:
                   ECDSA P-256 signature (.sig); the batch's other events are not included
   keys/           the public key enrolled for each device (PEM)
   receipts.jsonl  central's newest signed receipt for each device (a C2SP signed note),
-                  which covers every batch up to the seq it names
+                  which covers every batch up to the seq it names, and each batch's own
+                  receipt (naming its header hash) when central's store keeps them
   central.pub     central's receipt key (PEM)
 
 Verify it with the edgeaudit binary, which needs nothing else:
@@ -275,8 +279,9 @@ It checks, and names the file and line of the first failure:
   2. each header's signature with its device's key, and that key_id is that key;
   3. each event's inclusion proof against the root in its signed header
      (leaf = SHA-256(0x00 || event bytes), node = SHA-256(0x01 || left || right));
-  4. each receipt's signature with central.pub, and that it covers each batch: same
-     site, device and chain, and a seq at or above the batch's (equal: same header hash);
+  4. each receipt's signature with central.pub, and that the newest covers each batch:
+     same site, device and chain, and a seq at or above the batch's; a receipt at a
+     batch's own seq must name its header hash;
   5. that each event satisfies the query in manifest.json.
 
 By hand, with standard tools:
@@ -284,7 +289,8 @@ By hand, with standard tools:
   openssl dgst -sha256 -verify keys/SITE/DEVICE.pub -signature batches/.../SEQ.sig batches/.../SEQ.header
 
 The keys should also be compared with the ones enrolled at central (or the appliance's
-keys/signing.pub) by a channel other than this folder. The formats are in edgeaudit's
+keys/signing.pub) by a channel other than this folder: a batch below the receipt's seq
+without a receipt of its own is tied to central only through its device's key. The formats are in edgeaudit's
 docs/format.md ("Batch", "Receipts", "Evidence packages").
 
 A package shows that the events it holds are authentic; it cannot show that the query

@@ -416,28 +416,42 @@ func (v *verifier) receipts(devices map[string]*Device) error {
 	if err != nil {
 		return fail(ReceiptsFile, "", ErrFormat, "%v", err)
 	}
-	byDevice := map[string]ledger.Receipt{}
+	// Per device: the newest receipt (the head's when written), and the receipts of
+	// single batches, by seq.
+	newest := map[string]ledger.Receipt{}
+	exact := map[string]ledger.Receipt{} // batchKey → a receipt at that very batch
 	for i, b := range raw {
 		rc, err := ledger.VerifyReceipt(b, v.central)
 		if err != nil {
 			return fail(ReceiptsFile, fmt.Sprintf("receipt %d", i+1), ErrReceipt, "%v (with %s)", err, CentralFile)
 		}
 		k := rc.Site + "/" + rc.Device
-		if _, dup := byDevice[k]; dup {
-			return fail(ReceiptsFile, fmt.Sprintf("receipt %d", i+1), ErrFormat, "a second receipt for %s", k)
+		if cur, ok := newest[k]; !ok || rc.Seq > cur.Seq {
+			newest[k] = rc
 		}
-		byDevice[k] = rc
+		exact[batchKey(rc.Site, rc.Device, rc.Chain, rc.Seq)] = rc
 	}
 	for _, b := range v.list {
 		k := b.site + "/" + b.device
-		rc, ok := byDevice[k]
+		rc, ok := newest[k]
 		if !ok {
 			return fail(b.file, "", ErrReceipt, "no receipt for %s in %s", k, ReceiptsFile)
 		}
+		// The newest receipt covers every batch of its chain up to its seq; a receipt at
+		// the batch itself must name its header.
 		if err := covers(rc, b.chain, b.seq, b.hash); err != nil {
 			return fail(b.file, "", ErrReceipt, "%v", err)
 		}
-		if d := devices[k]; d != nil {
+		d := devices[k]
+		if own, ok := exact[batchKey(b.site, b.device, b.chain, b.seq)]; ok {
+			if err := covers(own, b.chain, b.seq, b.hash); err != nil {
+				return fail(b.file, "", ErrReceipt, "%v", err)
+			}
+			if d != nil {
+				d.Bound++
+			}
+		}
+		if d != nil {
 			d.Receipt = rc
 		}
 	}

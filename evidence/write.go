@@ -30,6 +30,16 @@ type Heads interface {
 	Head(ctx context.Context, site, device string) (receiver.Head, error)
 }
 
+// BatchReceipts is an optional interface of Heads for stores that keep the receipt
+// central signed when it stored each batch (not only the head's). Write then adds each
+// used batch's own receipt too, which names that batch's header hash: the batch is then
+// bound to central's key directly, not only through its device's key.
+type BatchReceipts interface {
+	// BatchReceipt returns the receipt signed when seq of the device's chain was
+	// stored, and an error wrapping os.ErrNotExist when the store has none for it.
+	BatchReceipt(ctx context.Context, site, device, chain string, seq uint64) ([]byte, error)
+}
+
 // Write runs q over src and writes an evidence package of the matches to dir, which
 // must not exist or be empty. For each batch a match is in it checks the header
 // signature against the enrolled key (a batch signed by central itself, its own audit
@@ -105,6 +115,13 @@ type devicePart struct {
 	key          *ecdsa.PublicKey
 	chains       map[string]uint64 // chain → highest seq used
 	hashes       map[string]string // "chain/seq" → header hash, for a receipt at that seq
+	used         []usedBatch
+}
+
+type usedBatch struct {
+	chain string
+	seq   uint64
+	hash  string
 }
 
 // writer builds a package in root.
@@ -344,6 +361,7 @@ func (w *writer) useBatch(m receiver.Match) error {
 	}
 	sum := ledger.HeaderHash(b.Header)
 	dp.hashes[fmt.Sprintf("%s/%d", m.Chain, m.Seq)] = hex.EncodeToString(sum[:])
+	dp.used = append(dp.used, usedBatch{chain: m.Chain, seq: m.Seq, hash: hex.EncodeToString(sum[:])})
 	c.site, c.device, c.chain, c.seq = m.Site, m.Device, m.Chain, m.Seq
 	c.batch, c.header, c.leaves, c.tree, c.root = b, h, leaves, t, root
 	return nil
@@ -370,7 +388,8 @@ func (w *writer) device(site, device, headerKID string) (*devicePart, error) {
 }
 
 // writeReceipts adds each device's head receipt, checked against central's key and
-// against every batch of the device in the package.
+// against every batch of the device in the package, and each used batch's own receipt
+// when the store keeps them (BatchReceipts).
 func (w *writer) writeReceipts(heads Heads) error {
 	var rcs [][]byte
 	for _, k := range w.order {
@@ -389,6 +408,28 @@ func (w *writer) writeReceipts(heads Heads) error {
 			}
 		}
 		rcs = append(rcs, h.Receipt)
+		if br, ok := heads.(BatchReceipts); ok {
+			for _, u := range dp.used {
+				if u.seq == rc.Seq && u.chain == rc.Chain {
+					continue // the head's receipt names it already
+				}
+				b, err := br.BatchReceipt(w.ctx, dp.site, dp.device, u.chain, u.seq)
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				r, err := ledger.VerifyReceipt(b, w.central)
+				if err != nil {
+					return fmt.Errorf("receipt of %s seq %d: %w", k, u.seq, err)
+				}
+				if r.Site != dp.site || r.Device != dp.device || r.Chain != u.chain || r.Seq != u.seq || r.HeaderHash != u.hash {
+					return fmt.Errorf("receipt of %s seq %d names %s/%s chain %s seq %d header %s", k, u.seq, r.Site, r.Device, r.Chain, r.Seq, r.HeaderHash)
+				}
+				rcs = append(rcs, b)
+			}
+		}
 	}
 	hf, err := w.create(ReceiptsFile)
 	if err != nil {

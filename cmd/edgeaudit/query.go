@@ -309,8 +309,8 @@ func verifyEvidence(dir string, asJSON bool) error {
 		fmt.Printf("ok: evidence package, %d events from %d batches of %d devices: files, signatures, inclusion proofs and receipts verified\n",
 			rep.Events, rep.Batches, len(rep.Devices))
 		for _, d := range rep.Devices {
-			fmt.Printf("  %s/%s chain %s: %d events in %d batches, receipted up to seq %d at %s\n",
-				d.Site, d.Device, d.Chain, d.Events, d.Batches, d.Receipt.Seq, d.Receipt.Time.Format(time.RFC3339))
+			fmt.Printf("  %s/%s chain %s: %d events in %d batches, receipted up to seq %d at %s (%d batches with a receipt of their own)\n",
+				d.Site, d.Device, d.Chain, d.Events, d.Batches, d.Receipt.Seq, d.Receipt.Time.Format(time.RFC3339), d.Bound)
 		}
 	}
 	return nil

@@ -162,13 +162,13 @@ func (q *Query) matchFields(f *queryFields) bool {
 // .eab's when the lines do not match the header's count); only the fields a query
 // compares are decoded, and only matched events are copied for fn.
 func (f FolderStore) Query(ctx context.Context, q Query, fn func(Match) error) error {
-	sites, err := f.names(f.Dir, q.Site, true)
+	sites, err := f.names(f.Dir, q.Site)
 	if err != nil {
 		return fmt.Errorf("query: %w", err)
 	}
 	sc := scanner{q: q, fn: fn}
 	for _, site := range sites {
-		devices, err := f.names(filepath.Join(f.Dir, site), q.Device, true)
+		devices, err := f.names(filepath.Join(f.Dir, site), q.Device)
 		if err != nil {
 			return fmt.Errorf("query: %w", err)
 		}
@@ -185,8 +185,8 @@ func (f FolderStore) Query(ctx context.Context, q Query, fn func(Match) error) e
 }
 
 // names lists the valid site or device folder names in dir, in order, or only want
-// when it is set (and present). A missing folder is an empty list.
-func (f FolderStore) names(dir, want string, dirs bool) ([]string, error) {
+// when it is set (and a folder). A missing folder is an empty list.
+func (f FolderStore) names(dir, want string) ([]string, error) {
 	if want != "" {
 		if !ledger.ValidName(want) {
 			return nil, fmt.Errorf("bad name %q", want)
@@ -198,7 +198,7 @@ func (f FolderStore) names(dir, want string, dirs bool) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if dirs && !st.IsDir() {
+		if !st.IsDir() {
 			return nil, nil
 		}
 		return []string{want}, nil
@@ -212,7 +212,7 @@ func (f FolderStore) names(dir, want string, dirs bool) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() == dirs && ledger.ValidName(e.Name()) {
+		if e.IsDir() && ledger.ValidName(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}

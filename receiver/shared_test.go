@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/edgeaudit/edgeaudit/internal/testpg"
 	"github.com/edgeaudit/edgeaudit/ledger"
@@ -226,4 +227,70 @@ func TestOnRefuse(t *testing.T) {
 // PostgreSQL store, a fresh database per case.
 func TestPGStoreConformance(t *testing.T) {
 	testStore(t, func(t *testing.T) receiver.Store { return openPG(t) })
+}
+
+// TestSharedGroupRecheck: a receiver in a shared group (Run, on an in-process broker)
+// and a second writer of the same store (Handle only, no MQTT). With no resend by the
+// device: a batch held by the first is stored and receipted once the second fills the
+// gap; and a stale receipt the first publishes for a duplicate (its cached head is
+// behind the store's) is followed by the stored head's, which ends up retained.
+func TestSharedGroupRecheck(t *testing.T) {
+	s := openPG(t)
+	url, stopBroker := startBroker(t)
+	defer stopBroker()
+	a := newAppliance(t, "s1", "d1")
+	chain := a.extend(t, nil, 6, "a")
+	e := newEnv(t, receiver.Config{}, s)
+	enroll(t, e.keysDir, "s1", "d1", &a.key.PublicKey)
+	r1, err := receiver.New(receiver.Config{Quarantine: t.TempDir(), Broker: url, ClientID: "central-1", SharedGroup: "central"},
+		s, receiver.FolderKeys{Dir: e.keysDir}, keySigner{e.central}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := e.r // the second writer
+	stop := runReceiver(t, r1)
+	defer stop()
+
+	batchTopic, ackTopic := "edgeaudit/s1/d1/batch", receiver.AckTopic(receiver.DefaultPrefix, "s1", "d1")
+	dev := connectDevice(t, url, "d1", ackTopic)
+	defer dev.c.Disconnect(100)
+	// Until r1 has subscribed, publish seq 1 again, as the uplink would.
+	for got := uint64(0); got != 1; {
+		dev.publish(t, batchTopic, wire(chain[0]))
+		select {
+		case b := <-dev.receipts:
+			got = receiptSeq(t, b, &e.central.PublicKey)
+		case <-time.After(time.Second):
+		}
+	}
+	dev.publish(t, batchTopic, wire(chain[2])) // held by r1: seq 2 is missing
+	if got := dev.waitSeq(t, 1); got.Seq != 1 {
+		t.Fatalf("receipt for the held batch: seq %d, want 1 (the head)", got.Seq)
+	}
+	if _, err := other.Handle(t.Context(), "s1", "d1", wire(chain[1])); err != nil {
+		t.Fatal(err)
+	}
+	if got := dev.waitSeq(t, 2); got.Seq != 3 {
+		t.Fatalf("after the gap was filled elsewhere: receipt seq %d, want 3 (the held batch stored by r1's recheck)", got.Seq)
+	}
+	for _, b := range chain[3:] {
+		if _, err := other.Handle(t.Context(), "s1", "d1", wire(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev.publish(t, batchTopic, wire(chain[1])) // a duplicate: r1 answers from its head, 3
+	if got := dev.waitSeq(t, 3); got.Seq != 3 {
+		t.Fatalf("duplicate: receipt seq %d, want 3 (r1's cached head)", got.Seq)
+	}
+	if got := dev.waitSeq(t, 6); got.Seq != 6 {
+		t.Fatalf("after the recheck: receipt seq %d, want 6 (the stored head)", got.Seq)
+	}
+	late := connectDevice(t, url, "d1-late", ackTopic)
+	defer late.c.Disconnect(100)
+	if got := late.waitSeq(t, 1); got.Seq != 6 {
+		t.Fatalf("retained receipt seq %d, want 6", got.Seq)
+	}
+	if st := r1.Stats(); st.Batches != 2 || st.Held != 1 {
+		t.Fatalf("r1 stats %+v, want 2 stored (1, 3) and 1 held", st)
+	}
 }

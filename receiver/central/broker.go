@@ -18,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -89,6 +90,7 @@ func newEmbeddedBroker(cfg Config, logger *slog.Logger) (*EmbeddedBroker, error)
 	}
 	b.password = hex.EncodeToString(rnd[:])
 	h.internalPass = []byte(b.password)
+	h.subscribedCh = make(chan struct{})
 	b.hook = h
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.EmbeddedBrokerMaxMessageBytes)
@@ -125,30 +127,49 @@ func serverTLS(cfg Config) (*tls.Config, error) {
 	return tc, nil
 }
 
-// start opens both listeners and serves. The returned URL is the internal listener's,
-// for the receiver's own clients.
+// start serves the internal listener and binds the devices' one, which serves only
+// after serveDevices: a device that connects before the receiver has subscribed waits
+// in the listen backlog instead of publishing into a broker that drops its batch. The
+// returned URL is the internal listener's, for the receiver's own clients.
 func (b *EmbeddedBroker) start() (internalURL string, err error) {
-	b.devices = listeners.NewTCP(listeners.Config{ID: listenerDevices, Address: b.addr, TLSConfig: b.tls})
-	if err := b.srv.AddListener(b.devices); err != nil {
-		return "", fmt.Errorf("embedded broker listen %s: %w", b.addr, err)
-	}
 	b.internal = listeners.NewTCP(listeners.Config{ID: listenerInternal, Address: "127.0.0.1:0"})
 	if err := b.srv.AddListener(b.internal); err != nil {
-		b.srv.Close()
 		return "", fmt.Errorf("embedded broker internal listener: %w", err)
 	}
 	if err := b.srv.Serve(); err != nil {
 		b.srv.Close()
 		return "", fmt.Errorf("embedded broker: %w", err)
 	}
+	b.devices = listeners.NewTCP(listeners.Config{ID: listenerDevices, Address: b.addr, TLSConfig: b.tls})
+	if err := b.srv.AddListener(b.devices); err != nil {
+		b.srv.Close()
+		return "", fmt.Errorf("embedded broker listen %s: %w", b.addr, err)
+	}
+	return "tcp://" + b.internal.Address(), nil
+}
+
+// serveDevices starts taking device connections.
+func (b *EmbeddedBroker) serveDevices() {
+	b.srv.Listeners.Serve(listenerDevices, b.srv.EstablishConnection)
 	scheme := "tcp"
 	if b.tls != nil {
 		scheme = "tls"
 	}
 	b.log.Info("embedded broker listening", attrAddr, b.devices.Address(), "scheme", scheme, "client_certs", b.hook.certs,
 		"passwords", len(b.hook.passwords))
-	return "tcp://" + b.internal.Address(), nil
 }
+
+// expectSubscriptions makes subscribed() wait for the receiver's subscriptions to
+// these filters (without any $share/<group>/ prefix). Call it before start.
+func (b *EmbeddedBroker) expectSubscriptions(filters ...string) {
+	b.hook.want = map[string]bool{}
+	for _, f := range filters {
+		b.hook.want[f] = true
+	}
+}
+
+// subscribed is closed once the receiver's clients hold every expected subscription.
+func (b *EmbeddedBroker) subscribed() <-chan struct{} { return b.hook.subscribedCh }
 
 // Addr is the devices' listener address once started (with the real port for ":0").
 func (b *EmbeddedBroker) Addr() string {
@@ -175,13 +196,43 @@ type authHook struct {
 	internalPass []byte
 	reserved     map[string]bool // the receiver's client ids, which no device may use
 	log          *slog.Logger
+
+	subMu        sync.Mutex
+	want         map[string]bool // the receiver's filters not yet subscribed
+	subscribedCh chan struct{}   // closed when want is empty
 	limit        ratelog.Limiter
 }
 
 func (h *authHook) ID() string { return "edgeaudit-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck || b == mochi.OnSubscribed
+}
+
+// OnSubscribed implements mochi.Hook: it notes the receiver's granted subscriptions.
+func (h *authHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, codes []byte) {
+	if string(cl.Properties.Username) != internalUser || cl.Net.Listener != listenerInternal {
+		return
+	}
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	if h.want == nil {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] > 2 {
+			continue
+		}
+		filter := f.Filter
+		if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
+			_, filter, _ = strings.Cut(rest, "/")
+		}
+		delete(h.want, filter)
+	}
+	if len(h.want) == 0 {
+		close(h.subscribedCh)
+		h.want = nil
+	}
 }
 
 // OnConnectAuthenticate implements mochi.Hook. On success the client's user name is

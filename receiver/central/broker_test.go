@@ -60,6 +60,7 @@ func startBroker(t testing.TB, cfg Config) *EmbeddedBroker {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.close)
+	b.serveDevices()
 	return b
 }
 

@@ -123,7 +123,10 @@ func (s *Server) KeyCreated() bool { return s.keyCreated }
 // Broker is the embedded broker, nil when none is configured.
 func (s *Server) Broker() *EmbeddedBroker { return s.broker }
 
-// Ready is closed once Run has opened everything and started receiving.
+// Ready is closed once Run has opened everything and started receiving: with the
+// embedded broker, once the receiver has subscribed and devices may connect; with an
+// external broker, once the receiver has been started (its first subscription of a
+// new persistent session may come a moment later).
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Stats are the receiver's counters (zero before Run).
@@ -154,6 +157,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	rc := cfg.ReceiverConfig()
 	rc.TLS = s.clientTLS
 	if s.broker != nil {
+		filters := []string{receiver.BatchFilter(cfg.Prefix)}
+		if cfg.TrustOnFirstUse {
+			filters = append(filters, cfg.Prefix+"/+/+/"+leafKey)
+		}
+		s.broker.expectSubscriptions(filters...)
 		u, err := s.broker.start()
 		if err != nil {
 			return err
@@ -204,6 +212,14 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			defer wg.Done()
 			s.watchKeys(runCtx, kc)
 		}()
+	}
+	if s.broker != nil {
+		// Devices connect once the receiver (and the key watcher) have subscribed.
+		select {
+		case <-s.broker.subscribed():
+			s.broker.serveDevices()
+		case <-runCtx.Done():
+		}
 	}
 	close(s.ready)
 	<-runCtx.Done()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
 	"github.com/edgeaudit/edgeaudit/ledger"
@@ -81,25 +82,17 @@ func (u *UplinkSection) setDefaults() {
 	}
 }
 
-// ReadCentralKey reads a PEM "PUBLIC KEY" holding an ECDSA P-256 key (central.pub).
+// ReadCentralKey reads central's receipt key (central.pub): exactly one ECDSA P-256
+// public key in PEM.
 func ReadCentralKey(path string) (*ecdsa.PublicKey, error) {
-	b, err := os.ReadFile(path)
+	keys, err := attest.ReadPublicPEM(path)
 	if err != nil {
 		return nil, fmt.Errorf("read central key: %w", err)
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PUBLIC KEY" {
-		return nil, fmt.Errorf("read central key %s: no PUBLIC KEY PEM block", path)
+	if len(keys) != 1 || keys[0].Curve != elliptic.P256() {
+		return nil, fmt.Errorf("read central key %s: want one ECDSA P-256 key, found %d keys", path, len(keys))
 	}
-	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("read central key %s: %w", path, err)
-	}
-	ek, ok := k.(*ecdsa.PublicKey)
-	if !ok || ek.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("read central key %s: not an ECDSA P-256 key", path)
-	}
-	return ek, nil
+	return keys[0], nil
 }
 
 // lateSource lets the uplink be built (which loads and checks its TLS material) before

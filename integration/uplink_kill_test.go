@@ -58,6 +58,27 @@ func (r *receiveProc) start(t testing.TB) {
 	})
 }
 
+// stop ends the receiver with SIGTERM and requires a clean exit.
+func (r *receiveProc) stop(t testing.TB) {
+	t.Helper()
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	<-r.exited
+	if r.waitErr != nil {
+		t.Fatalf("edgeaudit receive exited with %v after SIGTERM\n%s", r.waitErr, r.log())
+	}
+}
+
+// exportWire runs `edgeaudit export` on a stopped daemon's data folder and returns the
+// file of its sealed batches in the wire format.
+func exportWire(t testing.TB, dataDir string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "export.eab")
+	if res := runCLI(t, "export", "-data", dataDir, "-out", out); res.code != 0 {
+		t.Fatalf("%s", res)
+	}
+	return out
+}
+
 func (r *receiveProc) kill(t testing.TB) {
 	t.Helper()
 	r.cmd.Process.Signal(syscall.SIGKILL)
@@ -163,15 +184,10 @@ func TestUplinkKill9BothSides(t *testing.T) {
 	wg.Wait()
 	d.waitAllReceipted(t, 0, 2*waitTimeout)
 	d.stop(t)
-	rp.cmd.Process.Signal(syscall.SIGTERM)
-	<-rp.exited
+	rp.stop(t)
 
 	// The appliance's sealed batches, as export writes them.
-	export := filepath.Join(t.TempDir(), "all.eab")
-	if res := runCLI(t, "export", "-data", d.dataDir, "-out", export); res.code != 0 {
-		t.Fatalf("%s", res)
-	}
-	f, err := os.Open(export)
+	f, err := os.Open(exportWire(t, d.dataDir))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -227,8 +226,7 @@ func TestUplinkForkTwoAppliances(t *testing.T) {
 	})
 	a.stop(t)
 	b.stop(t)
-	rp.cmd.Process.Signal(syscall.SIGTERM)
-	<-rp.exited
+	rp.stop(t)
 	// Central holds one consistent chain: all of shared, and one appliance's messages
 	// only, never a mix at one seq (storedEvents checks the seqs are contiguous).
 	_, _, events := c.storedEvents(t)
@@ -271,11 +269,7 @@ func TestAirGapReceipts(t *testing.T) {
 	}
 	carry := func(round int) (receipts string, head uint64) {
 		t.Helper()
-		export := filepath.Join(t.TempDir(), "site.eab")
-		if res := runCLI(t, "export", "-data", d.dataDir, "-out", export); res.code != 0 {
-			t.Fatalf("%s", res)
-		}
-		f, err := os.Open(export)
+		f, err := os.Open(exportWire(t, d.dataDir))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,11 +340,7 @@ func TestAirGapReceipts(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.stop(t)
-	export := filepath.Join(t.TempDir(), "site.eab")
-	if res := runCLI(t, "export", "-data", d.dataDir, "-out", export); res.code != 0 {
-		t.Fatalf("%s", res)
-	}
-	f, err := os.Open(export)
+	f, err := os.Open(exportWire(t, d.dataDir))
 	if err != nil {
 		t.Fatal(err)
 	}

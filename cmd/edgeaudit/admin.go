@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/daemon"
+	"github.com/edgeaudit/edgeaudit/spool"
 )
 
 // errDaemonDown: no daemon answers on the admin endpoint; the command works on the data
@@ -54,4 +56,29 @@ func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string
 		return b, fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	return b, nil
+}
+
+// withOfflineSpool opens the spool of a stopped daemon with its existing signing key
+// (never a new one), runs fn, seals what fn recorded so that it is in the chain now and
+// not at the next start, and closes the spool.
+func withOfflineSpool(ctx context.Context, cfg *daemon.Config, fn func(*spool.Spool) error) error {
+	if _, err := os.Stat(cfg.KeyPath()); err != nil {
+		return fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)
+	}
+	signer, _, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
+	if err != nil {
+		return err
+	}
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
+	if err != nil {
+		return err
+	}
+	err = fn(sp)
+	if err == nil {
+		err = sp.Seal(ctx)
+	}
+	if cerr := sp.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

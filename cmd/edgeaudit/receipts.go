@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/daemon"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/spool"
@@ -85,25 +84,11 @@ func (c *ReceiptsCommand) Run(ctx context.Context, args []string) error {
 }
 
 // receiptsOffline applies the receipts to the spool of a stopped daemon.
-func receiptsOffline(ctx context.Context, cfg *daemon.Config, receipts [][]byte) (daemon.ReceiptsSummary, error) {
-	if _, err := os.Stat(cfg.KeyPath()); err != nil {
-		return daemon.ReceiptsSummary{}, fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)
-	}
-	signer, _, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
-	if err != nil {
-		return daemon.ReceiptsSummary{}, err
-	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
-	if err != nil {
-		return daemon.ReceiptsSummary{}, err
-	}
-	sum, err := daemon.ImportReceipts(ctx, cfg, sp, receipts, whoami())
-	if err == nil {
-		err = sp.Seal(ctx) // the import's event is sealed now, not at the next start
-	}
-	if cerr := sp.Close(); err == nil {
-		err = cerr
-	}
+func receiptsOffline(ctx context.Context, cfg *daemon.Config, receipts [][]byte) (sum daemon.ReceiptsSummary, err error) {
+	err = withOfflineSpool(ctx, cfg, func(sp *spool.Spool) error {
+		sum, err = daemon.ImportReceipts(ctx, cfg, sp, receipts, whoami())
+		return err
+	})
 	return sum, err
 }
 

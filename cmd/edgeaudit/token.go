@@ -79,10 +79,6 @@ func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealReq
 	if _, err := os.Stat(cfg.KeyPath()); err != nil {
 		return "", fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)
 	}
-	signer, _, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
-	if err != nil {
-		return "", err
-	}
 	key, _, err := attest.LoadOrCreateDataKey(cfg.DataKeyPath())
 	if err != nil {
 		return "", err
@@ -99,18 +95,10 @@ func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealReq
 	if gerr != nil && !errors.Is(gerr, vault.ErrNotFound) {
 		return "", gerr
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
-	if err != nil {
-		return "", err
-	}
-	ev := daemon.RevealEvent(req, gerr == nil, time.Now())
-	err = collectors.AppendSync(ctx, sp, &ev)
-	if err == nil {
-		err = sp.Seal(ctx)
-	}
-	if cerr := sp.Close(); err == nil {
-		err = cerr
-	}
+	err = withOfflineSpool(ctx, cfg, func(sp *spool.Spool) error {
+		ev := daemon.RevealEvent(req, gerr == nil, time.Now())
+		return collectors.AppendSync(ctx, sp, &ev)
+	})
 	if err != nil {
 		return "", fmt.Errorf("could not record the reveal; nothing revealed: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/edgeaudit/edgeaudit/internal/testpg"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
@@ -238,6 +240,8 @@ func TestSharedGroupRecheck(t *testing.T) {
 	s := openPG(t)
 	url, stopBroker := startBroker(t)
 	defer stopBroker()
+	// Run, its rechecks and its receipt publishers leave nothing behind.
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	a := newAppliance(t, "s1", "d1")
 	chain := a.extend(t, nil, 6, "a")
 	e := newEnv(t, receiver.Config{}, s)

@@ -270,6 +270,12 @@ func (r *Receiver) device(site, dev string) *device {
 //
 // Any other error (the store, the key folder or the signer failing) leaves the device's
 // stored state as it was; the same batch may be handled again.
+//
+// The store may be shared with other receivers: "the current head" is the head this
+// receiver last read, and the store's may be ahead of it. A batch that seems ahead of
+// a gap is decided again on a freshly read head before it is held, and an Append that
+// finds the head moved (ErrHeadMoved) is decided again on the new head, at most
+// maxAttempts times; a duplicate is answered from the head last read.
 func (r *Receiver) Handle(ctx context.Context, site, dev string, payload []byte) ([]byte, error) {
 	o, err := r.handle(ctx, site, dev, payload)
 	return o.receipt, err

@@ -36,6 +36,9 @@ type Server struct {
 
 	t    testing.TB
 	dir  string
+	bin  string
+	env  []string
+	opts Options
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  *syncBuffer
@@ -94,9 +97,9 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	var last error
 	for range 3 { // the free port may be taken between probing and chronyd's bind
-		s := &Server{t: t, dir: t.TempDir(), log: &syncBuffer{}}
+		s := &Server{t: t, dir: t.TempDir(), bin: bin, env: env, opts: o, log: &syncBuffer{}}
 		s.Addr = fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
-		if last = s.start(bin, env, o); last == nil {
+		if last = s.start(); last == nil {
 			t.Cleanup(s.Stop)
 			return s
 		}
@@ -115,7 +118,8 @@ func fakeTime(d time.Duration) string {
 	return fmt.Sprintf("%s%gs", sign, d.Seconds())
 }
 
-func (s *Server) start(bin string, env []string, o Options) error {
+func (s *Server) start() error {
+	bin, env, o := s.bin, s.env, s.opts
 	_, port, _ := net.SplitHostPort(s.Addr)
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "port %s\nbindaddress 127.0.0.1\nallow 127.0.0.1\n", port)
@@ -176,6 +180,16 @@ func (s *Server) Stop() {
 	s.cmd.Process.Kill()
 	<-s.done
 	s.cmd = nil
+}
+
+// Restart starts chronyd again on the same port with the same config (after Stop, or
+// as a crash and restart).
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("restart chronyd: %v", err)
+	}
 }
 
 // Log is what chronyd wrote (-d logs to stderr).

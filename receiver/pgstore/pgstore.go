@@ -155,6 +155,17 @@ func (s *Store) Migrate(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("pgstore migrate: %w", err)
 	}
+	known := map[int]bool{}
+	for _, m := range ms {
+		known[m.version] = true
+	}
+	for v := range applied {
+		if !known[v] {
+			// A newer receiver migrated this database. Its migrations only add, so an
+			// older one may run, but an operator should know.
+			s.log.Warn("database has a migration this receiver does not know; is an older version running?", "version", v)
+		}
+	}
 	var done []string
 	for _, m := range ms {
 		if applied[m.version] {

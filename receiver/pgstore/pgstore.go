@@ -161,8 +161,8 @@ func (s *Store) Migrate(ctx context.Context) error {
 	}
 	for v := range applied {
 		if !known[v] {
-			// A newer receiver migrated this database. Its migrations only add, so an
-			// older one may run, but an operator should know.
+			// A newer receiver migrated this database. This one may still work if
+			// those migrations only added things, but an operator should know.
 			s.log.Warn("database has a migration this receiver does not know; is an older version running?", "version", v)
 		}
 	}

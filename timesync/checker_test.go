@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -491,4 +492,78 @@ func BenchmarkState(b *testing.B) {
 			}
 		}
 	})
+}
+
+// logRecorder keeps log records for assertions.
+type logRecorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.records = append(h.records, r.Clone())
+	return nil
+}
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler      { return h }
+
+func (h *logRecorder) messages(level slog.Level) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, r := range h.records {
+		if r.Level == level {
+			msg := r.Message
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == logFailures || a.Key == logSuppressed {
+					msg += " " + a.Key + "=" + a.Value.String()
+				}
+				return true
+			})
+			out = append(out, msg)
+		}
+	}
+	return out
+}
+
+// TestLogRateLimited: a server failing at every check is logged at its first failure
+// and then at most every 30 s with the count of lines left out; its recovery is logged
+// once with the number of failures.
+func TestLogRateLimited(t *testing.T) {
+	h := &logRecorder{}
+	c, err := New(Config{Servers: []string{srvA}, Interval: 10 * time.Second}, nil, slog.New(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &fakeClock{r: reading{wall: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}}
+	c.clock = clk.now
+	f := &fakeNTP{queries: map[string]int{}}
+	c.query = f.query
+	for i := range 5 { // at 0, 10, 20, 30, 40 s: logged at 0 and at 30 (2 left out)
+		if i > 0 {
+			clk.advance(10*time.Second, 0)
+		}
+		c.check(t.Context())
+	}
+	f.answers = map[string]outcome{srvA: {r: resp(0, time.Millisecond)}}
+	clk.advance(10*time.Second, 0)
+	c.check(t.Context())
+	var failing []string
+	for _, m := range h.messages(slog.LevelWarn) {
+		if strings.HasPrefix(m, "ntp server gives no good answer") {
+			failing = append(failing, m)
+		}
+	}
+	if got, want := failing, []string{
+		"ntp server gives no good answer failures=1 suppressed=0",
+		"ntp server gives no good answer failures=4 suppressed=2",
+	}; !slices.Equal(got, want) {
+		t.Fatalf("warnings %q, want %q", got, want)
+	}
+	if got, want := h.messages(slog.LevelInfo), []string{"ntp server answers again failures=5", "clock synced"}; !slices.Equal(got, want) {
+		t.Fatalf("info %q, want %q", got, want)
+	}
 }

@@ -59,6 +59,7 @@ func TestDevicesCommands(t *testing.T) {
 		{"add", []string{"add", "-config", cfgPath, "-site", "s1", "-device", "d1", pub1}, "key " + kid(pub1) + " enrolled", ""},
 		{"add the same key", []string{"add", "-config", cfgPath, "-site", "s1", "-device", "d1", pub1}, "already enrolled", ""},
 		{"add another key", []string{"add", "-config", cfgPath, "-site", "s1", "-device", "d1", pub2}, "", "a different key is enrolled"},
+		{"add under central's own trail's site", []string{"add", "-config", cfgPath, "-site", "central", "-device", "c1", pub1}, "", "central's own audit trail"},
 		{"add a P-384 key", []string{"add", "-config", cfgPath, "-site", "s1", "-device", "d2", bad}, "", "not an ECDSA P-256 public key"},
 		{"replace", []string{"add", "-config", cfgPath, "-site", "s1", "-device", "d1", "-replace", pub2}, "replacing " + kid(pub1), ""},
 		{"list", []string{"list", "-config", cfgPath}, "s1    d1      " + kid(pub2), ""},

@@ -27,6 +27,10 @@ var (
 	ErrKeyExists = errors.New("a different key is enrolled")
 	// ErrNotEnrolled: no key is enrolled for the device.
 	ErrNotEnrolled = errors.New("no key enrolled")
+	// ErrReservedSite: the site name is central's own audit trail's (receive.audit_site);
+	// no device key is enrolled under it, so no batch from the network can extend
+	// central's trail.
+	ErrReservedSite = errors.New("the site is central's own audit trail (receive.audit_site)")
 )
 
 // LoadOrCreateKey loads central's receipt signing key at cfg.Key, creating it (0600, its

@@ -429,7 +429,13 @@ func (s *Server) offerKey(ctx context.Context, log *slog.Logger, limit *ratelog.
 	if len(payload) == 0 {
 		return // a cleared retained key: nothing offered
 	}
-	outcome, kid, enrolled, err := s.keys.Offer(site, device, payload)
+	var outcome, kid, enrolled string
+	var err error
+	if site == s.cfg.AuditSite {
+		err = fmt.Errorf("offered key of %s/%s: %w", site, device, ErrReservedSite)
+	} else {
+		outcome, kid, enrolled, err = s.keys.Offer(site, device, payload)
+	}
 	det := map[string]string{"site": site, "device": device, "key_id": kid, "tofu": "true"}
 	switch {
 	case err != nil:
@@ -486,6 +492,9 @@ func (s *Server) Record(ctx context.Context, events ...audit.Event) error {
 // the enrolment in central's trail (admin.key_change). The same key again changes and
 // records nothing.
 func (s *Server) AddDevice(ctx context.Context, site, device string, pemBytes []byte, replace bool) (Enrolment, error) {
+	if site == s.cfg.AuditSite {
+		return Enrolment{}, fmt.Errorf("add device %s/%s: %w", site, device, ErrReservedSite)
+	}
 	pub, _, err := ParseDeviceKey(pemBytes)
 	if err != nil {
 		return Enrolment{}, fmt.Errorf("add device %s/%s: %w", site, device, err)

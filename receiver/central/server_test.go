@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/internal/ratelog"
 	"github.com/edgeaudit/edgeaudit/internal/testmqtt"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
@@ -342,6 +343,11 @@ func TestTrustOnFirstUse(t *testing.T) {
 				}
 				return false
 			})
+			// A key offered under central's own trail's site is never taken.
+			srv.offerKey(t.Context(), testLogger(), new(ratelog.Limiter), "edgeaudit/"+cfg.AuditSite+"/"+cfg.AuditDevice+"/key", pubPEM(t, &other.PublicKey))
+			if _, err := os.Stat(filepath.Join(cfg.Devices, cfg.AuditSite)); !os.IsNotExist(err) {
+				t.Fatalf("a key was enrolled under the audit site: %v", err)
+			}
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}

@@ -500,9 +500,9 @@ type ServerStats struct {
 
 // Stats returns the state and each server's last result.
 func (c *Checker) Stats() Stats {
-	ts := c.State()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	ts := c.State() // stored under c.mu: consistent with best and servers
 	st := Stats{State: ts.State, Synced: ts.State == StateSynced, Error: ts.Error, Checks: c.checks, Steps: c.steps}
 	if b := c.best; b != nil {
 		st.Server, st.Offset, st.RTT, st.RootDistance, st.LastGood = b.server, b.offset, b.rtt, b.rootDistance, b.at.wall

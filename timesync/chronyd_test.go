@@ -2,6 +2,7 @@ package timesync
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -255,5 +256,23 @@ func TestBestOfTwo(t *testing.T) {
 	st := r.Stats()
 	if !strings.Contains(st.Servers[0].Error, "connection refused") {
 		t.Fatalf("dead server stats %+v, want its refusal", st.Servers[0])
+	}
+}
+
+// TestQueryCancel: a cancel ends a real query in flight (its socket is closed) with
+// ctx's error, not the query's 30 s timeout; this is what lets Run return promptly.
+func TestQueryCancel(t *testing.T) {
+	hole := testntp.BlackHole(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err := ntpQuery(ctx, hole, 30*time.Second)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("query cancelled in flight: %v, want context.Canceled", err)
+	}
+	// The real query against chronyd, for contrast, answers.
+	srv := testntp.Start(t, testntp.Options{})
+	r, err := ntpQuery(t.Context(), srv.Addr, 2*time.Second)
+	if err != nil || validate(r, DefaultMaxRootDistance) != nil {
+		t.Fatalf("query %s: %v", srv.Addr, err)
 	}
 }

@@ -469,33 +469,35 @@ func ntpQuery(ctx context.Context, addr string, timeout time.Duration) (*ntp.Res
 	return r, err
 }
 
-// Stats is a snapshot for health and metrics.
+// Stats is a snapshot for health and metrics (JSON for `edgeaudit health --json`;
+// durations in nanoseconds).
 type Stats struct {
-	State  string
-	Synced bool
+	State  string `json:"state"`
+	Synced bool   `json:"synced"`
 	// The answer behind the state; zero before the first good answer.
-	Server       string
-	Offset, RTT  time.Duration
-	RootDistance time.Duration
-	LastGood     time.Time
-	Error        string
-	Checks       uint64 // finished checks
-	Steps        uint64 // clock steps seen
-	Servers      []ServerStats
+	Server       string        `json:"server,omitempty"`
+	Offset       time.Duration `json:"offset_ns"`
+	RTT          time.Duration `json:"rtt_ns"`
+	RootDistance time.Duration `json:"root_distance_ns"`
+	LastGood     time.Time     `json:"last_good,omitzero"`
+	Error        string        `json:"error,omitempty"`
+	Checks       uint64        `json:"checks"` // finished checks
+	Steps        uint64        `json:"steps"`  // clock steps seen
+	Servers      []ServerStats `json:"servers"`
 }
 
 // ServerStats is one configured server.
 type ServerStats struct {
-	Server    string
-	LastQuery time.Time // zero before the first query
-	LastGood  time.Time
-	Offset    time.Duration // of the last good answer
-	RTT       time.Duration
-	Stratum   int
-	Error     string // the last failure; "" after a good answer
-	Failures  int    // consecutive failures
-	Backoff   int    // queried every Backoff intervals (RATE); 1 normally
-	Denied    bool   // DENY or RSTR: not queried until restart
+	Server    string        `json:"server"`
+	LastQuery time.Time     `json:"last_query,omitzero"` // zero before the first query
+	LastGood  time.Time     `json:"last_good,omitzero"`
+	Offset    time.Duration `json:"offset_ns"` // of the last good answer
+	RTT       time.Duration `json:"rtt_ns"`
+	Stratum   int           `json:"stratum,omitempty"`
+	Error     string        `json:"error,omitempty"`  // the last failure; "" after a good answer
+	Failures  int           `json:"failures"`         // consecutive failures
+	Backoff   int           `json:"backoff"`          // queried every Backoff intervals (RATE); 1 normally
+	Denied    bool          `json:"denied,omitempty"` // DENY or RSTR: not queried until restart
 }
 
 // Stats returns the state and each server's last result.

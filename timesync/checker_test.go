@@ -2,6 +2,7 @@ package timesync
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -565,5 +566,33 @@ func TestLogRateLimited(t *testing.T) {
 	}
 	if got, want := h.messages(slog.LevelInfo), []string{"ntp server answers again failures=5", "clock synced"}; !slices.Equal(got, want) {
 		t.Fatalf("info %q, want %q", got, want)
+	}
+}
+
+// TestStatsJSON: the health endpoint's JSON names the fields and leaves out the unset
+// times.
+func TestStatsJSON(t *testing.T) {
+	c, err := New(Config{Servers: []string{srvA, srvB}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeNTP{answers: map[string]outcome{srvA: {r: resp(2*time.Millisecond, time.Millisecond)}}, queries: map[string]int{}}
+	c.query = f.query
+	c.check(t.Context())
+	b, err := json.Marshal(c.Stats())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["state"] != StateSynced || got["offset_ns"] != float64(2*time.Millisecond) || got["server"] != srvA || got["last_good"] == nil {
+		t.Fatalf("stats JSON %s", b)
+	}
+	servers := got["servers"].([]any)
+	b1 := servers[1].(map[string]any)
+	if _, ok := b1["last_good"]; ok || b1["failures"] != float64(1) || !strings.Contains(b1["error"].(string), "timeout") {
+		t.Fatalf("second server JSON %v, want no last_good, one failure and its error", b1)
 	}
 }

@@ -268,6 +268,10 @@ type settleState struct {
 	published uint64    // seq of the last receipt this receiver published
 	due       time.Time // zero: no recheck scheduled
 	delay     time.Duration
+	// again asks for one more recheck after the due one: the device was active just
+	// before it, too close for the recheck to be sure to see what another receiver
+	// committed meanwhile.
+	again bool
 }
 
 func newSettler() *settler {
@@ -296,6 +300,8 @@ func (s *settler) touch(site, dev string, o outcome) {
 	case d.due.IsZero():
 		d.delay = settleDelay
 		s.schedule(d, now)
+	case d.due.Sub(now) < settleDelay/4:
+		d.again = true
 	}
 }
 
@@ -340,6 +346,12 @@ func (r *Receiver) settleDue(ctx context.Context, client mqtt.Client, s *settler
 		}
 		if err != nil || o.held {
 			d.delay = min(2*d.delay, settleMax)
+			d.due = now.Add(d.delay)
+			continue
+		}
+		if d.again {
+			d.again = false
+			d.delay = settleDelay
 			d.due = now.Add(d.delay)
 			continue
 		}

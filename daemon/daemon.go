@@ -37,6 +37,13 @@ type component interface {
 	Ready() <-chan struct{}
 }
 
+// finalSealWait bounds the wait for the last batch's signature at stop.
+const finalSealWait = 2 * time.Second
+
+// unsignedWarning: more closed batches than this waiting for a signature is a warning
+// (the signer does not keep up); a failing signer is a failure.
+const unsignedWarning = 100
+
 // pruneEvery is how often acknowledged batches past retention are deleted: a minute,
 // or half the retention when that is shorter (at least a second).
 func pruneEvery(retention time.Duration) time.Duration {
@@ -321,9 +328,13 @@ wait:
 	if err := self.record(sctx, stop); err != nil {
 		d.log.Error("record stop", "err", err)
 	}
-	if err := sp.Seal(sctx); err != nil {
+	// Bounded: with a failing signer the batch stays unsigned in the spool (signed at the
+	// next start) rather than eating the whole budget.
+	sealCtx, cancelSeal := context.WithTimeout(sctx, finalSealWait)
+	if err := sp.Seal(sealCtx); err != nil {
 		d.log.Error("seal open batch at shutdown", "err", err)
 	}
+	cancelSeal()
 	if up != nil {
 		d.drainUplink(sctx, up)
 	}
@@ -450,6 +461,11 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 			h.Lost = st.Lost
 			h.Failures = append(h.Failures, fmt.Sprintf("%d accepted events could not be committed and were lost (recorded)", st.Lost))
 		}
+		if st.SignFailing {
+			h.Failures = append(h.Failures, fmt.Sprintf("the signer fails: %d closed batches wait for their signature (events are still committed; the chain records the fault)", st.Unsigned))
+		} else if st.Unsigned > unsignedWarning {
+			h.Warnings = append(h.Warnings, fmt.Sprintf("%d closed batches wait for their signature (a slow signer)", st.Unsigned))
+		}
 		if st.HeadFileErrors > 0 {
 			h.Warnings = append(h.Warnings, "the head file could not be written (rollback detection is degraded)")
 		}
@@ -467,7 +483,7 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 		switch {
 		case len(h.Failures) > 0:
 			h.Status, code = "failure", http.StatusServiceUnavailable
-		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0 || upWarn):
+		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0 || upWarn || st.Unsigned > unsignedWarning):
 			h.Status = "warning"
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -501,6 +517,8 @@ var (
 	mHeadErrs    = prometheus.NewDesc("edgeaudit_spool_head_file_errors_total", "Failed writes of the head file kept outside bbolt.", nil, nil)
 	mScrubbed    = prometheus.NewDesc("edgeaudit_spool_scrubbed_batches_total", "Batches verified by the background scrub.", nil, nil)
 	mScrubBad    = prometheus.NewDesc("edgeaudit_spool_scrub_damaged_total", "Damaged batches found by the background scrub.", nil, nil)
+	mUnsigned    = prometheus.NewDesc("edgeaudit_spool_unsigned_batches", "Closed batches waiting for their signature.", nil, nil)
+	mSignErrs    = prometheus.NewDesc("edgeaudit_spool_sign_errors_total", "Failed signatures of batch headers (each is retried).", nil, nil)
 	mReceived    = prometheus.NewDesc("edgeaudit_syslog_received_total", "Syslog messages handed to the spool.", []string{"transport"}, nil)
 	mMalformed   = prometheus.NewDesc("edgeaudit_syslog_malformed_total", "Syslog messages kept although they did not parse.", nil, nil)
 	mConnsOpen   = prometheus.NewDesc("edgeaudit_syslog_connections_open", "Open syslog TCP and TLS connections.", nil, nil)
@@ -532,7 +550,7 @@ func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *s
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
-		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad,
+		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad, mUnsigned, mSignErrs,
 		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mHL7NoAck, mFHIREvents, mFHIRUnavail,
 		mFHIRConns, mFHIRInfl, mFHIROver, mEvicted, mDrained, mUnreadFr, mUnreadBy, mRELPRefused, mRELPUnacked} {
 		ch <- d
@@ -567,6 +585,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	c(mHeadErrs, st.HeadFileErrors)
 	c(mScrubbed, st.Scrubbed)
 	c(mScrubBad, st.ScrubDamaged)
+	g(mUnsigned, float64(st.Unsigned))
+	c(mSignErrs, st.SignErrors)
 	ss := m.sl.Stats()
 	for _, t := range []string{"udp", "tcp", "tls"} {
 		ch <- prometheus.MustNewConstMetric(mReceived, prometheus.CounterValue, float64(ss.Received[t]), t)

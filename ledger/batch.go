@@ -240,12 +240,18 @@ func EventsRoot(events [][]byte) Hash {
 	return Root(leaves)
 }
 
-// Seal fills in count, root, version and algorithm, encodes the header once and signs
-// SHA-256 of those exact bytes with sign.
-func (h *Header) Seal(root Hash, count int, sign func(digest []byte) ([]byte, error)) (header, sig []byte, err error) {
+// Prepare fills in count, root, version and algorithm and encodes the header once: the
+// exact bytes that are signed and hashed. The spool prepares a batch's header when the
+// batch closes and signs it later, outside its write transaction.
+func (h *Header) Prepare(root Hash, count int) ([]byte, error) {
 	h.Version, h.Alg, h.Count = FormatVersion, AlgECDSAP256SHA256, count
 	h.Root = hex.EncodeToString(root[:])
-	if header, err = h.Encode(); err != nil {
+	return h.Encode()
+}
+
+// Seal prepares the header (Prepare) and signs SHA-256 of its exact bytes with sign.
+func (h *Header) Seal(root Hash, count int, sign func(digest []byte) ([]byte, error)) (header, sig []byte, err error) {
+	if header, err = h.Prepare(root, count); err != nil {
 		return nil, nil, err
 	}
 	d := sha256.Sum256(header)

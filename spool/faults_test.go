@@ -312,6 +312,24 @@ func TestIOErrorIsNotDamage(t *testing.T) {
 	}
 }
 
+// commitFault fails the spool's commits while broken is set, as a failing disk would.
+type commitFault struct {
+	broken atomic.Bool
+	fails  atomic.Int64
+}
+
+// install makes s's commits consult f.
+func (f *commitFault) install(s *Spool) {
+	fn := func() error {
+		if f.broken.Load() {
+			f.fails.Add(1)
+			return errors.New("injected I/O error")
+		}
+		return nil
+	}
+	s.commitFault.Store(&fn)
+}
+
 // flakySigner fails while broken is set: a commit that seals then fails, as one on a
 // full disk or with a TPM that is briefly away does.
 type flakySigner struct {
@@ -333,9 +351,10 @@ func (f *flakySigner) Public() *ecdsa.PublicKey { return f.Signer.Public() }
 // fault clears; none is acknowledged with an error, none is lost, and meanwhile the
 // spool refuses new events (backpressure) instead of accepting and dropping them.
 func TestFailedCommitKeepsEvents(t *testing.T) {
-	sig := &flakySigner{Signer: newSigner(t)}
-	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 10, MaxAge: time.Hour}, sig)
+	sig := &commitFault{}
+	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 10, MaxAge: time.Hour}, newSigner(t))
 	defer s.Close()
+	sig.install(s)
 	sig.broken.Store(true)
 	const n = 25
 	var wg sync.WaitGroup
@@ -382,9 +401,11 @@ func TestFailedCommitKeepsEvents(t *testing.T) {
 // as lost, and the next Open writes the loss into the chain.
 func TestLossRecordedAtClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool.db")
-	sig := &flakySigner{Signer: newSigner(t)}
+	signer := newSigner(t)
+	sig := &commitFault{}
 	cfg := Config{MaxEvents: 5, MaxAge: time.Hour, CloseGrace: 200 * time.Millisecond}
-	s := openSpool(t, path, cfg, sig)
+	s := openSpool(t, path, cfg, signer)
+	sig.install(s)
 	sig.broken.Store(true)
 	const n = 12
 	var errs atomic.Int64
@@ -404,8 +425,7 @@ func TestLossRecordedAtClose(t *testing.T) {
 	if got := errs.Load(); got != n {
 		t.Fatalf("done(err) for %d events, want %d", got, n)
 	}
-	sig.broken.Store(false)
-	s = openSpool(t, path, cfg, sig)
+	s = openSpool(t, path, cfg, signer)
 	defer s.Close()
 	if err := s.Seal(t.Context()); err != nil {
 		t.Fatal(err)
@@ -621,13 +641,14 @@ func (h *countingHandler) count(prefix string) int {
 // every time, 17 lines a second).
 func TestFailingCommitLogsAreRateLimited(t *testing.T) {
 	h := &countingHandler{n: map[string]int{}}
-	sig := &flakySigner{Signer: newSigner(t)}
+	sig := &commitFault{}
 	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 1, MaxAge: time.Hour, MinFreeBytes: 1},
-		Options{Signer: sig, Logger: slog.New(h)})
+		Options{Signer: newSigner(t), Logger: slog.New(h)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	sig.install(s)
 	sig.broken.Store(true)
 	ch := make(chan error, 1)
 	if err := s.Append(t.Context(), ev(1), func(err error) { ch <- err }); err != nil {
@@ -660,9 +681,10 @@ func TestFailingCommitLogsAreRateLimited(t *testing.T) {
 // it. Close must still return (after close_grace, with the events counted as lost): the
 // writer must not wait on the lock that Close is queued for.
 func TestCloseWhileCommitsFailAndQueueIsFull(t *testing.T) {
-	sig := &flakySigner{Signer: newSigner(t)}
+	sig := &commitFault{}
 	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"),
-		Config{MaxEvents: 1, MaxAge: time.Hour, QueueSize: 2, CloseGrace: 100 * time.Millisecond}, sig)
+		Config{MaxEvents: 1, MaxAge: time.Hour, QueueSize: 2, CloseGrace: 100 * time.Millisecond}, newSigner(t))
+	sig.install(s)
 	sig.broken.Store(true)
 	blocked := make(chan struct{})
 	go func() {

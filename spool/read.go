@@ -54,7 +54,8 @@ type Position struct {
 	AckedSeq   uint64 // central acknowledged up to here
 	PrunedSeq  uint64 // batches up to here were deleted (acked and past retention)
 	PrunedHash string // header hash of batch PrunedSeq: the anchor for verifying the rest
-	OpenEvents int    // committed events not yet sealed
+	OpenEvents int    // committed events not yet in a signed batch (the open batch and those waiting for a signature)
+	Unsigned   int    // closed batches waiting for their signature
 }
 
 func position(tx *bolt.Tx) Position {
@@ -67,10 +68,16 @@ func position(tx *bolt.Tx) Position {
 		HeadHash: hex.EncodeToString(m.Get(keyHeadHash)), AckedSeq: getU64(m, keyAckedSeq),
 		PrunedSeq: getU64(m, keyPrunedSeq), PrunedHash: hex.EncodeToString(m.Get(keyPrunedHash)),
 	}
-	prefix := seqKey(p.HeadSeq + 1)
 	c := tx.Bucket(bucketEvents).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+	for k, _ := c.Seek(seqKey(p.HeadSeq + 1)); k != nil; k, _ = c.Next() {
 		p.OpenEvents++
+	}
+	if ub := tx.Bucket(bucketUnsigned); ub != nil {
+		uc := ub.Cursor()
+		if first, _ := uc.First(); first != nil {
+			last, _ := uc.Last()
+			p.Unsigned = int(binary.BigEndian.Uint64(last) - binary.BigEndian.Uint64(first) + 1)
+		}
 	}
 	return p
 }

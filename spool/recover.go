@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -193,7 +194,7 @@ func (s *Spool) load() (err error) {
 		if err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketEvents, bucketBatches} {
+		for _, b := range [][]byte{bucketEvents, bucketBatches, bucketUnsigned} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -230,12 +231,15 @@ func (s *Spool) readState() (err error) {
 		if err := s.verifyTail(tx, st.headSeq, st.headHash); err != nil {
 			return err
 		}
+		if err := readUnsigned(tx, &st); err != nil {
+			return err
+		}
 		// Events of the open batch: committed but not yet sealed when we stopped.
 		c := tx.Bucket(bucketEvents).Cursor()
-		prefix := seqKey(st.headSeq + 1)
-		for k, v := c.Seek(prefix); k != nil; k, v = c.Next() {
-			if binary.BigEndian.Uint64(k) != st.headSeq+1 {
-				return fmt.Errorf("%w: event key for seq %d beyond the open batch %d", ErrChainBroken, binary.BigEndian.Uint64(k), st.headSeq+1)
+		open := st.sealedSeq + 1
+		for k, v := c.Seek(seqKey(open)); k != nil; k, v = c.Next() {
+			if binary.BigEndian.Uint64(k) != open {
+				return fmt.Errorf("%w: event key for seq %d beyond the open batch %d", ErrChainBroken, binary.BigEndian.Uint64(k), open)
 			}
 			if idx := binary.BigEndian.Uint32(k[8:]); int(idx) != len(st.leaves) {
 				return fmt.Errorf("%w: open batch event %d missing", ErrChainBroken, len(st.leaves))
@@ -265,6 +269,48 @@ func (s *Spool) readState() (err error) {
 	}
 	st.lastSeal = now
 	s.st = st
+	return nil
+}
+
+// readUnsigned reads the prepared headers that wait for a signature (headSeq+1 … in
+// order) and checks each against the chain and against its stored events, so that what
+// is signed after a restart is what was closed before it.
+func readUnsigned(tx *bolt.Tx, st *state) error {
+	st.sealedSeq, st.sealedHash = st.headSeq, st.headHash
+	ub := tx.Bucket(bucketUnsigned)
+	if ub == nil { // a spool from before unsigned headers, opened read-only
+		return nil
+	}
+	events := tx.Bucket(bucketEvents)
+	c := ub.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		seq := binary.BigEndian.Uint64(k)
+		if seq != st.sealedSeq+1 {
+			return fmt.Errorf("%w: unsigned header %d after seq %d", ErrChainBroken, seq, st.sealedSeq)
+		}
+		h, err := ledger.ParseHeader(v)
+		if err != nil {
+			return fmt.Errorf("%w: unsigned header %d: %v", ErrChainBroken, seq, err)
+		}
+		prev := ledger.ZeroHash
+		if st.sealedSeq > 0 {
+			prev = hex.EncodeToString(st.sealedHash[:])
+		}
+		if h.Seq != seq || h.Chain != st.chain || h.Prev != prev {
+			return fmt.Errorf("%w: unsigned header %d does not link to seq %d", ErrChainBroken, seq, st.sealedSeq)
+		}
+		var leaves []ledger.Hash
+		ec := events.Cursor()
+		prefix := seqKey(seq)
+		for ek, ev := ec.Seek(prefix); ek != nil && bytes.HasPrefix(ek, prefix); ek, ev = ec.Next() {
+			leaves = append(leaves, ledger.LeafHash(ev))
+		}
+		if root := ledger.Root(leaves); len(leaves) != h.Count || hex.EncodeToString(root[:]) != h.Root {
+			return fmt.Errorf("%w: unsigned header %d does not match its %d stored events", ErrChainBroken, seq, len(leaves))
+		}
+		st.unsigned = append(st.unsigned, pendingHeader{seq: seq, header: bytes.Clone(v)})
+		st.sealedSeq, st.sealedHash = seq, ledger.HeaderHash(v)
+	}
 	return nil
 }
 

@@ -69,6 +69,9 @@ var (
 	bucketMeta    = []byte("meta")
 	bucketEvents  = []byte("events")
 	bucketBatches = []byte("batches")
+	// bucketUnsigned holds prepared headers (seq → header bytes) of closed batches
+	// waiting for their signature: headSeq+1 … in order (sign.go).
+	bucketUnsigned = []byte("unsigned")
 
 	keyChain      = []byte("chain")       // 32 hex digits
 	keyHeadSeq    = []byte("head_seq")    // u64: last sealed seq
@@ -109,10 +112,15 @@ const rawQueueSize = 4096
 // state is the chain head and the open batch; only the writer goroutine touches it
 // after Open.
 type state struct {
-	chain       string
-	headSeq     uint64
-	headHash    ledger.Hash
-	leaves      []ledger.Hash // open batch (seq headSeq+1)
+	chain    string
+	headSeq  uint64 // last signed batch: the head readers see
+	headHash ledger.Hash
+	// sealedSeq is the last batch whose header is prepared; unsigned holds the headers of
+	// headSeq+1 … sealedSeq, waiting for their signatures (see sign.go).
+	sealedSeq   uint64
+	sealedHash  ledger.Hash
+	unsigned    []pendingHeader
+	leaves      []ledger.Hash // open batch (seq sealedSeq+1)
 	bytes       int64         // encoded size of the open batch's events
 	first, last time.Time     // received times in the open batch
 	opened      time.Time     // wall clock when the open batch got its first event
@@ -135,16 +143,31 @@ type Spool struct {
 	queue   chan item    // encoder → writer
 	done    chan struct{}
 
-	st       state     // writer-owned
-	stale    bool      // writer-owned: a failed commit's reload failed; reload before committing
-	head     *headFile // writer-owned after Open
-	space    space
-	full     atomic.Bool // collectors' events are refused
-	holding  atomic.Bool // a commit is failing or waits for room; its events are kept
-	headErr  atomic.Bool // the last head file write failed
-	pageSize int64
-	stats    counters
-	logs     ratelog.Limiter
+	st    state   // writer-owned
+	sign  signing // writer-owned
+	stale bool    // writer-owned: a failed commit's reload failed; reload before committing
+
+	// The signer goroutine (sign.go): jobs from the writer, results back to it.
+	signJobs    chan signJob
+	signed      chan signResult
+	signStop    chan struct{}
+	signDone    chan struct{}
+	signCtx     context.Context
+	signCancel  context.CancelFunc
+	signFailing atomic.Bool
+	unsignedN   atomic.Int64 // prepared headers waiting for a signature, for Stats
+
+	// commitFault, when set (tests only), fails commits as a failing disk would; the
+	// real-disk version of those faults is TestFullTmpfs.
+	commitFault atomic.Pointer[func() error]
+	head        *headFile // writer-owned after Open
+	space       space
+	full        atomic.Bool // collectors' events are refused
+	holding     atomic.Bool // a commit is failing or waits for room; its events are kept
+	headErr     atomic.Bool // the last head file write failed
+	pageSize    int64
+	stats       counters
+	logs        ratelog.Limiter
 
 	incMu     sync.Mutex
 	incidents []Incident // what Open and the scrub found, for health
@@ -152,7 +175,7 @@ type Spool struct {
 
 type counters struct {
 	appended, committed, commits, sealed, refusedFull, commitErrors, pruned, lost, headErrors atomic.Uint64
-	scrubbed, scrubDamaged                                                                    atomic.Uint64
+	scrubbed, scrubDamaged, signErrors                                                        atomic.Uint64
 }
 
 // Stats is a snapshot of the spool's counters.
@@ -165,7 +188,12 @@ type Stats struct {
 	HeadFileErrors uint64
 	// Scrubbed and ScrubDamaged count batches the background scrub verified and found bad.
 	Scrubbed, ScrubDamaged uint64
-	HeadSeq, AckedSeq      uint64
+	// Unsigned is how many closed batches wait for their signature; SignErrors counts
+	// failed signatures (each retried); SignFailing is true while the signer fails.
+	Unsigned          uint64
+	SignErrors        uint64
+	SignFailing       bool
+	HeadSeq, AckedSeq uint64
 	// Full: collectors' events are refused. Holding: a commit is failing or waiting for
 	// room, and its events are kept in memory.
 	Full, Holding bool
@@ -232,15 +260,21 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		raw:   make(chan rawItem, min(rawQueueSize, cfg.QueueSize)),
 		queue: make(chan item, cfg.QueueSize),
 		done:  make(chan struct{}),
+
+		signJobs: make(chan signJob, 1),
+		signed:   make(chan signResult),
+		signStop: make(chan struct{}),
+		signDone: make(chan struct{}),
 	}
+	s.signCtx, s.signCancel = context.WithCancel(context.Background())
 	evidence, err := s.recover()
 	if err != nil {
 		return nil, err
 	}
-	if s.st.headSeq > 0 || len(s.st.leaves) > 0 {
+	if s.st.headSeq > 0 || len(s.st.leaves) > 0 || len(s.st.unsigned) > 0 {
 		// Logged here, once per Open: the reload after every failed commit reads the
 		// same state, and must not log it each time.
-		s.log.Info("spool recovered", "head_seq", s.st.headSeq, "open_events", len(s.st.leaves))
+		s.log.Info("spool recovered", "head_seq", s.st.headSeq, "unsigned", len(s.st.unsigned), "open_events", len(s.st.leaves))
 	}
 	hf, err := openHeadFile(headPath(path))
 	if err != nil {
@@ -255,6 +289,7 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	s.full.Store(true)
 	s.refreshSpace()
 	go s.encoder()
+	go s.signLoop()
 	go s.writer()
 	now := s.opts.Now()
 	for i := range evidence {
@@ -367,7 +402,8 @@ func (s *Spool) send(ctx context.Context, ri rawItem) error {
 }
 
 // Seal seals the open batch now if it holds events (shutdown, tests), after every event
-// appended before the call. It waits for the commit.
+// appended before the call. It waits until that batch, and every batch closed before it,
+// is signed and committed: while the signer fails, that is until ctx ends.
 func (s *Spool) Seal(ctx context.Context) error {
 	ch := make(chan error, 1)
 	s.mu.RLock()
@@ -393,7 +429,9 @@ func (s *Spool) Seal(ctx context.Context) error {
 // Close stops taking events, commits what is queued (without sealing it: the next Open
 // continues the open batch) and closes the database. If the queued events cannot be
 // committed (a disk that stays full or failing), Close retries for close_grace, then
-// counts them as lost and records the loss for the next Open.
+// counts them as lost and records the loss for the next Open. Closed batches still
+// waiting for a signature get close_grace too; what is left stays in the spool and is
+// signed at the next Open.
 func (s *Spool) Close() error {
 	s.closing.Store(true)
 	s.mu.Lock()
@@ -405,6 +443,7 @@ func (s *Spool) Close() error {
 	close(s.raw)
 	s.mu.Unlock()
 	<-s.done
+	<-s.signDone
 	return errors.Join(wrapErr("close head file", s.head.close()), wrapErr("close spool", s.db.Close()))
 }
 
@@ -430,6 +469,7 @@ func (s *Spool) Stats() Stats {
 		Pruned: c.pruned.Load(), Lost: c.lost.Load(), HeadFileErrors: c.headErrors.Load(),
 		Scrubbed: c.scrubbed.Load(), ScrubDamaged: c.scrubDamaged.Load(),
 		HeadSeq: head, AckedSeq: acked, Full: s.full.Load(), Holding: s.holding.Load(),
+		Unsigned: uint64(max(s.unsignedN.Load(), 0)), SignErrors: c.signErrors.Load(), SignFailing: s.signFailing.Load(),
 	}
 }
 

@@ -48,6 +48,18 @@ func ev(i int) *audit.Event {
 		Action: "system.log", Outcome: audit.OutcomeUnknown, Message: fmt.Sprintf("event %d", i)}
 }
 
+// waitSigned waits until every closed batch is signed (the open batch is empty in the
+// tests that call it, so Seal closes nothing new).
+func waitSigned(t testing.TB, s *Spool) {
+	t.Helper()
+	if p, _ := s.Position(); p.OpenEvents > 0 && p.Unsigned == 0 {
+		t.Fatalf("waitSigned with %d events in the open batch", p.OpenEvents)
+	}
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func appendSync(t testing.TB, s *Spool, e *audit.Event) {
 	t.Helper()
 	ch := make(chan error, 1)
@@ -198,6 +210,7 @@ func TestRecoverOpenBatchAfterClose(t *testing.T) {
 	for i := range 5 {
 		appendSync(t, s, ev(100+i))
 	}
+	waitSigned(t, s)
 	p, _ = s.Position()
 	if got, want := p.HeadSeq, uint64(3); got != want {
 		t.Fatalf("head=%d, want %d (recovered batch filled up)", got, want)
@@ -249,6 +262,7 @@ func TestAckAndPrune(t *testing.T) {
 	for i := range 25 {
 		appendSync(t, s, ev(i))
 	}
+	waitSigned(t, s)
 	if n, err := s.Prune(time.Now().Add(48 * time.Hour)); err != nil || n != 0 {
 		t.Fatalf("prune before any ack: n=%d err=%v, want 0 (never delete unacked)", n, err)
 	}
@@ -462,6 +476,7 @@ func TestOnSeal(t *testing.T) {
 		t.Fatalf("OnSeal called %d times before any seal", got)
 	}
 	appendSync(t, s, ev(2)) // the third event fills the batch
+	waitSigned(t, s)
 	if got, want := seals.Load(), int32(1); got != want {
 		t.Fatalf("OnSeal called %d times after the batch filled, want %d", got, want)
 	}

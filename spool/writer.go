@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -61,7 +60,8 @@ func (s *Spool) encode(e *audit.Event, cost int64) item {
 
 // writer owns the chain head. Each round it takes what is queued, commits it in one
 // transaction, and only then calls the events' done callbacks. A round that cannot be
-// committed is kept and retried, never dropped (see commitRetrying).
+// committed is kept and retried, never dropped (see commitRetrying). Signatures from the
+// signer goroutine ride along in the next round's transaction (sign.go).
 func (s *Spool) writer() {
 	defer close(s.done)
 	// bbolt reads pages through a memory map; a damaged page must fail this goroutine's
@@ -70,6 +70,7 @@ func (s *Spool) writer() {
 	tick := min(s.cfg.MaxAge/4, 250*time.Millisecond)
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
+	s.dispatch() // headers left unsigned by the last run
 	items := make([]item, 0, s.cfg.CommitEvents)
 	for {
 		items = items[:0]
@@ -93,6 +94,8 @@ func (s *Spool) writer() {
 		select {
 		case it, ok := <-s.queue:
 			take(it, ok)
+		case r := <-s.signed:
+			s.takeSignature(r)
 		case <-ticker.C:
 		}
 		// Take what else is queued; a Seal request ends the transaction, so that it
@@ -113,11 +116,52 @@ func (s *Spool) writer() {
 			}
 		}
 		if sealWaiter != nil {
-			sealWaiter <- err
+			if err != nil {
+				sealWaiter <- err
+			} else {
+				// Answered once the batch just closed, and all before it, are signed.
+				s.sign.waiters = append(s.sign.waiters, sealWait{target: s.st.sealedSeq, ch: sealWaiter})
+				s.wakeWaiters()
+			}
 		}
 		if closed {
+			s.finishSigning()
 			return
 		}
+	}
+}
+
+// finishSigning gives the headers still unsigned at Close the close grace to be signed
+// and committed, then stops the signer. What is left stays in the unsigned bucket for
+// the next Open.
+func (s *Spool) finishSigning() {
+	deadline := time.NewTimer(s.cfg.CloseGrace)
+	defer deadline.Stop()
+wait:
+	for s.sign.busy || len(s.sign.sigs) > 0 {
+		if len(s.sign.sigs) > 0 {
+			if err := s.commitRetrying(nil, false, true); err != nil {
+				break
+			}
+			s.wakeWaiters()
+			continue
+		}
+		select {
+		case r := <-s.signed:
+			s.takeSignature(r)
+		case <-deadline.C:
+			break wait
+		}
+	}
+	close(s.signStop)
+	s.signCancel()
+	close(s.signJobs)
+	for _, w := range s.sign.waiters {
+		w.ch <- ErrClosed
+	}
+	s.sign.waiters = nil
+	if n := len(s.st.unsigned); n > 0 {
+		s.log.Warn("closing with batches not yet signed; they are signed at the next open", "unsigned", n)
 	}
 }
 
@@ -220,17 +264,26 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 	st := &s.st
 	dueAge := len(st.leaves) > 0 && now.Sub(st.opened) >= s.cfg.MaxAge
 	dueHeartbeat := now.Sub(st.lastSeal) >= s.cfg.Heartbeat
-	if len(items) == 0 && !dueAge && !dueHeartbeat && !(forceSeal && len(st.leaves) > 0) {
+	sigs := s.sign.sigs
+	if len(items) == 0 && len(sigs) == 0 && !dueAge && !dueHeartbeat && !(forceSeal && len(st.leaves) > 0) {
 		s.refreshSpace()
 		return nil
 	}
 	sealed := 0
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if f := s.commitFault.Load(); f != nil {
+			if err := (*f)(); err != nil {
+				return err
+			}
+		}
+		if err := s.putSignatures(tx, sigs); err != nil {
+			return err
+		}
 		ev := tx.Bucket(bucketEvents)
 		ev.FillPercent = 1.0 // keys only ever grow: full pages make the file ~half the size
 		var key [12]byte
 		for _, it := range items {
-			binary.BigEndian.PutUint64(key[:8], st.headSeq+1)
+			binary.BigEndian.PutUint64(key[:8], st.sealedSeq+1)
 			binary.BigEndian.PutUint32(key[8:], uint32(len(st.leaves)))
 			if err := ev.Put(key[:], it.buf[1:]); err != nil {
 				return err
@@ -274,14 +327,54 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 	s.space.release(cost)
 	s.stats.commits.Add(1)
 	s.stats.committed.Add(uint64(len(items)))
-	s.stats.sealed.Add(uint64(sealed))
-	if sealed > 0 {
+	if n := len(sigs); n > 0 {
+		st.unsigned = st.unsigned[n:]
+		s.sign.sigs = s.sign.sigs[:0]
+		s.stats.sealed.Add(uint64(n))
 		s.writeHead()
 		if s.opts.OnSeal != nil {
 			s.opts.OnSeal()
 		}
+		s.wakeWaiters()
+	}
+	s.unsignedN.Store(int64(len(st.unsigned)))
+	if sealed > 0 || len(sigs) > 0 {
+		s.dispatch()
 	}
 	s.refreshSpace()
+	return nil
+}
+
+// putSignatures stores the signed batches headSeq+1 … and moves the head to the last.
+func (s *Spool) putSignatures(tx *bolt.Tx, sigs []signResult) error {
+	if len(sigs) == 0 {
+		return nil
+	}
+	st := &s.st
+	batches, unsigned := tx.Bucket(bucketBatches), tx.Bucket(bucketUnsigned)
+	var hh ledger.Hash
+	for i, r := range sigs {
+		p := st.unsigned[i]
+		if p.seq != r.seq || p.seq != st.headSeq+1+uint64(i) {
+			return fmt.Errorf("signature for seq %d, the next unsigned header is %d", r.seq, p.seq)
+		}
+		if err := batches.Put(seqKey(p.seq), encodeStored(p.header, r.sig)); err != nil {
+			return err
+		}
+		if err := unsigned.Delete(seqKey(p.seq)); err != nil {
+			return err
+		}
+		hh = ledger.HeaderHash(p.header)
+	}
+	last := sigs[len(sigs)-1].seq
+	meta := tx.Bucket(bucketMeta)
+	if err := meta.Put(keyHeadSeq, u64(last)); err != nil {
+		return err
+	}
+	if err := meta.Put(keyHeadHash, hh[:]); err != nil {
+		return err
+	}
+	st.headSeq, st.headHash = last, hh
 	return nil
 }
 
@@ -315,17 +408,18 @@ func (s *Spool) reload() error {
 	return nil
 }
 
-// seal closes the open batch inside tx: header, signature, head.
+// seal closes the open batch inside tx: its header is prepared and stored unsigned, and
+// the next batch links to it. The signature comes later (sign.go).
 func (s *Spool) seal(tx *bolt.Tx, now time.Time) error {
 	st := &s.st
 	h := ledger.Header{
 		Site: s.opts.Site, Device: s.opts.Device, Chain: st.chain,
-		Seq: st.headSeq + 1, Prev: ledger.ZeroHash,
+		Seq: st.sealedSeq + 1, Prev: ledger.ZeroHash,
 		Sealed: now.UTC().Format(audit.TimeFormat),
 		KeyID:  s.opts.Signer.KeyID(),
 	}
-	if st.headSeq > 0 {
-		h.Prev = hex.EncodeToString(st.headHash[:])
+	if st.sealedSeq > 0 {
+		h.Prev = hex.EncodeToString(st.sealedHash[:])
 	}
 	if len(st.leaves) > 0 {
 		h.First = st.first.UTC().Format(audit.TimeFormat)
@@ -336,26 +430,15 @@ func (s *Spool) seal(tx *bolt.Tx, now time.Time) error {
 	} else {
 		h.TimeSync = ledger.TimeSync{State: "unknown"}
 	}
-	hb, sig, err := h.Seal(ledger.Root(st.leaves), len(st.leaves), func(d []byte) ([]byte, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return s.opts.Signer.Sign(ctx, d)
-	})
+	hb, err := h.Prepare(ledger.Root(st.leaves), len(st.leaves))
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketBatches).Put(seqKey(h.Seq), encodeStored(hb, sig)); err != nil {
+	if err := tx.Bucket(bucketUnsigned).Put(seqKey(h.Seq), hb); err != nil {
 		return err
 	}
-	hh := ledger.HeaderHash(hb)
-	meta := tx.Bucket(bucketMeta)
-	if err := meta.Put(keyHeadSeq, u64(h.Seq)); err != nil {
-		return err
-	}
-	if err := meta.Put(keyHeadHash, hh[:]); err != nil {
-		return err
-	}
-	st.headSeq, st.headHash = h.Seq, hh
+	st.sealedSeq, st.sealedHash = h.Seq, ledger.HeaderHash(hb)
+	st.unsigned = append(st.unsigned, pendingHeader{seq: h.Seq, header: hb})
 	st.leaves, st.bytes = st.leaves[:0], 0
 	st.first, st.last, st.lastSeal = time.Time{}, time.Time{}, now
 	return nil

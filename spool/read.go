@@ -255,13 +255,13 @@ func (r *Reader) Batches(from uint64, fn func(*ledger.Batch) error) error {
 	return batches(r.db, from, fn)
 }
 
-// OpenEvents returns the committed events of the open (not yet sealed) batch.
+// OpenEvents returns the committed events not yet in a signed batch: those of batches
+// that wait for their signature, then those of the open batch, in order.
 func (r *Reader) OpenEvents() ([][]byte, error) {
 	var out [][]byte
 	err := safeView(r.db, func(tx *bolt.Tx) error {
-		prefix := seqKey(position(tx).HeadSeq + 1)
 		c := tx.Bucket(bucketEvents).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		for k, v := c.Seek(seqKey(position(tx).HeadSeq + 1)); k != nil; k, v = c.Next() {
 			out = append(out, bytes.Clone(v))
 		}
 		return nil

@@ -237,3 +237,38 @@ func BenchmarkIngestSigner(b *testing.B) {
 		})
 	}
 }
+
+// A reader of a closed spool (export -events -open) sees the events of batches that
+// wait for their signature as well as the open batch's: nothing committed is hidden.
+func TestReaderOpenEventsIncludeUnsigned(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spool.db")
+	sig := &flakySigner{Signer: newSigner(t)}
+	s := openSpool(t, path, Config{MaxEvents: 10, MaxAge: time.Hour, CloseGrace: 50 * time.Millisecond}, sig)
+	sig.broken.Store(true)
+	for i := range 25 {
+		appendSync(t, s, ev(i))
+	}
+	s.Close()
+	r, err := OpenReader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	evs, err := r.OpenEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range evs {
+		e, err := audit.Decode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Action != ActionSigningFailed {
+			got = append(got, e.Message)
+		}
+	}
+	if len(got) != 25 || got[0] != "event 0" || got[24] != "event 24" {
+		t.Fatalf("open events %d (%q … %q), want events 0..24 in order", len(got), got[0], got[len(got)-1])
+	}
+}

@@ -154,7 +154,9 @@ func (c *tpmConn) Send(cmd []byte) ([]byte, error) {
 		}
 		tp, err := c.open()
 		if err != nil {
-			return nil, fmt.Errorf("%w: reconnect %s: %w", errTransport, c.spec, err)
+			// %v, not %w: a TPM that goes away at run time is a failure (ErrTPM),
+			// never ErrNoTPM's fallback to software keys.
+			return nil, fmt.Errorf("%w: reconnect %s: %v", errTransport, c.spec, err)
 		}
 		c.tp = tp
 	}

@@ -404,3 +404,45 @@ func TestOpenTPMErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestTPMGoneAtRunTime: a TPM that stops answering after the keys loaded is ErrTPM, never
+// ErrNoTPM (which would allow a fallback to software keys), and the same signer works
+// again once the TPM is back.
+func TestTPMGoneAtRunTime(t *testing.T) {
+	sw := testtpm.Start(t)
+	s := newTPMSigner(t, openTPM(t, sw), filepath.Join(t.TempDir(), "tpm"), TPMOptions{})
+	d := sha256.Sum256([]byte("header"))
+	sw.Stop()
+	_, err := s.Sign(t.Context(), d[:])
+	if !errors.Is(err, ErrTPM) || errors.Is(err, ErrNoTPM) {
+		t.Fatalf("sign with swtpm stopped: %v, want ErrTPM and not ErrNoTPM", err)
+	}
+	if _, err := s.UnsealDataKey(); !errors.Is(err, ErrTPM) || errors.Is(err, ErrNoTPM) {
+		t.Fatalf("unseal with swtpm stopped: %v, want ErrTPM and not ErrNoTPM", err)
+	}
+	sw.Restart()
+	sig, err := s.Sign(t.Context(), d[:])
+	if err != nil || !ecdsa.VerifyASN1(s.Public(), d[:], sig) {
+		t.Fatalf("sign after swtpm is back: %v", err)
+	}
+}
+
+// TestTPMUnixSocket: the unix:// spec (swtpm --server type=unixio, go-tpm's linuxudstpm,
+// one connection per command) signs, unseals and survives a restart.
+func TestTPMUnixSocket(t *testing.T) {
+	sw := testtpm.StartUnix(t)
+	s := newTPMSigner(t, openTPM(t, sw), filepath.Join(t.TempDir(), "tpm"), TPMOptions{PCRs: []int{23}})
+	want, err := s.UnsealDataKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.Restart()
+	d := sha256.Sum256([]byte("header"))
+	sig, err := s.Sign(t.Context(), d[:])
+	if err != nil || !ecdsa.VerifyASN1(s.Public(), d[:], sig) {
+		t.Fatalf("sign after restart: %v", err)
+	}
+	if got, err := s.UnsealDataKey(); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("unseal after restart: %x %v, want %x", got, err, want)
+	}
+}

@@ -24,6 +24,8 @@ type TPM struct {
 	CtrlAddr string // control port, 127.0.0.1:P+1
 	Spec     string // "tcp://127.0.0.1:P", as attest.OpenTPM takes it
 	Dir      string // --tpmstate folder: seeds and NV survive Restart
+	// Socket is the data socket of StartUnix (Addr and CtrlAddr are empty then).
+	Socket string
 
 	t    testing.TB
 	logs int
@@ -77,8 +79,31 @@ func Start(t testing.TB) *TPM {
 	return s
 }
 
+// StartUnix is Start with swtpm's data and control channels on unix sockets
+// (--server type=unixio), for go-tpm's linuxudstpm; Spec is "unix://<socket>".
+func StartUnix(t testing.TB) *TPM {
+	t.Helper()
+	bin := Binary(t)
+	base := t.TempDir()
+	s := &TPM{t: t, Dir: filepath.Join(base, "tpmstate"), Socket: filepath.Join(base, "swtpm.sock")}
+	if err := os.Mkdir(s.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s.Spec = "unix://" + s.Socket
+	if err := s.start(bin); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("swtpm log:\n%s", s.Log())
+		}
+	})
+	return s
+}
+
 // Open connects to the data port (and the control port, which go-tpm dials but this
-// package never uses). The connection is closed when the test ends.
+// package never uses) of a Start swtpm. The connection is closed when the test ends.
 func (s *TPM) Open(t testing.TB) transport.TPMCloser {
 	t.Helper()
 	tp, err := tcp.Open(tcp.Config{CommandAddress: s.Addr, PlatformAddress: s.CtrlAddr})
@@ -140,16 +165,21 @@ func (s *TPM) start(bin string) error {
 	if err != nil {
 		return err
 	}
-	_, port, _ := net.SplitHostPort(s.Addr)
-	_, ctrl, _ := net.SplitHostPort(s.CtrlAddr)
-	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--server", "type=tcp,port="+port+",bindaddr=127.0.0.1",
-		"--ctrl", "type=tcp,port="+ctrl+",bindaddr=127.0.0.1",
+	server := []string{"--server", "type=unixio,path=" + s.Socket, "--ctrl", "type=unixio,path=" + s.Socket + ".ctrl"}
+	network, addr := "unix", s.Socket
+	if s.Socket == "" {
+		_, port, _ := net.SplitHostPort(s.Addr)
+		_, ctrl, _ := net.SplitHostPort(s.CtrlAddr)
+		server = []string{"--server", "type=tcp,port=" + port + ",bindaddr=127.0.0.1", "--ctrl", "type=tcp,port=" + ctrl + ",bindaddr=127.0.0.1"}
+		network, addr = "tcp", s.Addr
+	}
+	args := append([]string{"socket", "--tpm2"}, server...)
+	cmd := exec.Command(bin, append(args,
 		"--tpmstate", "dir="+s.Dir,
 		// swtpm has run TPM2_Startup(CLEAR) itself: nobody sends Startup or power
 		// commands.
 		"--flags", "not-need-init,startup-clear",
-		"--log", "file="+logPath+",level=1")
+		"--log", "file="+logPath+",level=1")...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -163,17 +193,17 @@ func (s *TPM) start(bin string) error {
 		select {
 		case <-done:
 			s.cmd = nil
-			return fmt.Errorf("swtpm exited at start on %s:\n%s", s.Addr, s.Log())
+			return fmt.Errorf("swtpm exited at start on %s:\n%s", addr, s.Log())
 		default:
 		}
 		// A connection that is closed unused costs swtpm nothing; it serves the next.
-		if c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond); err == nil {
+		if c, err := net.DialTimeout(network, addr, 200*time.Millisecond); err == nil {
 			c.Close()
 			return nil
 		}
 		if time.Now().After(deadline) {
 			s.Stop()
-			return fmt.Errorf("swtpm not listening on %s after 10s", s.Addr)
+			return fmt.Errorf("swtpm not listening on %s after 10s", addr)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

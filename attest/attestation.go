@@ -93,7 +93,7 @@ func (s *TPMSigner) Attest(nonce []byte) (*Bundle, error) {
 		b.EKPublic = tpm2.Marshal(ek.OutPublic)
 		b.EKCert, b.EKCertIndex = readEKCert(tp)
 
-		h, name, err := loadChild(tp, s.sign, true)
+		h, name, err := loadChild(tp, s.sign)
 		if err != nil {
 			return err
 		}
@@ -220,8 +220,11 @@ func VerifyBundlePinned(b *Bundle, nonce []byte, expectedSigningKey *ecdsa.Publi
 	fail := func(format string, args ...any) (*Verified, error) {
 		return nil, fmt.Errorf("verify bundle: %w: %s", ErrBundle, fmt.Sprintf(format, args...))
 	}
-	if b == nil || b.Version != BundleVersion {
-		return fail("version %v, want %d", b, BundleVersion)
+	if b == nil {
+		return fail("no bundle")
+	}
+	if b.Version != BundleVersion {
+		return fail("version %d, want %d", b.Version, BundleVersion)
 	}
 	if len(nonce) == 0 {
 		return fail("empty nonce")

@@ -151,7 +151,8 @@ func LoadOrCreateTPMSigner(tp transport.TPM, dir string, o TPMOptions) (*TPMSign
 
 // LoadTPMSigner loads the TPM key folder dir and never creates anything: a missing folder
 // or blob is ErrKeyMissing. It loads the signing key once to prove the TPM accepts it
-// (ErrKeyRejected otherwise).
+// (ErrKeyRejected otherwise). tp should come from OpenTPM: signers sharing it are then
+// serialized against each other, not only each against itself.
 func LoadTPMSigner(tp transport.TPM, dir string, o TPMOptions) (*TPMSigner, error) {
 	s := &TPMSigner{c: conn(tp), dir: dir, quote: o.QuotePCRs}
 	if len(s.quote) == 0 {
@@ -177,7 +178,7 @@ func LoadTPMSigner(tp transport.TPM, dir string, o TPMOptions) (*TPMSigner, erro
 		return nil, err
 	}
 	err = s.c.do(func(tp transport.TPM) error {
-		h, _, err := loadChild(tp, s.sign, true)
+		h, _, err := loadChild(tp, s.sign)
 		if err != nil {
 			return err
 		}
@@ -357,8 +358,8 @@ func eccPublic(p *tpm2.TPMTPublic) (*ecdsa.PublicKey, error) {
 // loadChild recreates the storage primary, loads b under it and flushes the primary
 // (a loaded child stays usable without its parent); the caller flushes the returned
 // handle.
-func loadChild(tp transport.TPM, b blob, flushSRK bool) (tpm2.TPMHandle, tpm2.TPM2BName, error) {
-	h, name, _, err := loadChildSRK(tp, b, flushSRK)
+func loadChild(tp transport.TPM, b blob) (tpm2.TPMHandle, tpm2.TPM2BName, error) {
+	h, name, _, err := loadChildSRK(tp, b, true)
 	return h, name, err
 }
 

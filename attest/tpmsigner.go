@@ -25,7 +25,7 @@ func (s *TPMSigner) Sign(ctx context.Context, digest []byte) ([]byte, error) {
 	}
 	var der []byte
 	err := s.c.do(func(tp transport.TPM) error {
-		h, name, err := loadChild(tp, s.sign, true)
+		h, name, err := loadChild(tp, s.sign)
 		if err != nil {
 			return err
 		}

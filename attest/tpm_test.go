@@ -2,6 +2,7 @@ package attest
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"encoding/hex"
@@ -444,5 +445,39 @@ func TestTPMUnixSocket(t *testing.T) {
 	}
 	if got, err := s.UnsealDataKey(); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("unseal after restart: %x %v, want %x", got, err, want)
+	}
+}
+
+// TestTPMCreateInterrupted: a staging folder left by a creation that crashed before its
+// rename is not a key folder: it is discarded and the keys are made whole. A signer
+// refuses a digest of the wrong size and a cancelled context without touching the TPM.
+func TestTPMCreateInterrupted(t *testing.T) {
+	sw := testtpm.Start(t)
+	tp := openTPM(t, sw)
+	dir := filepath.Join(t.TempDir(), "tpm")
+	if err := os.MkdirAll(dir+".new", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir+".new", TPMSigningFile), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := HasTPMKeys(dir); ok || err != nil {
+		t.Fatalf("HasTPMKeys with only a staging folder: %v %v, want false", ok, err)
+	}
+	s := newTPMSigner(t, tp, dir, TPMOptions{})
+	if _, err := os.Stat(dir + ".new"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("staging folder after creation: %v, want gone", err)
+	}
+	if got, want := listDir(t, dir), []string{TPMDataKeyFile, TPMSigningFile}; !slices.Equal(got, want) {
+		t.Fatalf("key folder %v, want %v", got, want)
+	}
+	if _, err := s.Sign(t.Context(), []byte("short")); err == nil {
+		t.Fatal("signed a 5-byte digest")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	d := sha256.Sum256(nil)
+	if _, err := s.Sign(ctx, d[:]); !errors.Is(err, context.Canceled) {
+		t.Fatalf("sign with a cancelled context: %v, want context.Canceled", err)
 	}
 }

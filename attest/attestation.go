@@ -160,23 +160,34 @@ func readEKCert(tp transport.TPM) ([]byte, uint32) {
 		if err != nil {
 			continue
 		}
-		auth := tpm2.AuthHandle{Handle: tpm2.TPMHandle(idx), Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)}
-		var out []byte
-		for off := 0; off < int(nv.DataSize); {
-			n := min(int(nv.DataSize)-off, 512) // below every TPM's MAX_NV_BUFFER_SIZE
-			rsp, err := tpm2.NVRead{AuthHandle: auth, NVIndex: auth, Size: uint16(n), Offset: uint16(off)}.Execute(tp)
-			if err != nil {
-				out = nil
-				break
+		index := tpm2.NamedHandle{Handle: tpm2.TPMHandle(idx), Name: pub.NVName}
+		// The EK Credential Profile's indices allow reading with the index's own empty
+		// auth (AUTHREAD) or the owner's (OWNERREAD); try both.
+		for _, auth := range []tpm2.AuthHandle{
+			{Handle: index.Handle, Name: index.Name, Auth: tpm2.PasswordAuth(nil)},
+			{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		} {
+			if out := readNV(tp, auth, index, nv.DataSize); out != nil {
+				return out, idx
 			}
-			out = append(out, rsp.Data.Buffer...)
-			off += n
-		}
-		if out != nil {
-			return out, idx
 		}
 	}
 	return nil, 0
+}
+
+// readNV reads size bytes of an NV index in chunks; nil on any failure.
+func readNV(tp transport.TPM, auth tpm2.AuthHandle, index tpm2.NamedHandle, size uint16) []byte {
+	var out []byte
+	for off := 0; off < int(size); {
+		n := min(int(size)-off, 512) // below every TPM's MAX_NV_BUFFER_SIZE
+		rsp, err := tpm2.NVRead{AuthHandle: auth, NVIndex: index, Size: uint16(n), Offset: uint16(off)}.Execute(tp)
+		if err != nil {
+			return nil
+		}
+		out = append(out, rsp.Data.Buffer...)
+		off += n
+	}
+	return out
 }
 
 // Pins are keys a verifier learned at enrolment. A bundle made by another TPM has other

@@ -183,44 +183,59 @@ func TestAttestPinned(t *testing.T) {
 	}
 }
 
-// TestAttestEKCert: an EK certificate in NV at the ECC index (written here by the test,
-// as swtpm_setup --create-ek-cert would, without its machine-wide CA) is carried in the
-// bundle byte for byte, read in several chunks.
+// TestAttestEKCert: an EK certificate in NV (written here by the test, as swtpm_setup
+// --create-ek-cert would, without its machine-wide CA) is carried in the bundle byte for
+// byte, read in several chunks, whether the index allows reading with its own auth or
+// the owner's; the ECC index is preferred, the RSA one used when alone.
 func TestAttestEKCert(t *testing.T) {
-	sw := testtpm.Start(t)
-	tp := openTPM(t, sw)
-	s := newTPMSigner(t, tp, filepath.Join(t.TempDir(), "a"), TPMOptions{})
-	b, err := s.Attest(nonce(t))
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name  string
+		attrs tpm2.TPMANV
+		index uint32
+	}{
+		{"ecc authread", tpm2.TPMANV{AuthRead: true}, EKCertIndexECC},
+		{"ecc ownerread", tpm2.TPMANV{OwnerRead: true}, EKCertIndexECC},
+		{"rsa only", tpm2.TPMANV{AuthRead: true, OwnerRead: true}, EKCertIndexRSA},
 	}
-	if b.EKCert != nil || b.EKCertIndex != 0 {
-		t.Fatalf("EK cert %d bytes at %#x on a TPM without one", len(b.EKCert), b.EKCertIndex)
-	}
-	cert := make([]byte, 1200)
-	if _, err := rand.Read(cert); err != nil {
-		t.Fatal(err)
-	}
-	writeNV(t, tp, EKCertIndexECC, cert)
-	n := nonce(t)
-	b, err = s.Attest(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(b.EKCert, cert) || b.EKCertIndex != EKCertIndexECC {
-		t.Fatalf("EK cert %d bytes at %#x, want the %d written at %#x", len(b.EKCert), b.EKCertIndex, len(cert), EKCertIndexECC)
-	}
-	if _, err := VerifyBundle(jsonRoundTrip(t, b), n, s.Public()); err != nil {
-		t.Fatal(err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sw := testtpm.Start(t)
+			tp := openTPM(t, sw)
+			s := newTPMSigner(t, tp, filepath.Join(t.TempDir(), "a"), TPMOptions{})
+			b, err := s.Attest(nonce(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.EKCert != nil || b.EKCertIndex != 0 {
+				t.Fatalf("EK cert %d bytes at %#x on a TPM without one", len(b.EKCert), b.EKCertIndex)
+			}
+			cert := make([]byte, 1200)
+			if _, err := rand.Read(cert); err != nil {
+				t.Fatal(err)
+			}
+			writeNV(t, tp, tt.index, tt.attrs, cert)
+			n := nonce(t)
+			b, err = s.Attest(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(b.EKCert, cert) || b.EKCertIndex != tt.index {
+				t.Fatalf("EK cert %d bytes at %#x, want the %d written at %#x", len(b.EKCert), b.EKCertIndex, len(cert), tt.index)
+			}
+			if _, err := VerifyBundle(jsonRoundTrip(t, b), n, s.Public()); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
-func writeNV(t testing.TB, tp transport.TPM, idx uint32, data []byte) {
+func writeNV(t testing.TB, tp transport.TPM, idx uint32, attrs tpm2.TPMANV, data []byte) {
 	t.Helper()
 	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+	attrs.OwnerWrite, attrs.NoDA, attrs.NT = true, true, tpm2.TPMNTOrdinary
 	pub := tpm2.TPMSNVPublic{
 		NVIndex: tpm2.TPMHandle(idx), NameAlg: tpm2.TPMAlgSHA256,
-		Attributes: tpm2.TPMANV{OwnerWrite: true, AuthRead: true, OwnerRead: true, NoDA: true, NT: tpm2.TPMNTOrdinary},
+		Attributes: attrs,
 		DataSize:   uint16(len(data)),
 	}
 	if _, err := (tpm2.NVDefineSpace{AuthHandle: owner, PublicInfo: tpm2.New2B(pub)}).Execute(tp); err != nil {

@@ -116,6 +116,9 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	if e.Malformed {
 		dst = append(dst, `,"malformed":true`...)
 	}
+	if e.ClockUnsynced {
+		dst = append(dst, `,"clock_unsynced":true`...)
+	}
 	if len(e.Detail) > 0 {
 		keys := make([]string, 0, len(e.Detail))
 		for k := range e.Detail {

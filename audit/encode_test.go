@@ -18,7 +18,7 @@ func sampleEvents() []Event {
 		{ID: "y", Time: t0.In(time.FixedZone("x", 3600)), Source: Source{Kind: KindDICOM, AETitle: "PACS"}, Action: "dicom.query", ActionCode: "E",
 			Outcome: OutcomeSuccess, Actor: Actor{User: "u", Role: "r", Session: "s", Requestor: true}, Patient: "tok", PatientAge: "40-64", Study: []string{"a", "b"},
 			Accession: "acc", Reason: "why", Count: 3, CorrelationID: "c", Codes: []Code{{System: "DCM", Code: "110112", Text: "Query"}, {System: "x", Code: "y"}},
-			Malformed: true, Detail: map[string]string{"z": "1", "a": "2"}},
+			Malformed: true, ClockUnsynced: true, Detail: map[string]string{"z": "1", "a": "2"}},
 		{Actor: Actor{Requestor: true}, Count: -2},
 		{Source: Source{Kind: KindFHIR, Workstation: "RAD-WS-04"}, Object: "ImagingStudy", Purpose: "ETREAT", BreakGlass: true,
 			Method: "GET", Endpoint: "/ImagingStudy", QueryScope: "broad", ErrorCode: "not-found"},

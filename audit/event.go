@@ -76,6 +76,10 @@ type Event struct {
 	Message string `json:"message,omitempty"`
 	// Malformed marks input that was kept although it did not parse as its format.
 	Malformed bool `json:"malformed,omitempty"`
+	// ClockUnsynced marks an event received while the appliance's clock was not known
+	// to be right (NTP unsynced, beyond ntp.max_offset, or not checked yet): its times
+	// are the local clock's. The batch header's time_sync says by how much.
+	ClockUnsynced bool `json:"clock_unsynced,omitempty"`
 	// Detail holds small, non-PHI facts without a field of their own (self-audit counters,
 	// syslog structured data). Keys are encoded in sorted order.
 	Detail map[string]string `json:"detail,omitempty"`

@@ -63,6 +63,8 @@ type Config struct {
 	Privacy PrivacyConfig `yaml:"privacy"`
 	// Uplink sends sealed batches to central; a file without `uplink:` has none.
 	Uplink UplinkSection `yaml:"uplink"`
+	// NTP checks the clock; its evidence goes into every batch header.
+	NTP NTPSection `yaml:"ntp"`
 	// Receive is central's section (`edgeaudit receive`); one file may serve both, so
 	// the appliance accepts it and leaves it alone.
 	Receive yaml.Node `yaml:"receive"`
@@ -157,6 +159,9 @@ func LoadConfig(path string) (Config, error) {
 	}
 	if _, ok := probe["admin"]; !ok {
 		c.Admin = DefaultAdmin
+	}
+	if _, ok := probe["ntp"]; !ok {
+		c.NTP = NTPSection{Off: true}
 	}
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
@@ -330,6 +335,13 @@ func (c *Config) Validate() error {
 		if d := c.Uplink.DrainTimeout; d > 0 && c.Syslog.DrainTimeout+d > c.ShutdownTimeout-drainMargin {
 			bad("uplink.drain_timeout", d, fmt.Sprintf("syslog.drain_timeout (%s) plus this must be at most shutdown_timeout (%s) minus %s",
 				c.Syslog.DrainTimeout, c.ShutdownTimeout, drainMargin))
+		}
+	}
+	if !c.NTP.Off {
+		nc := c.NTP.Config
+		nc.ApplyDefaults()
+		if err := nc.Validate(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := c.Privacy.Validate(); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/collectors/hl7"
 	"github.com/edgeaudit/edgeaudit/collectors/syslog"
 	"github.com/edgeaudit/edgeaudit/spool"
+	"github.com/edgeaudit/edgeaudit/timesync"
 	"github.com/edgeaudit/edgeaudit/uplink"
 )
 
@@ -66,6 +67,7 @@ type Daemon struct {
 	uplink   *uplink.Uplink
 	receipts *receiptBook
 	reporter *uplinkReporter
+	ntp      *timesync.Checker
 }
 
 // New validates cfg (after applying defaults) and returns a daemon that has not started.
@@ -162,6 +164,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	var ntpc *timesync.Checker
+	if !cfg.NTP.Off {
+		if ntpc, err = timesync.New(cfg.NTP.Config, &ntpReporter{self: self, log: d.log}, d.log.With("component", "timesync")); err != nil {
+			return err
+		}
+	}
 	if err := probePorts(cfg); err != nil {
 		return err
 	}
@@ -177,14 +185,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	var onSeal func()
+	opts := spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer, Logger: d.log.With("component", "spool")}
 	if up != nil {
-		onSeal = up.Notify
+		opts.OnSeal = up.Notify
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{
-		Site: cfg.Site, Device: cfg.Device, Signer: signer,
-		Logger: d.log.With("component", "spool"), OnSeal: onSeal,
-	})
+	if ntpc != nil {
+		opts.TimeSync, opts.ClockSynced = ntpc.State, ntpc.Synced
+	}
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), opts)
 	if err != nil {
 		// Nothing ran: the next start must not read this as an unclean stop (unless the
 		// run before this one ended uncleanly, which it still has to say).
@@ -219,6 +227,22 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer stopPrune()
 	wg.Go(func() { d.pruneLoop(pruneCtx, sp) })
 	wg.Go(func() { sp.RunScrub(pruneCtx) })
+
+	// The clock checks start before the collectors, so that the first batches rarely say
+	// "unknown"; they stop after the final seal.
+	ntpCtx, stopNTP := context.WithCancel(context.Background())
+	defer stopNTP()
+	if ntpc != nil {
+		d.mu.Lock()
+		d.ntp = ntpc
+		d.mu.Unlock()
+		reg.MustRegister(&ntpMetrics{c: ntpc})
+		wg.Go(func() {
+			if err := ntpc.Run(ntpCtx); err != nil {
+				d.log.Error("time sync", "err", err)
+			}
+		})
+	}
 
 	// The uplink starts after the spool and before the collectors (against the data
 	// flow), and stops after the final seal, before the spool closes.
@@ -339,6 +363,7 @@ wait:
 		d.drainUplink(sctx, up)
 	}
 	stopUplink()
+	stopNTP()
 	<-upDone
 	if adminSrv != nil {
 		adminSrv.Shutdown(sctx)
@@ -425,6 +450,8 @@ type Health struct {
 	Incidents []spool.Incident `json:"incidents,omitempty"`
 	// Uplink is absent when no uplink is configured.
 	Uplink *UplinkHealth `json:"uplink,omitempty"`
+	// TimeSync is absent when the clock is not checked (no ntp: section).
+	TimeSync *TimeSyncHealth `json:"time_sync,omitempty"`
 }
 
 func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) *http.ServeMux {
@@ -478,12 +505,16 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 				h.Warnings = append(h.Warnings, msg)
 			}
 		}
-		upWarn := d.uplinkHealth(&h)
+		warn := d.uplinkHealth(&h)
+		d.mu.Lock()
+		ntpc := d.ntp
+		d.mu.Unlock()
+		warn = ntpHealth(&h, ntpc) || warn
 		code := http.StatusOK
 		switch {
 		case len(h.Failures) > 0:
 			h.Status, code = "failure", http.StatusServiceUnavailable
-		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0 || upWarn || st.Unsigned > unsignedWarning):
+		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0 || warn || st.Unsigned > unsignedWarning):
 			h.Status = "warning"
 		}
 		w.Header().Set("Content-Type", "application/json")

@@ -30,6 +30,9 @@ func testConfig(t *testing.T) Config {
 	c.HL7.MLLP, c.FHIR.HTTP = "127.0.0.1:0", "127.0.0.1:0"
 	c.Admin = "127.0.0.1:0"
 	c.Spool.MinFreeBytes = 1
+	// Hermetic: no NTP queries to the pool and no broker on 1883 (the zero config's).
+	c.NTP.Off = true
+	c.Uplink = UplinkSection{}
 	return c
 }
 

@@ -57,6 +57,9 @@ type Options struct {
 	Logger   *slog.Logger
 	// Now is the clock; nil means time.Now. Tests replace it.
 	Now func() time.Time
+	// ClockSynced, when set, says whether the clock is known to be right (the NTP
+	// checker's Synced); events appended while it is false get ClockUnsynced.
+	ClockSynced func() bool
 	// OnSeal, when set, is called by the writer after a commit that sealed batches, so
 	// that the uplink publishes them without waiting for its next poll. It must not
 	// block (uplink.Notify does not).
@@ -335,6 +338,9 @@ func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) er
 		e.ID = audit.NewID(e.Received)
 	}
 	ri := rawItem{ev: copyEvent(e), cost: cost, done: done}
+	if s.opts.ClockSynced != nil && !s.opts.ClockSynced() {
+		ri.ev.ClockUnsynced = true
+	}
 	if err := s.send(ctx, ri); err != nil {
 		s.space.release(cost)
 		return err
@@ -363,11 +369,13 @@ func (s *Spool) AppendAll(ctx context.Context, evs []*audit.Event, done func(err
 		s.stats.refusedFull.Add(1)
 		return ErrFull
 	}
+	unsynced := s.opts.ClockSynced != nil && !s.opts.ClockSynced()
 	for i, e := range evs {
 		if e.ID == "" {
 			e.ID = audit.NewID(e.Received)
 		}
 		ri.group[i] = copyEvent(e)
+		ri.group[i].ClockUnsynced = ri.group[i].ClockUnsynced || unsynced
 	}
 	if err := s.send(ctx, ri); err != nil {
 		s.space.release(total)

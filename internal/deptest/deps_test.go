@@ -20,7 +20,7 @@ var allowed = map[string][]string{
 	"spool":       {"audit", "ledger", "internal/"},
 	"collectors":  {"audit", "collectors", "internal/"},
 	"vault":       {},
-	"daemon":      {"audit", "ledger", "attest", "spool", "collectors", "vault", "uplink", "internal/"},
+	"daemon":      {"audit", "ledger", "attest", "spool", "collectors", "vault", "uplink", "timesync", "internal/"},
 	"cmd/":        {"daemon", "audit", "ledger", "attest", "spool", "vault", "collectors", "receiver", "evidence", "internal/"},
 	"integration": {"audit", "ledger", "attest", "spool", "internal/"},
 	"bench":       {"audit", "ledger", "attest", "spool", "internal/"},

@@ -276,15 +276,19 @@ func TestTPMKeyRejected(t *testing.T) {
 }
 
 // TestTPMNoHandleLeak: after many signs, unseals and attestations, from several
-// goroutines at once, the TPM holds no transient object and no session (swtpm has no
+// goroutines at once and two signers sharing one connection, the TPM holds no transient object and no session (swtpm has no
 // resource manager, so a leak would stay); tpm2-tools agrees.
 func TestTPMNoHandleLeak(t *testing.T) {
 	sw := testtpm.Start(t)
 	tp := openTPM(t, sw)
 	s := newTPMSigner(t, tp, filepath.Join(t.TempDir(), "tpm"), TPMOptions{PCRs: []int{23}})
+	// Two signers on one connection share its operation lock; interleaved operations could
+	// overflow the TPM's three object slots (TPM_RC_OBJECT_MEMORY) or flush each other.
+	signers := []*TPMSigner{s, newTPMSigner(t, tp, filepath.Join(t.TempDir(), "tpm2"), TPMOptions{})}
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for g := range 4 {
+		s := signers[g%2]
 		wg.Go(func() {
 			for i := range 8 {
 				d := sha256.Sum256(fmt.Appendf(nil, "%d/%d", g, i))

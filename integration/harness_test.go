@@ -764,14 +764,16 @@ type event struct {
 		App       string `json:"app"`
 		Transport string `json:"transport"`
 	} `json:"source"`
-	Action    string            `json:"action"`
-	Outcome   string            `json:"outcome"`
-	Reason    string            `json:"reason"`
-	Count     int               `json:"count"`
-	Message   string            `json:"message"`
-	Malformed bool              `json:"malformed"`
-	Detail    map[string]string `json:"detail"`
-	RawSHA256 string            `json:"raw_sha256"`
+	Action    string `json:"action"`
+	Outcome   string `json:"outcome"`
+	Reason    string `json:"reason"`
+	Count     int    `json:"count"`
+	Message   string `json:"message"`
+	Malformed bool   `json:"malformed"`
+	// ClockUnsynced: received while the appliance's clock was not known right.
+	ClockUnsynced bool              `json:"clock_unsynced"`
+	Detail        map[string]string `json:"detail"`
+	RawSHA256     string            `json:"raw_sha256"`
 }
 
 // exportEvents runs `export -events` (with -open: also the unsealed events) on a stopped

@@ -65,6 +65,8 @@ type Config struct {
 	Uplink UplinkSection `yaml:"uplink"`
 	// NTP checks the clock; its evidence goes into every batch header.
 	NTP NTPSection `yaml:"ntp"`
+	// Keys says where the signing and data keys live (a TPM, or software).
+	Keys KeysConfig `yaml:"keys"`
 	// Receive is central's section (`edgeaudit receive`); one file may serve both, so
 	// the appliance accepts it and leaves it alone.
 	Receive yaml.Node `yaml:"receive"`
@@ -274,6 +276,7 @@ func (c *Config) SetDefaults() {
 	}
 	c.Syslog.SetDefaults()
 	c.Uplink.setDefaults()
+	c.Keys.setDefaults()
 	c.HL7.SetDefaults()
 	c.FHIR.SetDefaults()
 }
@@ -336,6 +339,9 @@ func (c *Config) Validate() error {
 			bad("uplink.drain_timeout", d, fmt.Sprintf("syslog.drain_timeout (%s) plus this must be at most shutdown_timeout (%s) minus %s",
 				c.Syslog.DrainTimeout, c.ShutdownTimeout, drainMargin))
 		}
+	}
+	if err := c.Keys.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if !c.NTP.Off {
 		nc := c.NTP.Config

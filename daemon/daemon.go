@@ -29,7 +29,8 @@ import (
 // Compile-time checks of the wiring: only this package joins concrete types.
 var (
 	_ eacollectors.Sink = (*spool.Spool)(nil)
-	_ spool.Signer      = (*attest.SoftwareSigner)(nil)
+	_ Signer            = (*attest.SoftwareSigner)(nil)
+	_ Signer            = (*attest.TPMSigner)(nil)
 )
 
 // component is an active part the daemon runs: the collectors.
@@ -91,17 +92,23 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// Everything that can fail is checked before the spool is opened, so that a daemon
 	// that cannot start leaves no chain with a start and no stop: keys, privacy, TLS
 	// material (the collectors' New), the ports.
-	signer, created, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
+	keys, err := OpenKeys(cfg, d.log.With("component", "keys"))
 	if err != nil {
 		return err
 	}
-	if created {
-		d.log.Info("created software signing key (no TPM support in this version)", "key_id", signer.KeyID(), "path", cfg.KeyPath())
+	defer func() {
+		if cerr := keys.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	signer := keys.Signer
+	if keys.Fallback != "" {
+		d.log.Warn("signing with a software key", "why", keys.Fallback)
 	}
-	if err := attest.WritePublicPEM(cfg.PublicKeyPath(), signer.Public()); err != nil {
+	if err := writePublicKey(cfg, signer); err != nil {
 		return err
 	}
-	priv, err := openPrivacy(cfg, d.log.With("component", "privacy"))
+	priv, err := openPrivacy(cfg, keys.DataKey, d.log.With("component", "privacy"))
 	if err != nil {
 		return err
 	}
@@ -269,7 +276,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		d.mu.Lock()
 		d.admin = adminLn.Addr()
 		d.mu.Unlock()
-		mux := d.adminHandler(reg, sp, signer)
+		mux := d.adminHandler(reg, sp, signer, keys.Fallback)
 		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken))
 		mux.Handle("POST /v1/receipts", d.receiptsHandler(src, sp, adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -285,6 +292,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	start := self.event(ActionStart, audit.OutcomeSuccess, "")
 	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind()}
+	if keys.Fallback != "" {
+		// keys.tpm: auto found no usable TPM: the chain says so, not only the log.
+		start.Detail["software_key_why"] = keys.Fallback
+	}
 	if unclean {
 		// The previous run ended without its stop event: killed, crashed, or power lost.
 		start.Outcome = audit.OutcomeMinorFailure
@@ -454,7 +465,7 @@ type Health struct {
 	TimeSync *TimeSyncHealth `json:"time_sync,omitempty"`
 }
 
-func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer *attest.SoftwareSigner) *http.ServeMux {
+func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer Signer, fallback string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -476,7 +487,11 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 			HeadSeq: pos.HeadSeq, AckedSeq: pos.AckedSeq, OpenEvents: pos.OpenEvents, SpoolFull: st.Full,
 			Signer: signer.Kind(), KeyID: signer.KeyID(), Committed: st.Committed}
 		if signer.Kind() == "software" {
-			h.Warnings = append(h.Warnings, "signing key is a software key, not sealed by a TPM")
+			msg := "signing key is a software key, not sealed by a TPM"
+			if fallback != "" {
+				msg += ": " + fallback
+			}
+			h.Warnings = append(h.Warnings, msg)
 		}
 		if st.Full && !st.Holding {
 			h.Warnings = append(h.Warnings, "spool full: senders get backpressure")

@@ -19,7 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
@@ -172,14 +171,8 @@ func (p *privacy) metrics() []prometheus.Collector {
 	return ms
 }
 
-func openPrivacy(cfg *Config, log *slog.Logger) (*privacy, error) {
-	key, created, err := attest.LoadOrCreateDataKey(cfg.DataKeyPath())
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		log.Info("created data key for patient tokens (software key; no TPM support in this version)", "path", cfg.DataKeyPath())
-	}
+// openPrivacy builds the tokenizer, redaction and vault on the data key (OpenKeys).
+func openPrivacy(cfg *Config, key []byte, log *slog.Logger) (*privacy, error) {
 	if err := cfg.Privacy.Validate(); err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
 )
 
@@ -38,7 +39,7 @@ func (s *recordingSink) Append(_ context.Context, e *audit.Event, done func(erro
 func TestRevealIsAuditedBeforeTheValue(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Privacy.Vault = true
-	p, err := openPrivacy(&cfg, slog.New(slog.DiscardHandler))
+	p, err := openPrivacy(&cfg, testDataKey(t, &cfg), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +181,7 @@ privacy:
 		t.Fatal(err)
 	}
 	var logs strings.Builder
-	p, err := openPrivacy(&cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	p, err := openPrivacy(&cfg, testDataKey(t, &cfg), slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,4 +232,14 @@ privacy:
 	if got := len(p.metrics()); got != 2 {
 		t.Errorf("metrics=%d, want 2 (unknown authorities, seen ids)", got)
 	}
+}
+
+// testDataKey is the software data key of cfg's data folder.
+func testDataKey(t *testing.T, cfg *Config) []byte {
+	t.Helper()
+	k, _, err := attest.LoadOrCreateDataKey(cfg.DataKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -3,10 +3,14 @@ package spool
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
 // Signing runs off the commit path. When a batch closes, the writer prepares its header
@@ -160,4 +164,55 @@ func (s *Spool) signEvent(action, outcome, reason string, seq uint64) {
 	if err := s.Append(ctx, &e, nil); err != nil {
 		s.log.Error("record signing fault", "action", action, "err", err)
 	}
+}
+
+// rekeyUnsigned re-prepares the unsigned headers when they name another key than the
+// signer's (a key recovered or rotated while batches waited): a header's key_id must be
+// the key that signs it. Their hashes change, and so does each one's prev link after
+// the first; nothing of them was published, since only signed batches are read.
+func (s *Spool) rekeyUnsigned() error {
+	st := &s.st
+	kid := s.opts.Signer.KeyID()
+	if len(st.unsigned) == 0 {
+		return nil
+	}
+	if h, err := ledger.ParseHeader(st.unsigned[0].header); err == nil && h.KeyID == kid {
+		return nil
+	}
+	prev := st.headHash
+	redone := make([]pendingHeader, 0, len(st.unsigned))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		ub := tx.Bucket(bucketUnsigned)
+		for _, p := range st.unsigned {
+			h, err := ledger.ParseHeader(p.header)
+			if err != nil {
+				return err
+			}
+			root, err := hex.DecodeString(h.Root)
+			if err != nil || len(root) != len(ledger.Hash{}) {
+				return fmt.Errorf("unsigned header %d: bad root", p.seq)
+			}
+			h.KeyID = kid
+			h.Prev = ledger.ZeroHash
+			if p.seq > 1 {
+				h.Prev = hex.EncodeToString(prev[:])
+			}
+			hb, err := h.Prepare(ledger.Hash(root), h.Count)
+			if err != nil {
+				return err
+			}
+			if err := ub.Put(seqKey(p.seq), hb); err != nil {
+				return err
+			}
+			redone = append(redone, pendingHeader{seq: p.seq, header: hb})
+			prev = ledger.HeaderHash(hb)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("re-key unsigned headers: %w", err)
+	}
+	st.unsigned, st.sealedHash = redone, prev
+	s.log.Info("unsigned batches re-prepared for the current key", "batches", len(redone), "key_id", kid)
+	return nil
 }

@@ -272,3 +272,27 @@ func TestReaderOpenEventsIncludeUnsigned(t *testing.T) {
 		t.Fatalf("open events %d (%q … %q), want events 0..24 in order", len(got), got[0], got[len(got)-1])
 	}
 }
+
+// Batches left unsigned by one key and opened with another (a recovered key) are
+// re-prepared for the new key, so that each header names the key that signs it.
+func TestUnsignedRekeyedForNewKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spool.db")
+	sig := &flakySigner{Signer: newSigner(t)}
+	cfg := Config{MaxEvents: 10, MaxAge: time.Hour, CloseGrace: 50 * time.Millisecond}
+	s := openSpool(t, path, cfg, sig)
+	sig.broken.Store(true)
+	for i := range 25 {
+		appendSync(t, s, ev(i))
+	}
+	s.Close()
+	next := newSigner(t)
+	s = openSpool(t, path, cfg, next)
+	defer s.Close()
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ := countSigning(verifyWith(t, s, next))
+	if got != 25 {
+		t.Fatalf("%d events verify with the new key, want 25", got)
+	}
+}

@@ -274,6 +274,10 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.rekeyUnsigned(); err != nil {
+		s.db.Close()
+		return nil, &OpenError{Path: path, Err: err}
+	}
 	if s.st.headSeq > 0 || len(s.st.leaves) > 0 || len(s.st.unsigned) > 0 {
 		// Logged here, once per Open: the reload after every failed commit reads the
 		// same state, and must not log it each time.

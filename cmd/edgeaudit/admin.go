@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/daemon"
 	"github.com/edgeaudit/edgeaudit/spool"
 )
@@ -58,18 +58,26 @@ func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string
 	return b, nil
 }
 
+// offlineKeys opens the keys of a stopped daemon's data folder: only existing ones (a
+// tool never makes the first key of an appliance), in a software file or the TPM as
+// keys.tpm says.
+func offlineKeys(cfg *daemon.Config) (*daemon.Keyring, error) {
+	if _, err := os.Stat(cfg.SpoolPath()); err != nil {
+		return nil, fmt.Errorf("no spool in %s: %w", cfg.DataDir, err)
+	}
+	return daemon.OpenKeys(cfg, slog.New(slog.DiscardHandler))
+}
+
 // withOfflineSpool opens the spool of a stopped daemon with its existing signing key
 // (never a new one), runs fn, seals what fn recorded so that it is in the chain now and
 // not at the next start, and closes the spool.
 func withOfflineSpool(ctx context.Context, cfg *daemon.Config, fn func(*spool.Spool) error) error {
-	if _, err := os.Stat(cfg.KeyPath()); err != nil {
-		return fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)
-	}
-	signer, _, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
+	keys, err := offlineKeys(cfg)
 	if err != nil {
 		return err
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
+	defer keys.Close()
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: keys.Signer})
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"os/user"
 	"time"
 
-	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/daemon"
 	"github.com/edgeaudit/edgeaudit/spool"
@@ -76,13 +75,12 @@ func revealOnline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequ
 }
 
 func revealOffline(ctx context.Context, cfg *daemon.Config, req daemon.RevealRequest) (string, error) {
-	if _, err := os.Stat(cfg.KeyPath()); err != nil {
-		return "", fmt.Errorf("no signing key in %s: %w", cfg.DataDir, err)
-	}
-	key, _, err := attest.LoadOrCreateDataKey(cfg.DataKeyPath())
+	keys, err := offlineKeys(cfg)
 	if err != nil {
 		return "", err
 	}
+	key := keys.DataKey
+	keys.Close() // withOfflineSpool opens them again: a swtpm serves one connection
 	if _, err := os.Stat(cfg.VaultPath()); err != nil {
 		return "", errors.New("the token vault is off or empty (privacy.vault: false)")
 	}

@@ -78,7 +78,11 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 		if *dataDir == "" {
 			return &usageError{"verify: FILEs need -key PEM (the appliance's keys/signing.pub)"}
 		}
+		// The current key and any it replaced (keys recover, a rotation): the older
+		// batches verify only with those.
 		keys = append(keys, filepath.Join(*dataDir, "keys", "signing.pub"))
+		old, _ := filepath.Glob(filepath.Join(*dataDir, "keys", "signing-*.pub"))
+		keys = append(keys, old...)
 	}
 	var pubs []*ecdsa.PublicKey
 	for _, k := range keys {
@@ -216,7 +220,8 @@ Arguments:
 
 	-data DIR
 	    The data folder of a stopped daemon (spool.db is locked while it runs).
-	    Trusts DIR/keys/signing.pub unless -key is given.
+	    Trusts DIR/keys/signing.pub, and the keys it replaced (DIR/keys/signing-*.pub,
+	    kept by a key recovery), unless -key is given.
 
 	-key PEM
 	    A trusted public key (PEM); repeatable. Required for FILEs.

@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/collectors"
+	"github.com/edgeaudit/edgeaudit/ledger"
+	"github.com/edgeaudit/edgeaudit/spool"
+)
+
+// ActionKeyReplaced is the first event of the chain segment a recovered key signs.
+const ActionKeyReplaced = "audit.key_replaced"
+
+// RecoverResult is what RecoverKeys did.
+type RecoverResult struct {
+	OldKeyID, NewKeyID string
+	Signer             string // kind of the new key
+	LastGoodSeq        uint64 // the head the old key signed last
+	LastGoodHash       string
+	NewDataKey         bool // the data key was lost too: patient tokens change from here
+	EventID            string
+}
+
+// RecoverKeys is the explicit recovery of a lost signing key (`edgeaudit keys
+// recover`): it makes a new key and writes the break into the chain, so that nobody
+// (central included) mistakes it for the old key: the first event the new key signs,
+// audit.key_replaced, names the last head the old key signed, both key IDs, who and why.
+// The chain itself continues (its links and roots are intact), and keys/signing.pub
+// changes, with the old public key kept beside it for verify. It refuses when the key
+// loads (nothing is lost) or the failure is not a lost key (a TPM that does not answer).
+func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.Logger) (RecoverResult, error) {
+	var res RecoverResult
+	if reason == "" {
+		return res, errors.New("keys recover: a reason is required; it is recorded in the chain")
+	}
+	if !chainExists(cfg) {
+		return res, fmt.Errorf("keys recover: no chain in %s: nothing to recover (start the daemon)", cfg.DataDir)
+	}
+	keys, err := openKeys(cfg, log, false)
+	if err == nil {
+		keys.Close()
+		return res, fmt.Errorf("keys recover: the signing key loads (key_id %s): nothing to recover", keys.Signer.KeyID())
+	}
+	if !errors.Is(err, ErrSigningKeyMissing) && !errors.Is(err, attest.ErrKeyMissing) && !errors.Is(err, attest.ErrKeyRejected) {
+		return res, fmt.Errorf("keys recover: the keys do not load, but not because they are lost: %w", err)
+	}
+	// The last head the old key signed, from the spool as it is.
+	r, err := spool.OpenReader(cfg.SpoolPath())
+	if err != nil {
+		return res, fmt.Errorf("keys recover: %w", err)
+	}
+	pos, err := r.Position()
+	if err == nil && pos.HeadSeq > 0 {
+		err = r.Batches(pos.HeadSeq, func(b *ledger.Batch) error {
+			if h, perr := ledger.ParseHeader(b.Header); perr == nil {
+				res.OldKeyID = h.KeyID
+			}
+			return errStop
+		})
+		if errors.Is(err, errStop) {
+			err = nil
+		}
+	}
+	r.Close()
+	if err != nil {
+		return res, fmt.Errorf("keys recover: read the spool: %w", err)
+	}
+	res.LastGoodSeq, res.LastGoodHash = pos.HeadSeq, pos.HeadHash
+	// TPM blobs that no longer load are kept for forensics, out of the way.
+	if has, _ := attest.HasTPMKeys(cfg.TPMKeyDir()); has {
+		aside := fmt.Sprintf("%s.lost-%d", cfg.TPMKeyDir(), time.Now().UnixNano())
+		if err := os.Rename(cfg.TPMKeyDir(), aside); err != nil {
+			return res, fmt.Errorf("keys recover: move the TPM keys aside: %w", err)
+		}
+	}
+	_, derr := os.Stat(cfg.DataKeyPath())
+	hadDataKey := derr == nil
+	keys, err = openKeys(cfg, log, true)
+	if err != nil {
+		return res, fmt.Errorf("keys recover: %w", err)
+	}
+	defer keys.Close()
+	res.NewKeyID, res.Signer = keys.Signer.KeyID(), keys.Signer.Kind()
+	res.NewDataKey = !hadDataKey // a TPM data key went with the blobs moved aside
+	if err := writePublicKey(cfg, keys.Signer); err != nil {
+		return res, err
+	}
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: keys.Signer})
+	if err != nil {
+		return res, fmt.Errorf("keys recover: %w", err)
+	}
+	e := selfEvent(time.Now(), ActionKeyReplaced, audit.OutcomeSeriousFailure, reason)
+	e.Actor = audit.Actor{User: by, Requestor: true}
+	e.Detail = map[string]string{"old_key_id": res.OldKeyID, "new_key_id": res.NewKeyID, "signer": res.Signer,
+		"last_good_seq": fmt.Sprint(res.LastGoodSeq), "last_good_hash": res.LastGoodHash}
+	if res.NewDataKey {
+		e.Detail["data_key"] = "new: the old one was lost too, patient tokens change from here"
+	}
+	err = collectors.AppendSync(ctx, sp, &e)
+	if err == nil {
+		err = sp.Seal(ctx)
+	}
+	if cerr := sp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("keys recover: record the break: %w", err)
+	}
+	res.EventID = e.ID
+	return res, nil
+}
+
+var errStop = errors.New("stop")

@@ -129,7 +129,11 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	case err == nil && receiptErr != nil:
 		err = receiptErr
 	case err == nil && rcpts != nil:
-		res.Receipt, err = rcpts.check(res.Chain, res.FirstSeq, res.LastSeq, pos)
+		chain := res.Chain
+		if chain == "" {
+			chain = pos.Chain
+		}
+		res.Receipt, err = rcpts.check(chain, res.FirstSeq, res.LastSeq, pos)
 	}
 	res.OK = err == nil
 	var ve *ledger.VerifyError

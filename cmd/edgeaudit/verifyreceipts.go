@@ -127,7 +127,9 @@ func (rc *receiptCheck) see(h ledger.Header, b *ledger.Batch) {
 func (rc *receiptCheck) check(chain string, first, last uint64, pos spool.Position) (*receiptResult, error) {
 	var best *ledger.Receipt
 	for i, r := range rc.receipts {
-		if r.Site == rc.site && r.Device == rc.device && r.Chain == chain && (best == nil || r.Seq > best.Seq) {
+		// Nothing read (a spool pruned up to its head): the chain id alone names it.
+		names := rc.site == "" || r.Site == rc.site && r.Device == rc.device
+		if names && r.Chain == chain && (best == nil || r.Seq > best.Seq) {
 			best = &rc.receipts[i]
 		}
 	}
@@ -139,10 +141,15 @@ func (rc *receiptCheck) check(chain string, first, last uint64, pos spool.Positi
 	bad := func(format string, args ...any) error {
 		return &ledger.VerifyError{Seq: best.Seq, Reason: ledger.ReasonReceipt, Detail: fmt.Sprintf(format, args...)}
 	}
+	// With -data the chain ends at the spool's head, also when retention pruned every
+	// batch up to it (then nothing was read and the head is the pruned anchor).
+	if pos.HeadSeq > last {
+		last = pos.HeadSeq
+	}
 	switch {
 	case best.Seq > last:
 		return nil, bad("central holds seq %d, beyond this chain's end at %d: this copy is behind central (restored, cloned or rolled back)", best.Seq, last)
-	case best.Seq >= first:
+	case best.Seq >= first && rc.seen[best.Seq] != "":
 		if got := rc.seen[best.Seq]; !strings.EqualFold(got, best.HeaderHash) {
 			return nil, bad("central's receipt names header %s, this chain's batch has %s: a fork", short(best.HeaderHash), short(got))
 		}

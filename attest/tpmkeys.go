@@ -209,20 +209,6 @@ func createTPMKeys(tp transport.TPM, dir string, o TPMOptions) error {
 	var sign, seal blob
 	c := conn(tp)
 	err = c.do(func(tp transport.TPM) error {
-		var policy []byte
-		if len(o.PCRs) > 0 {
-			idx, err := selectedPCRs(sel)
-			if err != nil {
-				return err
-			}
-			vals, err := readPCRs(tp, idx)
-			if err != nil {
-				return err
-			}
-			if policy, err = pcrPolicy(sel, vals); err != nil {
-				return err
-			}
-		}
 		srk, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(srkTemplate)}.Execute(tp)
 		if err != nil {
 			return tpmErr("create storage primary", err)
@@ -233,17 +219,9 @@ func createTPMKeys(tp transport.TPM, dir string, o TPMOptions) error {
 		if err != nil {
 			return tpmErr("create signing key", err)
 		}
-		so, err := tpm2.Create{
-			ParentHandle: parent,
-			InPublic:     tpm2.New2B(sealTemplate(policy)),
-			InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-				Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data})}},
-		}.Execute(tp)
-		if err != nil {
-			return tpmErr("seal data key", err)
-		}
-		sign, seal = blob{sk.OutPublic, sk.OutPrivate}, blob{so.OutPublic, so.OutPrivate}
-		return nil
+		sign = blob{sk.OutPublic, sk.OutPrivate}
+		seal, err = sealUnder(tp, parent, data, sel, len(o.PCRs) > 0)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create tpm keys: %w", err)
@@ -276,6 +254,35 @@ func createTPMKeys(tp transport.TPM, dir string, o TPMOptions) error {
 		return fmt.Errorf("create tpm keys: %w", err)
 	}
 	return nil
+}
+
+// sealUnder seals data under parent, bound to the current values of the PCRs in sel
+// when withPolicy is set.
+func sealUnder(tp transport.TPM, parent tpm2.AuthHandle, data []byte, sel tpm2.TPMLPCRSelection, withPolicy bool) (blob, error) {
+	var policy []byte
+	if withPolicy {
+		idx, err := selectedPCRs(sel)
+		if err != nil {
+			return blob{}, err
+		}
+		vals, err := readPCRs(tp, idx)
+		if err != nil {
+			return blob{}, err
+		}
+		if policy, err = pcrPolicy(sel, vals); err != nil {
+			return blob{}, err
+		}
+	}
+	so, err := tpm2.Create{
+		ParentHandle: parent,
+		InPublic:     tpm2.New2B(sealTemplate(policy)),
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data})}},
+	}.Execute(tp)
+	if err != nil {
+		return blob{}, tpmErr("seal data key", err)
+	}
+	return blob{so.OutPublic, so.OutPrivate}, nil
 }
 
 func encodeBlob(b blob, tail []byte) []byte {

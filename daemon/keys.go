@@ -92,6 +92,10 @@ func (k *Keyring) Close() error {
 // every older batch.
 var ErrSigningKeyMissing = errors.New("signing key missing")
 
+// ErrDataKeyPolicy: the TPM refuses to unseal the data key because the PCRs it is bound
+// to changed.
+var ErrDataKeyPolicy = errors.New("data key policy no longer satisfied")
+
 // chainExists reports whether the data folder holds a spool (a chain someone's key
 // signed).
 func chainExists(cfg *Config) bool {
@@ -164,6 +168,11 @@ func openKeys(cfg *Config, log *slog.Logger, recovering bool) (*Keyring, error) 
 		return nil, fmt.Errorf("open keys: %w", err)
 	}
 	dk, err := s.UnsealDataKey()
+	if errors.Is(err, attest.ErrPolicy) && !recovering {
+		tp.Close()
+		return nil, fmt.Errorf("open keys: %w: the data key is sealed to PCRs %v whose values changed (a firmware or boot update?); boot the state it was sealed in, or run `edgeaudit keys recover -data-key -reason TEXT` to seal a new one (patient tokens then start over, and the chain records it)",
+			ErrDataKeyPolicy, s.PCRs())
+	}
 	if err != nil {
 		tp.Close()
 		return nil, fmt.Errorf("open keys: unseal the data key: %w", err)

@@ -118,3 +118,65 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 }
 
 var errStop = errors.New("stop")
+
+// ActionDataKeyReplaced records a data key sealed anew after its PCR policy failed.
+const ActionDataKeyReplaced = "audit.data_key_replaced"
+
+// RecoverDataKey is `edgeaudit keys recover -data-key`: when the TPM refuses the sealed
+// data key because the PCRs it is bound to changed for good, it seals a new one to the
+// current PCR values (keys.pcrs) and records audit.data_key_replaced: patient tokens
+// made from then on differ from the earlier ones, and the chain says from where. The
+// signing key is untouched. It refuses unless the unseal fails for exactly that reason.
+func RecoverDataKey(ctx context.Context, cfg *Config, reason, by string) (RecoverResult, error) {
+	var res RecoverResult
+	if reason == "" {
+		return res, errors.New("keys recover: a reason is required; it is recorded in the chain")
+	}
+	k := cfg.Keys
+	k.setDefaults()
+	if has, _ := attest.HasTPMKeys(cfg.TPMKeyDir()); !has {
+		return res, fmt.Errorf("keys recover -data-key: no TPM keys in %s: only a TPM-sealed data key can fail its policy", cfg.TPMKeyDir())
+	}
+	tp, err := attest.OpenTPM(k.TPMDevice)
+	if err != nil {
+		return res, fmt.Errorf("keys recover -data-key: %w", err)
+	}
+	defer tp.Close()
+	s, err := attest.LoadTPMSigner(tp, cfg.TPMKeyDir(), attest.TPMOptions{})
+	if err != nil {
+		return res, fmt.Errorf("keys recover -data-key: %w", err)
+	}
+	if _, err := s.UnsealDataKey(); !errors.Is(err, attest.ErrPolicy) {
+		if err == nil {
+			return res, errors.New("keys recover -data-key: the data key unseals: nothing to recover")
+		}
+		return res, fmt.Errorf("keys recover -data-key: the data key does not unseal, but not because of its policy: %w", err)
+	}
+	old := s.PCRs()
+	if _, err := s.ResealDataKey(k.PCRs); err != nil {
+		return res, fmt.Errorf("keys recover -data-key: %w", err)
+	}
+	res.NewKeyID, res.OldKeyID, res.Signer, res.NewDataKey = s.KeyID(), s.KeyID(), s.Kind(), true
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: s})
+	if err != nil {
+		return res, fmt.Errorf("keys recover -data-key: %w", err)
+	}
+	pos, _ := sp.Position()
+	res.LastGoodSeq, res.LastGoodHash = pos.HeadSeq, pos.HeadHash
+	e := selfEvent(time.Now(), ActionDataKeyReplaced, audit.OutcomeSeriousFailure, reason)
+	e.Actor = audit.Actor{User: by, Requestor: true}
+	e.Detail = map[string]string{"old_pcrs": fmt.Sprint(old), "new_pcrs": fmt.Sprint(k.PCRs),
+		"tokens": "patient tokens from this event on differ from the earlier ones"}
+	err = collectors.AppendSync(ctx, sp, &e)
+	if err == nil {
+		err = sp.Seal(ctx)
+	}
+	if cerr := sp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("keys recover -data-key: record it: %w", err)
+	}
+	res.EventID = e.ID
+	return res, nil
+}

@@ -766,6 +766,7 @@ type event struct {
 	} `json:"source"`
 	Action    string `json:"action"`
 	Outcome   string `json:"outcome"`
+	Patient   string `json:"patient"`
 	Reason    string `json:"reason"`
 	Count     int    `json:"count"`
 	Message   string `json:"message"`

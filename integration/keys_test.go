@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -184,5 +185,77 @@ func TestTPMAutoFallsBack(t *testing.T) {
 	}
 	if !said {
 		t.Fatal("the start event does not say why the key is a software key")
+	}
+}
+
+// The data key is sealed to a PCR; the PCR changes (as after a firmware update): the
+// daemon refuses to start and names the way out; `keys recover -data-key` seals a new
+// data key, the chain records it, the signing key stays, and patient tokens differ from
+// then on.
+func TestTPMDataKeyPCRChange(t *testing.T) {
+	tpm := testtpm.Start(t)
+	keys := fmt.Sprintf("keys: {tpm: require, tpm_device: %s, pcrs: [23]}\n", strconv.Quote(tpm.Spec))
+	d := startDaemon(t, daemonConfig{MaxAge: 200 * time.Millisecond, Extra: keys})
+	send := func(tag string) {
+		t.Helper()
+		sendSyslog(t, d.tcp, tag, 0, 1, 0)
+		eventually(t, waitTimeout, func() (bool, string) {
+			h := d.mustHealth(t)
+			return h.Committed >= 1 && h.OpenEvents == 0, fmt.Sprintf("committed %d open %d", h.Committed, h.OpenEvents)
+		})
+	}
+	// The same labelled MRN before and after: its token shows which data key made it.
+	sendMRN := func() {
+		t.Helper()
+		conn := dial(t, "tcp", d.tcp)
+		msg := "<110>1 2026-12-01T08:00:00.000Z it-host pacs - - - viewed patient MRN: M7654321"
+		fmt.Fprintf(conn, "%d %s", len(msg), msg)
+		conn.Close()
+	}
+	sendMRN()
+	send("before")
+	d.stop(t)
+	kid := keysShow(t, d)["key_id"]
+
+	cmd := exec.Command("tpm2_pcrextend", "23:sha256="+strings.Repeat("ab", 32))
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI="+tpm.TCTI())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tpm2_pcrextend: %v\n%s", err, out)
+	}
+	runFails(t, d, "keys recover -data-key")
+	if res := runCLI(t, "keys", "recover", "-config", d.config, "-reason", "BIOS update", "-data-key"); res.code != 0 {
+		t.Fatalf("%s", res)
+	}
+	if res := runCLI(t, "keys", "recover", "-config", d.config, "-reason", "again", "-data-key"); res.code != 1 || !strings.Contains(res.stderr, "nothing to recover") {
+		t.Fatalf("second recover -data-key: %s", res)
+	}
+	d.restart(t)
+	sendMRN()
+	send("after")
+	d.stop(t)
+	if got := keysShow(t, d)["key_id"]; got != kid {
+		t.Fatalf("signing key changed: %s, was %s", got, kid)
+	}
+	mustVerifyData(t, d.dataDir)
+	var tokens []string
+	var replaced int
+	for _, e := range exportEvents(t, d.dataDir, false) {
+		if strings.Contains(e.Message, "viewed patient") {
+			tokens = append(tokens, e.Patient)
+		}
+		if e.Action == "audit.data_key_replaced" {
+			replaced++
+		}
+	}
+	if replaced != 1 {
+		t.Fatalf("%d audit.data_key_replaced events, want 1", replaced)
+	}
+	if len(tokens) != 2 || tokens[0] == "" || tokens[0] == tokens[1] {
+		t.Fatalf("patient tokens before and after %q: want two different tokens", tokens)
+	}
+	for _, tok := range tokens {
+		if strings.Contains(tok, "7654321") {
+			t.Fatalf("token %q holds the identifier", tok)
+		}
 	}
 }

@@ -24,6 +24,7 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 	configPath := fs.String("config", "", "config file")
 	dataDir := fs.String("data", "", "data folder (overrides data_dir)")
 	reason := fs.String("reason", "", "recover: why the key is replaced (recorded in the chain)")
+	dataKey := fs.Bool("data-key", false, "recover: seal a new data key after its PCR policy failed (the signing key stays)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	fs.Usage = c.Usage
 	if err := fs.Parse(args[1:]); err != nil {
@@ -61,6 +62,14 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 		if *reason == "" {
 			return &usageError{"keys recover: -reason is required; it is recorded in the chain"}
 		}
+		if *dataKey {
+			res, err := daemon.RecoverDataKey(ctx, &cfg, *reason, whoami())
+			if err != nil {
+				return err
+			}
+			return out(res, fmt.Sprintf("new data key sealed to the current PCRs; patient tokens start over from event %s (%s)\n",
+				res.EventID, daemon.ActionDataKeyReplaced))
+		}
 		res, err := daemon.RecoverKeys(ctx, &cfg, *reason, whoami(), slog.New(slog.DiscardHandler))
 		if err != nil {
 			return err
@@ -85,7 +94,7 @@ func (c *KeysCommand) Usage() {
 Usage:
 
 	edgeaudit keys show    [-config FILE] [-data DIR] [-json]
-	edgeaudit keys recover [-config FILE] [-data DIR] [-json] -reason TEXT
+	edgeaudit keys recover [-config FILE] [-data DIR] [-json] [-data-key] -reason TEXT
 
 show prints the key that signs the chain: its key_id, whether it is a TPM or a software
 key (and, under keys.tpm: auto, why software), and the public key file.
@@ -102,6 +111,13 @@ the new key's batches until it is enrolled: edgeaudit devices add -replace.
 
 It refuses when the key loads (nothing is lost) or when the keys fail for another reason
 (a TPM that does not answer is not a lost key). Run it with the daemon stopped.
+
+recover -data-key is for a data key sealed to PCRs (keys.pcrs) whose values changed for
+good, a firmware or boot loader update: the TPM then refuses it and the daemon does not
+start. If the old boot state can come back, boot it instead. Otherwise this seals a new
+data key to the current PCR values and records audit.data_key_replaced: patient tokens
+made from then on differ from the earlier ones, and the chain says from where. The
+signing key is untouched.
 
 Exit status: 0 recovered; 1 refused or failed; 2 usage.
 `)

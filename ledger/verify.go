@@ -45,6 +45,8 @@ type Verifier struct {
 	// AllowPartial accepts a first batch other than seq 1 (a chain whose beginning was
 	// pruned after central acknowledged it) without checking its prev.
 	AllowPartial bool
+	// rotated counts the key rotations followed.
+	rotated int
 }
 
 // NewVerifier trusts the given public keys.
@@ -117,11 +119,30 @@ func (v *Verifier) Verify(b *Batch) (Header, error) {
 	if hex.EncodeToString(root[:]) != h.Root {
 		return fail(ReasonRoot, "root %s, events hash to %s", short(h.Root), short(hex.EncodeToString(root[:])))
 	}
+	// A key rotation (ActionKeyRotated) in a batch the old key signed hands trust on:
+	// the new key signs from the next batch, and the old one is retired, so that a
+	// stolen old key cannot add to the chain after it.
+	next, err := FindRotation(b.Events)
+	if err != nil {
+		return fail(ReasonKey, "%v", err)
+	}
+	if next != nil {
+		id, err := KeyID(next)
+		if err != nil {
+			return fail(ReasonKey, "%v", err)
+		}
+		delete(v.keys, h.KeyID)
+		v.keys[id] = next
+		v.rotated++
+	}
 	hh := HeaderHash(b.Header)
 	v.started, v.next, v.prev = true, h.Seq+1, hex.EncodeToString(hh[:])
 	v.chain, v.site, v.dev = h.Chain, h.Site, h.Device
 	return h, nil
 }
+
+// Rotations returns how many key rotations the verifier followed.
+func (v *Verifier) Rotations() int { return v.rotated }
 
 func short(hexs string) string {
 	if len(hexs) > 16 {

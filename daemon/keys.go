@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/google/go-tpm/tpm2/transport"
+
 	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/ledger"
@@ -77,6 +79,7 @@ type Keyring struct {
 	// Fallback says why software keys are used under keys.tpm: auto ("" otherwise).
 	Fallback string
 	closer   io.Closer
+	tpm      transport.TPM // the open TPM, for a rotation to make the next key in it
 }
 
 // Close releases the TPM connection, if any.
@@ -118,6 +121,9 @@ func OpenKeys(cfg *Config, log *slog.Logger) (*Keyring, error) {
 // openKeys is OpenKeys; recovering lets it make new keys although a chain exists (the
 // break is then recorded by RecoverKeys).
 func openKeys(cfg *Config, log *slog.Logger, recovering bool) (*Keyring, error) {
+	if err := finishRotation(cfg, log); err != nil {
+		return nil, fmt.Errorf("open keys: %w", err)
+	}
 	k := cfg.Keys
 	k.setDefaults()
 	tpmDir := cfg.TPMKeyDir()
@@ -186,7 +192,7 @@ func openKeys(cfg *Config, log *slog.Logger, recovering bool) (*Keyring, error) 
 			log.Error("remove the software data key after sealing it to the TPM", "err", err)
 		}
 	}
-	return &Keyring{Signer: s, DataKey: dk, closer: tp}, nil
+	return &Keyring{Signer: s, DataKey: dk, closer: tp, tpm: tp}, nil
 }
 
 // softwareKeys loads or creates the software keys; a missing signing key with a chain

@@ -259,3 +259,68 @@ func TestTPMDataKeyPCRChange(t *testing.T) {
 		}
 	}
 }
+
+// Key rotation end to end: the appliance rotates (software, then on a real swtpm), the
+// old key signs the rotation, `verify` trusting only the old key follows it, and central
+// (the real receiver over mosquitto) enrols the new key from the rotation batch and
+// stores what the new key signs, every message once.
+func TestKeyRotationFollowed(t *testing.T) {
+	tpm := testtpm.Start(t)
+	for _, tc := range []struct{ name, keys string }{
+		{"software", "keys: {tpm: off}\n"},
+		{"tpm", fmt.Sprintf("keys: {tpm: require, tpm_device: %s}\n", strconv.Quote(tpm.Spec))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startCentral(t)
+			d := startDaemon(t, daemonConfig{MaxAge: 200 * time.Millisecond, Extra: c.uplinkYAML("") + tc.keys})
+			// Enrol the key the daemon made (its first batches wait for it).
+			pub, err := os.ReadFile(d.pubKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(c.keys, testSite), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(c.keys, testSite, testDevice+".pub"), pub, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			sendSyslog(t, d.tcp, "rot1", 0, 100, 0)
+			d.waitAllReceipted(t, 100, waitTimeout)
+			d.stop(t)
+			old := keysShow(t, d)["key_id"]
+			oldPub := filepath.Join(t.TempDir(), "old.pub")
+			if err := os.WriteFile(oldPub, pub, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			res := runCLI(t, "keys", "rotate", "-config", d.config, "-reason", "yearly rotation")
+			if res.code != 0 {
+				t.Fatalf("%s", res)
+			}
+			if now := keysShow(t, d); now["key_id"] == old || now["signer"] != tc.name {
+				t.Fatalf("after rotate %v, want a new %s key", now, tc.name)
+			}
+			d.restart(t)
+			sendSyslog(t, d.tcp, "rot2", 0, 100, 0)
+			d.waitAllReceipted(t, 100, waitTimeout)
+			d.stop(t)
+			// Only the old key trusted: verify follows the rotation to the new one.
+			if v, out := verify(t, "-data", d.dataDir, "-key", oldPub); out.code != 0 || !v.OK {
+				t.Fatalf("verify trusting only the old key: %s", out)
+			}
+			// Central followed: the enrolled key is the new one, the old one kept beside.
+			enrolled, err := os.ReadFile(filepath.Join(c.keys, testSite, testDevice+".pub"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur, err := os.ReadFile(d.pubKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(enrolled) != string(cur) {
+				t.Fatal("central's enrolled key is not the rotated one")
+			}
+			_, _, events := c.storedEvents(t)
+			checkExactlyOnce(t, tagged(t, events, "rot2"), 100)
+		})
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
 	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
@@ -67,4 +68,30 @@ func parsePublicPEM(b []byte) (*ecdsa.PublicKey, error) {
 		return nil, errors.New("not an ECDSA P-256 public key")
 	}
 	return ek, nil
+}
+
+// Rotate implements KeyRotator: next becomes <Dir>/<site>/<device>.pub (written
+// atomically); the key it replaces is kept as <device>.pub.<its key id's first 16
+// digits>, for the stored batches it signed.
+func (f FolderKeys) Rotate(_ context.Context, site, device string, next *ecdsa.PublicKey) error {
+	if !ledger.ValidName(site) || !ledger.ValidName(device) {
+		return fmt.Errorf("rotate device key %q/%q: bad name", site, device)
+	}
+	path := filepath.Join(f.Dir, site, device+".pub")
+	if old, err := os.ReadFile(path); err == nil {
+		if k, err := parsePublicPEM(old); err == nil {
+			kid, _ := ledger.KeyID(k)
+			if err := atomicfile.WriteFile(path+"."+kid[:16], old, 0o600); err != nil {
+				return fmt.Errorf("rotate device key: %w", err)
+			}
+		}
+	}
+	der, err := x509.MarshalPKIXPublicKey(next)
+	if err != nil {
+		return fmt.Errorf("rotate device key: %w", err)
+	}
+	if err := atomicfile.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		return fmt.Errorf("rotate device key: %w", err)
+	}
+	return nil
 }

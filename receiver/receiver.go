@@ -557,7 +557,39 @@ func (r *Receiver) apply(ctx context.Context, site, dev string, d *device, b *le
 	}
 	r.stats.batches.Add(1)
 	r.stats.events.Add(uint64(len(b.Events)))
+	r.followRotation(ctx, site, dev, b, h)
 	return nil
+}
+
+// KeyRotator may also be implemented by DeviceKeys: Rotate enrols next as the device's
+// key, replacing the one that signed a stored batch announcing it (ledger.ActionKeyRotated).
+type KeyRotator interface {
+	Rotate(ctx context.Context, site, device string, next *ecdsa.PublicKey) error
+}
+
+// followRotation enrols the key a just-stored batch rotates to, so that the device's
+// next batch, signed by it, is accepted. The stored batch was signed by the enrolled key,
+// which vouches for the new one.
+func (r *Receiver) followRotation(ctx context.Context, site, dev string, b *ledger.Batch, h ledger.Header) {
+	next, err := ledger.FindRotation(b.Events)
+	if err != nil {
+		r.log.Warn("batch announces a key rotation that names no usable key", attrSite, site, attrDevice, dev, attrSeq, h.Seq, attrError, err)
+		return
+	}
+	if next == nil {
+		return
+	}
+	kr, ok := r.keys.(KeyRotator)
+	if !ok {
+		r.log.Warn("device rotated its key, but the key store cannot follow; enrol the new key by hand", attrSite, site, attrDevice, dev, attrSeq, h.Seq)
+		return
+	}
+	if err := kr.Rotate(ctx, site, dev, next); err != nil {
+		r.log.Error("follow key rotation", attrSite, site, attrDevice, dev, attrSeq, h.Seq, attrError, err)
+		return
+	}
+	kid, _ := ledger.KeyID(next)
+	r.log.Info("device key rotated", attrSite, site, attrDevice, dev, attrSeq, h.Seq, "new_key_id", kid)
 }
 
 // check decodes payload and runs every check that needs no stored state: one batch,

@@ -18,7 +18,7 @@ type KeysCommand struct{}
 func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		c.Usage()
-		return &usageError{"keys: need a subcommand: show or recover"}
+		return &usageError{"keys: need a subcommand: show, rotate or recover"}
 	}
 	fs := flag.NewFlagSet("edgeaudit keys "+args[0], flag.ContinueOnError)
 	configPath := fs.String("config", "", "config file")
@@ -58,6 +58,16 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 		v := map[string]string{"key_id": keys.Signer.KeyID(), "signer": keys.Signer.Kind(), "public_key": cfg.PublicKeyPath(),
 			"software_key_why": keys.Fallback}
 		return out(v, fmt.Sprintf("key_id %s\nsigner %s\npublic key %s\n", v["key_id"], v["signer"], v["public_key"]))
+	case "rotate":
+		if *reason == "" {
+			return &usageError{"keys rotate: -reason is required; it is recorded in the chain"}
+		}
+		res, err := daemon.RotateKeys(ctx, &cfg, *reason, whoami(), slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		return out(res, fmt.Sprintf("new %s key %s replaces %s; the old key signed the rotation (event %s); verify and central follow it\n",
+			res.Signer, res.NewKeyID, res.OldKeyID, res.EventID))
 	case "recover":
 		if *reason == "" {
 			return &usageError{"keys recover: -reason is required; it is recorded in the chain"}
@@ -94,10 +104,20 @@ func (c *KeysCommand) Usage() {
 Usage:
 
 	edgeaudit keys show    [-config FILE] [-data DIR] [-json]
+	edgeaudit keys rotate  [-config FILE] [-data DIR] [-json] -reason TEXT
 	edgeaudit keys recover [-config FILE] [-data DIR] [-json] [-data-key] -reason TEXT
 
 show prints the key that signs the chain: its key_id, whether it is a TPM or a software
 key (and, under keys.tpm: auto, why software), and the public key file.
+
+rotate replaces a working signing key by a new one of the same kind (in the TPM for a
+TPM key, keeping the data key, so patient tokens stay): the old key signs an
+audit.key_rotated event that names the new one, then the new key signs from the next
+batch on and the old one is retired (a TPM key folder is kept as keys/tpm-retired-<id>,
+a software key is destroyed). edgeaudit verify follows the rotation with only the old
+key trusted, and refuses batches the old key signs after it; central enrols the new key
+when it stores the rotation batch. A rotation interrupted by a crash is completed at the
+next start if the chain holds it, and discarded if not. Run it with the daemon stopped.
 
 recover is for a signing key that is lost while its chain exists: the key file deleted,
 the TPM cleared or replaced. The daemon refuses to start then, because a new key made

@@ -54,39 +54,56 @@ type sealWait struct {
 	ch     chan error
 }
 
+// signPipeline is how many headers may be handed to the signer ahead of the writer:
+// the signer works through them back to back while the writer commits, and the writer
+// takes every finished signature each round.
+const signPipeline = 64
+
 // signing is the writer's view of the signer.
 type signing struct {
-	busy    bool
-	busySeq uint64
-	sigs    []signResult // signed, not yet committed: seqs headSeq+1, headSeq+2, …
-	waiters []sealWait
+	nextJob  uint64       // the next seq to hand to the signer (0: not started)
+	inflight int          // handed over, signature not yet taken
+	sigs     []signResult // signed, not yet committed: seqs headSeq+1, headSeq+2, …
+	waiters  []sealWait
 }
 
-// dispatch hands the next unsigned header to the signer when it is idle.
+// dispatch hands prepared headers to the signer, in order, up to signPipeline ahead.
 func (s *Spool) dispatch() {
 	g, st := &s.sign, &s.st
-	if g.busy {
-		return
+	if g.nextJob == 0 {
+		g.nextJob = st.headSeq + 1
 	}
-	next := st.headSeq + 1 + uint64(len(g.sigs))
-	if next > st.sealedSeq {
-		return
+	for g.inflight < signPipeline && g.nextJob <= st.sealedSeq {
+		i := g.nextJob - (st.headSeq + 1)
+		s.signJobs <- signJob{seq: g.nextJob, header: st.unsigned[i].header} // cap signPipeline: never blocks
+		g.nextJob++
+		g.inflight++
 	}
-	i := next - (st.headSeq + 1)
-	s.signJobs <- signJob{seq: next, header: st.unsigned[i].header} // cap 1 and idle: never blocks
-	g.busy, g.busySeq = true, next
 }
 
-// signed takes a signature from the signer.
+// takeSignature takes a signature from the signer and hands it more work.
 func (s *Spool) takeSignature(r signResult) {
 	g := &s.sign
-	if !g.busy || r.seq != g.busySeq {
-		// Cannot happen: one job at a time, in order. Dropping it only delays the batch.
-		s.log.Error("signature for an unexpected seq dropped", "seq", r.seq, "expected", g.busySeq)
+	g.inflight--
+	if want := s.st.headSeq + 1 + uint64(len(g.sigs)); r.seq != want {
+		// Cannot happen: jobs go and come back in order. Dropping it only delays the batch.
+		s.log.Error("signature for an unexpected seq dropped", "seq", r.seq, "expected", want)
 		return
 	}
-	g.busy = false
 	g.sigs = append(g.sigs, r)
+	s.dispatch()
+}
+
+// takeSignatures takes every signature that is ready, without waiting.
+func (s *Spool) takeSignatures() {
+	for {
+		select {
+		case r := <-s.signed:
+			s.takeSignature(r)
+		default:
+			return
+		}
+	}
 }
 
 // wakeWaiters answers the Seal calls whose batch is signed and committed.

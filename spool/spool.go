@@ -264,8 +264,8 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		queue: make(chan item, cfg.QueueSize),
 		done:  make(chan struct{}),
 
-		signJobs: make(chan signJob, 1),
-		signed:   make(chan signResult),
+		signJobs: make(chan signJob, signPipeline),
+		signed:   make(chan signResult, signPipeline),
 		signStop: make(chan struct{}),
 		signDone: make(chan struct{}),
 	}

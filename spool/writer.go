@@ -109,6 +109,7 @@ func (s *Spool) writer() {
 				break drain
 			}
 		}
+		s.takeSignatures()
 		err := s.commitRetrying(items, sealWaiter != nil, closed)
 		for _, it := range items {
 			if it.done != nil {
@@ -138,7 +139,7 @@ func (s *Spool) finishSigning() {
 	deadline := time.NewTimer(s.cfg.CloseGrace)
 	defer deadline.Stop()
 wait:
-	for s.sign.busy || len(s.sign.sigs) > 0 {
+	for s.sign.inflight > 0 || len(s.sign.sigs) > 0 {
 		if len(s.sign.sigs) > 0 {
 			if err := s.commitRetrying(nil, false, true); err != nil {
 				break

@@ -92,10 +92,6 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	if err := writePublicKey(cfg, keys.Signer); err != nil {
 		return res, err
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: keys.Signer})
-	if err != nil {
-		return res, fmt.Errorf("keys recover: %w", err)
-	}
 	e := selfEvent(time.Now(), ActionKeyReplaced, audit.OutcomeSeriousFailure, reason)
 	e.Actor = audit.Actor{User: by, Requestor: true}
 	e.Detail = map[string]string{"old_key_id": res.OldKeyID, "new_key_id": res.NewKeyID, "signer": res.Signer,
@@ -103,14 +99,7 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	if res.NewDataKey {
 		e.Detail["data_key"] = "new: the old one was lost too, patient tokens change from here"
 	}
-	err = collectors.AppendSync(ctx, sp, &e)
-	if err == nil {
-		err = sp.Seal(ctx)
-	}
-	if cerr := sp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := recordWith(ctx, cfg, keys.Signer, &e); err != nil {
 		return res, fmt.Errorf("keys recover: record the break: %w", err)
 	}
 	res.EventID = e.ID
@@ -118,6 +107,28 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 }
 
 var errStop = errors.New("stop")
+
+// WithSpool opens the spool of a stopped daemon with signer, runs fn, seals what fn
+// recorded (so that it is in the chain now, not at the next start) and closes the spool.
+func WithSpool(ctx context.Context, cfg *Config, signer Signer, fn func(*spool.Spool) error) error {
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
+	if err != nil {
+		return err
+	}
+	err = fn(sp)
+	if err == nil {
+		err = sp.Seal(ctx)
+	}
+	if cerr := sp.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// recordWith appends e to the spool of a stopped daemon, signed by signer, and seals it.
+func recordWith(ctx context.Context, cfg *Config, signer Signer, e *audit.Event) error {
+	return WithSpool(ctx, cfg, signer, func(sp *spool.Spool) error { return collectors.AppendSync(ctx, sp, e) })
+}
 
 // ActionDataKeyReplaced records a data key sealed anew after its PCR policy failed.
 const ActionDataKeyReplaced = "audit.data_key_replaced"
@@ -157,24 +168,11 @@ func RecoverDataKey(ctx context.Context, cfg *Config, reason, by string) (Recove
 		return res, fmt.Errorf("keys recover -data-key: %w", err)
 	}
 	res.NewKeyID, res.OldKeyID, res.Signer, res.NewDataKey = s.KeyID(), s.KeyID(), s.Kind(), true
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: s})
-	if err != nil {
-		return res, fmt.Errorf("keys recover -data-key: %w", err)
-	}
-	pos, _ := sp.Position()
-	res.LastGoodSeq, res.LastGoodHash = pos.HeadSeq, pos.HeadHash
 	e := selfEvent(time.Now(), ActionDataKeyReplaced, audit.OutcomeSeriousFailure, reason)
 	e.Actor = audit.Actor{User: by, Requestor: true}
 	e.Detail = map[string]string{"old_pcrs": fmt.Sprint(old), "new_pcrs": fmt.Sprint(k.PCRs),
 		"tokens": "patient tokens from this event on differ from the earlier ones"}
-	err = collectors.AppendSync(ctx, sp, &e)
-	if err == nil {
-		err = sp.Seal(ctx)
-	}
-	if cerr := sp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := recordWith(ctx, cfg, s, &e); err != nil {
 		return res, fmt.Errorf("keys recover -data-key: record it: %w", err)
 	}
 	res.EventID = e.ID

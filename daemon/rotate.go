@@ -13,10 +13,8 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/audit"
-	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
 	"github.com/edgeaudit/edgeaudit/ledger"
-	"github.com/edgeaudit/edgeaudit/spool"
 )
 
 // A rotation stages the next key beside the current one, records the rotation in the
@@ -78,22 +76,12 @@ func RotateKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.L
 	if err != nil {
 		return res, fmt.Errorf("keys rotate: %w", err)
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: cur.Signer})
-	if err != nil {
-		return res, fmt.Errorf("keys rotate: %w", err)
-	}
 	e := selfEvent(time.Now(), ledger.ActionKeyRotated, audit.OutcomeSuccess, reason)
 	e.Actor = audit.Actor{User: by, Requestor: true}
 	e.Detail = map[string]string{"old_key_id": res.OldKeyID, "new_key_id": res.NewKeyID, "signer": next.Kind(),
 		"new_public_key": string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}
-	err = collectors.AppendSync(ctx, sp, &e)
-	if err == nil {
-		err = sp.Seal(ctx) // signed by the current key: the rotation is in the chain now
-	}
-	if cerr := sp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	// Signed by the current key: the rotation is in the chain once this returns.
+	if err := recordWith(ctx, cfg, cur.Signer, &e); err != nil {
 		return res, fmt.Errorf("keys rotate: record the rotation: %w", err)
 	}
 	if err := atomicfile.WriteFile(cfg.rotationMarker(), []byte(res.OldKeyID+" "+res.NewKeyID+"\n"), 0o600); err != nil {

@@ -58,6 +58,20 @@ func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string
 	return b, nil
 }
 
+// applianceConfig loads the appliance's config file (the defaults without one), with
+// -data overriding data_dir, and fills the defaults.
+func applianceConfig(configPath, dataDir string) (daemon.Config, error) {
+	cfg, err := daemon.LoadConfig(configPath)
+	if err != nil {
+		return cfg, err
+	}
+	if dataDir != "" {
+		cfg.DataDir = dataDir
+	}
+	cfg.SetDefaults()
+	return cfg, nil
+}
+
 // offlineKeys opens the keys of a stopped daemon's data folder: only existing ones (a
 // tool never makes the first key of an appliance), in a software file or the TPM as
 // keys.tpm says.
@@ -77,16 +91,5 @@ func withOfflineSpool(ctx context.Context, cfg *daemon.Config, fn func(*spool.Sp
 		return err
 	}
 	defer keys.Close()
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: keys.Signer})
-	if err != nil {
-		return err
-	}
-	err = fn(sp)
-	if err == nil {
-		err = sp.Seal(ctx)
-	}
-	if cerr := sp.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return daemon.WithSpool(ctx, cfg, keys.Signer, fn)
 }

@@ -33,14 +33,10 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 	if fs.NArg() != 0 {
 		return &usageError{"keys: unexpected arguments"}
 	}
-	cfg, err := daemon.LoadConfig(*configPath)
+	cfg, err := applianceConfig(*configPath, *dataDir)
 	if err != nil {
 		return err
 	}
-	if *dataDir != "" {
-		cfg.DataDir = *dataDir
-	}
-	cfg.SetDefaults()
 	out := func(v any, text string) error {
 		if *asJSON {
 			return json.NewEncoder(os.Stdout).Encode(v)

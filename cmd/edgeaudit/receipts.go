@@ -42,14 +42,10 @@ func (c *ReceiptsCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("receipts import %s: %w", fs.Arg(0), err)
 	}
-	cfg, err := daemon.LoadConfig(*configPath)
+	cfg, err := applianceConfig(*configPath, *dataDir)
 	if err != nil {
 		return err
 	}
-	if *dataDir != "" {
-		cfg.DataDir = *dataDir
-	}
-	cfg.SetDefaults()
 
 	var sum daemon.ReceiptsSummary
 	b, err := adminPost(ctx, &cfg, "/v1/receipts", "application/x-ndjson", body)

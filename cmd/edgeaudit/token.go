@@ -40,14 +40,10 @@ func (c *TokenCommand) Run(ctx context.Context, args []string) error {
 	if *reason == "" {
 		return &usageError{"token reveal: -reason is required; it is recorded in the audit chain"}
 	}
-	cfg, err := daemon.LoadConfig(*configPath)
+	cfg, err := applianceConfig(*configPath, *dataDir)
 	if err != nil {
 		return err
 	}
-	if *dataDir != "" {
-		cfg.DataDir = *dataDir
-	}
-	cfg.SetDefaults()
 	req := daemon.RevealRequest{Token: fs.Arg(0), By: whoami(), Reason: *reason}
 
 	value, err := revealOnline(ctx, &cfg, req)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -165,7 +166,13 @@ func (c *KeysCommand) attest(ctx context.Context, cfg *daemon.Config, nonceHex, 
 			return fmt.Errorf("keys attest: the daemon's answer: %w", err)
 		}
 	}
-	v, err := attest.VerifyBundle(&b, nonce, nil)
+	// The key the bundle certifies must be the one the chain's public key file names
+	// (central gets that file too).
+	var expected *ecdsa.PublicKey
+	if ks, err := attest.ReadPublicPEM(cfg.PublicKeyPath()); err == nil && len(ks) == 1 {
+		expected = ks[0]
+	}
+	v, err := attest.VerifyBundle(&b, nonce, expected)
 	if err != nil {
 		return fmt.Errorf("keys attest: %w", err)
 	}

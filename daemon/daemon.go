@@ -279,6 +279,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		mux := d.adminHandler(reg, sp, signer, keys.Fallback)
 		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken))
 		mux.Handle("POST /v1/receipts", d.receiptsHandler(src, sp, adminToken))
+		mux.Handle("POST /v1/keys/attest", attestHandler(keys, adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		// On an early return the deferred wg.Wait must not wait for a server nobody
 		// stops; after the orderly Shutdown this is a no-op.

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -22,7 +23,8 @@ import (
 )
 
 // TestDevicesCommands: add (validated, refused over a different key without -replace),
-// list (table and JSON), remove; each change is in central's trail.
+// list (table and JSON), remove; each change is in central's trail; nonce prints 32
+// fresh bytes. Attested adds run on a real swtpm in receiver/central and integration.
 func TestDevicesCommands(t *testing.T) {
 	cfgPath, cfg := centralConfig(t, "")
 	dir := t.TempDir()
@@ -97,8 +99,21 @@ func TestDevicesCommands(t *testing.T) {
 	if fmt.Sprint(changes) != fmt.Sprint(want) {
 		t.Errorf("key changes in central's trail %q, want %q", changes, want)
 	}
+	n1, err := run("nonce")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, _ := run("nonce")
+	if b, err := hex.DecodeString(strings.TrimSpace(n1)); err != nil || len(b) != 32 || n1 == n2 {
+		t.Errorf("devices nonce: %q then %q, want two different 32-byte hex nonces", n1, n2)
+	}
 	var ue *usageError
-	for _, args := range [][]string{{}, {"frobnicate"}, {"add", "-site", "s1", pub1}, {"remove", "-site", "s1"}, {"list", "x"}} {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"add", "-site", "s1", pub1}, {"remove", "-site", "s1"}, {"list", "x"},
+		{"add", "-site", "s1", "-device", "d1", "-nonce", "00", pub1},                            // -nonce without -bundle
+		{"add", "-site", "s1", "-device", "d1", "-bundle", "b.json"},                             // -bundle without -nonce
+		{"add", "-site", "s1", "-device", "d1", "-bundle", "b.json", "-nonce", "zz"},             // not hex
+		{"add", "-site", "s1", "-device", "d1", "-bundle", "b.json", "-nonce", "00", pub1, pub2}, // two keys
+		{"nonce", "x"}} {
 		if _, err := run(args...); !errors.As(err, &ue) {
 			t.Errorf("devices %v: %v, want a usage error", args, err)
 		}

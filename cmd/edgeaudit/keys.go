@@ -2,13 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 
+	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/daemon"
+	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
 // KeysCommand manages the appliance's keys.
@@ -18,7 +24,7 @@ type KeysCommand struct{}
 func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		c.Usage()
-		return &usageError{"keys: need a subcommand: show, rotate or recover"}
+		return &usageError{"keys: need a subcommand: show, rotate, recover or attest"}
 	}
 	fs := flag.NewFlagSet("edgeaudit keys "+args[0], flag.ContinueOnError)
 	configPath := fs.String("config", "", "config file")
@@ -26,6 +32,8 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 	reason := fs.String("reason", "", "recover: why the key is replaced (recorded in the chain)")
 	dataKey := fs.Bool("data-key", false, "recover: seal a new data key after its PCR policy failed (the signing key stays)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	nonceHex := fs.String("nonce", "", "attest: central's nonce, hex")
+	outPath := fs.String("out", "", "attest: the bundle file to write")
 	fs.Usage = c.Usage
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -87,6 +95,8 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 			text += "the data key was lost too: patient tokens change from here (recorded)\n"
 		}
 		return out(res, text)
+	case "attest":
+		return c.attest(ctx, &cfg, *nonceHex, *outPath, out)
 	default:
 		c.Usage()
 		return &usageError{fmt.Sprintf("keys: unknown subcommand %q", args[0])}
@@ -95,13 +105,14 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 
 // Usage prints the man page.
 func (c *KeysCommand) Usage() {
-	fmt.Fprint(os.Stderr, `The keys command shows or recovers the appliance's signing key.
+	fmt.Fprint(os.Stderr, `The keys command shows, rotates, recovers or attests the appliance's signing key.
 
 Usage:
 
 	edgeaudit keys show    [-config FILE] [-data DIR] [-json]
 	edgeaudit keys rotate  [-config FILE] [-data DIR] [-json] -reason TEXT
 	edgeaudit keys recover [-config FILE] [-data DIR] [-json] [-data-key] -reason TEXT
+	edgeaudit keys attest  [-config FILE] [-data DIR] [-json] -nonce HEX -out FILE
 
 show prints the key that signs the chain: its key_id, whether it is a TPM or a software
 key (and, under keys.tpm: auto, why software), and the public key file.
@@ -135,6 +146,77 @@ data key to the current PCR values and records audit.data_key_replaced: patient 
 made from then on differ from the earlier ones, and the chain says from where. The
 signing key is untouched.
 
-Exit status: 0 recovered; 1 refused or failed; 2 usage.
+attest writes the attestation bundle that lets central enrol the signing key as one
+that lives in this appliance's TPM (docs/central.md, "Attested enrolment"): the signing
+key's public part, a TPM2_Certify of it and a quote of PCRs 0-7 by the TPM's attestation
+key, both over -nonce, the attestation key and the endorsement key (and its certificate
+when the TPM has one). -nonce is the hex nonce central issued (edgeaudit devices nonce;
+1-64 bytes), -out the file to write (JSON, 0600), which goes to central with the nonce:
+edgeaudit devices add -bundle FILE -nonce HEX. With the daemon running the command asks
+it through the admin endpoint (the daemon holds the TPM connection; the admin token in
+the data folder is required); with it stopped it opens the TPM itself. A software key is
+refused: no TPM can vouch for it.
+
+Exit status: 0 done; 1 refused or failed; 2 usage.
 `)
+}
+
+// attest writes the bundle for nonce: through the running daemon, whose TPM connection
+// it is, or from the keys of a stopped one. The bundle is checked here too, so that a
+// file that central would refuse is never written.
+func (c *KeysCommand) attest(ctx context.Context, cfg *daemon.Config, nonceHex, outPath string, out func(any, string) error) error {
+	if nonceHex == "" || outPath == "" {
+		return &usageError{"keys attest: need -nonce HEX (issued by central) and -out FILE"}
+	}
+	nonce, err := daemon.ParseNonce(nonceHex)
+	if err != nil {
+		return &usageError{"keys attest: " + err.Error()}
+	}
+	body, _ := json.Marshal(daemon.AttestRequest{Nonce: hex.EncodeToString(nonce)})
+	var b attest.Bundle
+	via := "the running daemon"
+	raw, err := adminPost(ctx, cfg, "/v1/keys/attest", "application/json", body)
+	switch {
+	case errors.Is(err, errDaemonDown):
+		if pid := daemon.RunningPID(cfg); pid != 0 {
+			return fmt.Errorf("keys attest: the daemon (pid %d, %s/running) holds the TPM and has no admin endpoint to ask; set admin: in its config, or stop it and run this again", pid, cfg.DataDir)
+		}
+		keys, kerr := offlineKeys(cfg)
+		if kerr != nil {
+			return fmt.Errorf("keys attest: %w", kerr)
+		}
+		defer keys.Close()
+		bp, aerr := daemon.Attest(keys, nonce)
+		if aerr != nil {
+			return aerr // "attest: …" already
+		}
+		b, via = *bp, "the TPM (daemon stopped)"
+	case err != nil:
+		return fmt.Errorf("keys attest: %w", err)
+	default:
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return fmt.Errorf("keys attest: the daemon's answer: %w", err)
+		}
+	}
+	// The key the bundle certifies must be the one the chain's public key file names
+	// (central gets that file too).
+	var expected *ecdsa.PublicKey
+	if ks, err := attest.ReadPublicPEM(cfg.PublicKeyPath()); err == nil && len(ks) == 1 {
+		expected = ks[0]
+	}
+	v, err := attest.VerifyBundle(&b, nonce, expected)
+	if err != nil {
+		return fmt.Errorf("keys attest: %w", err)
+	}
+	data, err := json.MarshalIndent(&b, "", "  ")
+	if err != nil {
+		return fmt.Errorf("keys attest: %w", err)
+	}
+	if err := atomicfile.WriteFile(outPath, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("keys attest: %w", err)
+	}
+	akID, _ := ledger.KeyID(v.AK)
+	res := map[string]string{"key_id": v.KeyID, "ak_key_id": akID, "out": outPath, "via": via}
+	return out(res, fmt.Sprintf("bundle for key %s (TPM ak %s, through %s) written to %s\ngive it to central with the nonce: edgeaudit devices add -site %s -device %s -bundle %s -nonce %s\n",
+		v.KeyID, akID, via, outPath, cfg.Site, cfg.Device, outPath, hex.EncodeToString(nonce)))
 }

@@ -31,6 +31,12 @@ var (
 	// no device key is enrolled under it, so no batch from the network can extend
 	// central's trail.
 	ErrReservedSite = errors.New("the site is central's own audit trail (receive.audit_site)")
+	// ErrNonceReused: the bundle answers the nonce of the device's last attested
+	// enrolment. A nonce is used once; a bundle made for an old one may be a replay.
+	ErrNonceReused = errors.New("nonce already used for this device")
+	// ErrPinned: the device was enrolled from a TPM attestation; a plain public key
+	// does not replace its key (a bundle from the same TPM does).
+	ErrPinned = errors.New("the device is pinned to its TPM by an attested enrolment")
 )
 
 // LoadOrCreateKey loads central's receipt signing key at cfg.Key, creating it (0600, its
@@ -188,8 +194,9 @@ func writeNew(path string, data []byte) error {
 	return atomicfile.SyncDir(dir)
 }
 
-// Unenrol removes the key of site/device and returns its key_id. What is stored of the
-// device's chain stays; its next batch is refused as from an unknown device.
+// Unenrol removes the key of site/device, and its attestation pins if any, and returns
+// its key_id. What is stored of the device's chain stays; its next batch is refused as
+// from an unknown device.
 func Unenrol(dir, site, device string) (string, error) {
 	path, err := keyPath(dir, site, device)
 	if err != nil {
@@ -206,6 +213,9 @@ func Unenrol(dir, site, device string) (string, error) {
 	if err := os.Remove(path); err != nil {
 		return "", fmt.Errorf("remove device: %w", err)
 	}
+	if err := removeAttestation(dir, site, device); err != nil {
+		return kid, fmt.Errorf("remove device: %w", err)
+	}
 	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 		return kid, fmt.Errorf("remove device: %w", err)
 	}
@@ -220,6 +230,10 @@ type Device struct {
 	Modified time.Time `json:"modified"`
 	Path     string    `json:"path"`
 	Error    string    `json:"error,omitempty"` // the file does not hold one P-256 key
+	// Attested: enrolled from a verified TPM attestation bundle; AKKeyID names the
+	// attestation key the device is pinned to.
+	Attested bool   `json:"attested"`
+	AKKeyID  string `json:"ak_key_id,omitempty"`
 }
 
 // ListDevices lists the enrolled keys of the devices folder dir, by site and device. A
@@ -256,6 +270,11 @@ func ListDevices(dir string) ([]Device, error) {
 				d.Error = err.Error()
 			} else {
 				d.KeyID = kid
+			}
+			if a, err := ReadAttestation(dir, d.Site, d.Device); err != nil {
+				d.Error = err.Error()
+			} else if a != nil {
+				d.Attested, d.AKKeyID = a.KeyID == d.KeyID, a.AKKeyID
 			}
 			out = append(out, d)
 		}

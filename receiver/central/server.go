@@ -2,12 +2,14 @@ package central
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -499,19 +501,56 @@ func (s *Server) AddDevice(ctx context.Context, site, device string, pemBytes []
 	if err != nil {
 		return Enrolment{}, fmt.Errorf("add device %s/%s: %w", site, device, err)
 	}
+	// A device pinned to a TPM takes a new key only with a bundle from that TPM: a
+	// plain key would undo the pin.
+	if a, err := ReadAttestation(s.cfg.Devices, site, device); err != nil {
+		return Enrolment{}, fmt.Errorf("add device %s/%s: %w", site, device, err)
+	} else if a != nil && replace {
+		return Enrolment{}, fmt.Errorf("add device %s/%s: %w (ak %s): enrol its new key with -bundle from that TPM, or remove the device first",
+			site, device, ErrPinned, a.AKKeyID)
+	}
 	res, err := Enrol(s.cfg.Devices, site, device, pub, replace)
 	if err != nil || !res.Changed {
 		return res, err
 	}
+	return res, s.recordEnrolment(ctx, site, device, res, nil)
+}
+
+// recordEnrolment writes a changed enrolment to central's trail as admin.key_change,
+// with extra detail.
+func (s *Server) recordEnrolment(ctx context.Context, site, device string, res Enrolment, extra map[string]string) error {
 	det := map[string]string{"site": site, "device": device, "key_id": res.KeyID, "tofu": "false"}
 	reason := "device enrolled"
 	if res.Previous != "" {
 		det["previous_key_id"], reason = res.Previous, "device key replaced"
 	}
-	if err := s.Record(ctx, s.alerts.event(audit.ActionKeyChange, audit.OutcomeSuccess, reason, det)); err != nil {
-		return res, fmt.Errorf("add device %s/%s: enrolled, but not recorded in central's trail: %w", site, device, err)
+	if !res.Changed {
+		reason = "device attested"
 	}
-	return res, nil
+	maps.Copy(det, extra)
+	if err := s.Record(ctx, s.alerts.event(audit.ActionKeyChange, audit.OutcomeSuccess, reason, det)); err != nil {
+		return fmt.Errorf("add device %s/%s: enrolled, but not recorded in central's trail: %w", site, device, err)
+	}
+	return nil
+}
+
+// AddAttestedDevice verifies the attestation bundle b against the nonce central issued
+// and enrols the key it certifies, pinned to its TPM (see EnrolAttested), and records it
+// in central's trail (admin.key_change, attested=true, the AK and EK key ids). A bundle
+// that verifies is recorded even when the key was enrolled already: the device was
+// attested again.
+func (s *Server) AddAttestedDevice(ctx context.Context, site, device string, b *attest.Bundle, nonce []byte,
+	expected *ecdsa.PublicKey, replace bool) (AttestedEnrolment, error) {
+	if site == s.cfg.AuditSite {
+		return AttestedEnrolment{}, fmt.Errorf("add device %s/%s: %w", site, device, ErrReservedSite)
+	}
+	res, err := EnrolAttested(s.cfg.Devices, site, device, b, nonce, expected, replace)
+	if err != nil {
+		return res, err
+	}
+	a := res.Attestation
+	return res, s.recordEnrolment(ctx, site, device, res.Enrolment, map[string]string{"attested": "true",
+		"ak_key_id": a.AKKeyID, "ek_key_id": a.EKKeyID, "pcr_digest": a.PCRDigest, "tpm_reset_count": fmt.Sprint(a.ResetCount)})
 }
 
 // RemoveDevice removes the enrolled key of site/device and records it in central's

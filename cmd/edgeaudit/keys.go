@@ -54,7 +54,21 @@ func (c *KeysCommand) Run(ctx context.Context, args []string) error {
 	}
 	switch args[0] {
 	case "show":
-		keys, err := daemon.OpenKeys(&cfg, slog.New(slog.DiscardHandler))
+		// Never through the TPM while the daemon holds it (swtpm serves one connection,
+		// and a tool must not make the first key either): the public key file says it.
+		if pid := daemon.RunningPID(&cfg); pid != 0 {
+			pubs, err := attest.ReadPublicPEM(cfg.PublicKeyPath())
+			if err != nil || len(pubs) != 1 {
+				return fmt.Errorf("keys show: the daemon runs (pid %d) and %s does not hold one key: %v", pid, cfg.PublicKeyPath(), err)
+			}
+			kid, err := ledger.KeyID(pubs[0])
+			if err != nil {
+				return err
+			}
+			v := map[string]string{"key_id": kid, "public_key": cfg.PublicKeyPath(), "running_pid": fmt.Sprint(pid)}
+			return out(v, fmt.Sprintf("key_id %s\npublic key %s\n(the daemon runs as pid %d: /healthz names the signer)\n", kid, cfg.PublicKeyPath(), pid))
+		}
+		keys, err := offlineKeys(&cfg)
 		if err != nil {
 			return fmt.Errorf("keys show: %w", err)
 		}

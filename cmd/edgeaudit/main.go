@@ -67,6 +67,8 @@ func run(ctx context.Context, args []string, stop func()) error {
 		return (&QueryCommand{}).Run(ctx, rest)
 	case "config":
 		return (&ConfigCommand{}).Run(ctx, rest)
+	case "demo":
+		return (&DemoCommand{}).Run(ctx, rest)
 	case "keys":
 		return (&KeysCommand{}).Run(ctx, rest)
 	case "receipts":
@@ -105,6 +107,7 @@ The commands are:
 	export    write sealed batches (or their events as JSON lines) to a file
 	query     central: select stored events (audited), optionally as an evidence package
 	config    print a commented sample config
+	demo      the whole flow on this machine: appliance, central, traffic, report
 	keys      show the signing key, or recover a lost one (the break is recorded)
 	receipts  apply central's receipts carried by hand (air-gapped sites)
 	token     reveal the identifier behind a patient token (audited)

@@ -29,14 +29,29 @@ type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
+// exitCodeError ends the process with its own code, printing its message when there is
+// one (health: 1 warning, 2 failure).
+type exitCodeError struct {
+	code int
+	msg  string
+}
+
+func (e *exitCodeError) Error() string { return e.msg }
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], stop)
 	var ue *usageError
+	var ce *exitCodeError
 	switch {
 	case err == nil:
 		os.Exit(exitOK)
+	case errors.As(err, &ce):
+		if ce.msg != "" {
+			fmt.Fprintln(os.Stderr, "edgeaudit:", ce.msg)
+		}
+		os.Exit(ce.code)
 	case errors.Is(err, flag.ErrHelp):
 		os.Exit(exitOK)
 	case errors.As(err, &ue):
@@ -69,6 +84,8 @@ func run(ctx context.Context, args []string, stop func()) error {
 		return (&ConfigCommand{}).Run(ctx, rest)
 	case "demo":
 		return (&DemoCommand{}).Run(ctx, rest)
+	case "health":
+		return (&HealthCommand{}).Run(ctx, rest)
 	case "keys":
 		return (&KeysCommand{}).Run(ctx, rest)
 	case "receipts":
@@ -108,6 +125,7 @@ The commands are:
 	query     central: select stored events (audited), optionally as an evidence package
 	config    print a commented sample config
 	demo      the whole flow on this machine: appliance, central, traffic, report
+	health    field check of the running daemon: exit 0 ok, 1 warning, 2 failure
 	keys      show the signing key, or recover a lost one (the break is recorded)
 	receipts  apply central's receipts carried by hand (air-gapped sites)
 	token     reveal the identifier behind a patient token (audited)

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeaudit/edgeaudit/attest"
 	"github.com/edgeaudit/edgeaudit/internal/testtpm"
+	"github.com/edgeaudit/edgeaudit/receiver"
 )
 
 // keysShow runs `edgeaudit keys show -json` on a stopped daemon's config.
@@ -106,6 +108,66 @@ func TestSigningKeyLostAndRecovered(t *testing.T) {
 	}
 	if breaks != 1 {
 		t.Fatalf("%d audit.key_replaced events, want 1", breaks)
+	}
+
+	// Central accepts the chain across the break: the old key's part with the old key
+	// enrolled, then, once the operator enrols the new key, the new part, linked to the
+	// stored head.
+	cdir := t.TempDir()
+	store := receiver.FolderStore{Dir: filepath.Join(cdir, "store")}
+	keysDir := filepath.Join(cdir, "devices")
+	enrol := func(pub []byte) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(keysDir, testSite), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(keysDir, testSite, testDevice+".pub"), pub, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	csigner, _, err := attest.LoadOrCreateSoftware(filepath.Join(cdir, "central.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := receiver.New(receiver.Config{Quarantine: filepath.Join(cdir, "q")}, store, receiver.FolderKeys{Dir: keysDir}, csigner, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	importFrom := func(from uint64) receiver.ImportResult {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "part.eab")
+		if res := runCLI(t, "export", "-data", d.dataDir, "-out", out, "-from", strconv.FormatUint(from, 10)); res.code != 0 {
+			t.Fatalf("%s", res)
+		}
+		f, err := os.Open(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		ir, err := r.Import(t.Context(), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ir
+	}
+	oldPub, err := os.ReadFile(filepath.Join(d.dataDir, "keys", "signing-"+old[:16]+".pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrol(oldPub)
+	if ir := importFrom(1); len(ir.Refused) != int(v.LastSeq-lastGood) {
+		t.Fatalf("with the old key enrolled: %d refused, want the %d batches the new key signed", len(ir.Refused), v.LastSeq-lastGood)
+	}
+	newPub, err := os.ReadFile(d.pubKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrol(newPub) // edgeaudit devices add -replace
+	if ir := importFrom(lastGood + 1); len(ir.Refused) != 0 {
+		t.Fatalf("the new key's part: %v", ir.Refused)
+	}
+	if h, err := store.Head(t.Context(), testSite, testDevice); err != nil || h.Seq != v.LastSeq {
+		t.Fatalf("central head %+v %v, want seq %d", h, err, v.LastSeq)
 	}
 }
 

@@ -33,6 +33,10 @@ func (c *DevicesCommand) stdout() io.Writer {
 
 // Run implements the command.
 func (c *DevicesCommand) Run(ctx context.Context, args []string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		c.Usage()
+		return flag.ErrHelp
+	}
 	if len(args) == 0 {
 		c.Usage()
 		return &usageError{"devices: need add, list, remove or nonce"}

@@ -22,6 +22,10 @@ type KeysCommand struct{}
 
 // Run implements the command.
 func (c *KeysCommand) Run(ctx context.Context, args []string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		c.Usage()
+		return flag.ErrHelp
+	}
 	if len(args) == 0 {
 		c.Usage()
 		return &usageError{"keys: need a subcommand: show, rotate, recover or attest"}

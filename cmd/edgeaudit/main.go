@@ -97,6 +97,13 @@ func run(ctx context.Context, args []string, stop func()) error {
 	case "devices":
 		return (&DevicesCommand{}).Run(ctx, rest)
 	case "version":
+		if len(rest) > 0 {
+			if isHelp(rest[0]) {
+				fmt.Fprintln(os.Stderr, "Usage: edgeaudit version\n\nPrints the version of this binary.")
+				return flag.ErrHelp
+			}
+			return &usageError{"version takes no arguments"}
+		}
 		fmt.Println("edgeaudit", buildVersion())
 		return nil
 	case "help", "-h", "--help":
@@ -106,6 +113,15 @@ func run(ctx context.Context, args []string, stop func()) error {
 		usage()
 		return &usageError{fmt.Sprintf("unknown command %q", cmd)}
 	}
+}
+
+// isHelp reports whether arg asks for help instead of naming a subcommand.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "help":
+		return true
+	}
+	return false
 }
 
 func usage() {

@@ -22,6 +22,10 @@ type TokenCommand struct{}
 
 // Run implements the command.
 func (c *TokenCommand) Run(ctx context.Context, args []string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		c.Usage()
+		return flag.ErrHelp
+	}
 	if len(args) == 0 || args[0] != "reveal" {
 		c.Usage()
 		return &usageError{"token: the only subcommand is reveal"}

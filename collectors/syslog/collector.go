@@ -326,9 +326,11 @@ func (c *Collector) listen(ctx context.Context) (udp *net.UDPConn, tcpLn, tlsLn 
 		c.addrs[transportTLS] = tlsLn.Addr()
 	}
 	c.mu.Unlock()
-	for _, a := range []net.Addr{c.addrs[transportUDP], c.addrs[transportTCP], c.addrs[transportTLS]} {
-		if a != nil {
-			c.log.Info("listening", attrAddr, a.String())
+	// One line per listener, naming its transport: UDP and TCP on one port would
+	// otherwise read as the same line twice.
+	for _, t := range []transport{transportUDP, transportTCP, transportTLS} {
+		if a := c.addrs[t]; a != nil {
+			c.log.Info("listening", attrTransport, t.String(), attrAddr, a.String())
 		}
 	}
 	return udp, tcpLn, tlsLn, nil

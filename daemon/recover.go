@@ -52,20 +52,18 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 		return res, fmt.Errorf("keys recover: the keys do not load, but not because they are lost: %w", err)
 	}
 	// The last head the old key signed, from the spool as it is.
+	// Headers only: the events may be encrypted under a data key that is lost too.
 	r, err := spool.OpenReader(cfg.SpoolPath())
 	if err != nil {
 		return res, fmt.Errorf("keys recover: %w", err)
 	}
 	pos, err := r.Position()
 	if err == nil && pos.HeadSeq > 0 {
-		err = r.Batches(pos.HeadSeq, func(b *ledger.Batch) error {
-			if h, perr := ledger.ParseHeader(b.Header); perr == nil {
+		var hb []byte
+		if hb, err = r.Header(pos.HeadSeq); err == nil {
+			if h, perr := ledger.ParseHeader(hb); perr == nil {
 				res.OldKeyID = h.KeyID
 			}
-			return errStop
-		})
-		if errors.Is(err, errStop) {
-			err = nil
 		}
 	}
 	r.Close()
@@ -92,7 +90,11 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	if err := writePublicKey(cfg, keys.Signer); err != nil {
 		return res, err
 	}
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: keys.Signer})
+	opts := cfg.SpoolOptions(keys)
+	// A new data key cannot read events encrypted under the lost one: that spool is
+	// quarantined (kept for the day the old key turns up) and the new chain names it.
+	opts.KeyReplaced = res.NewDataKey
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), opts)
 	if err != nil {
 		return res, fmt.Errorf("keys recover: %w", err)
 	}
@@ -117,4 +119,3 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	return res, nil
 }
 
-var errStop = errors.New("stop")

@@ -131,7 +131,7 @@ func TestTPMKeysDaemon(t *testing.T) {
 	if shown["signer"] != "tpm" {
 		t.Fatalf("keys show %v, want a tpm signer", shown)
 	}
-	first := mustVerifyData(t, d.dataDir)
+	first := mustVerifyData(t, d.dataDir, "-config", d.config)
 
 	tpm.Restart()
 	d.restart(t)
@@ -144,7 +144,7 @@ func TestTPMKeysDaemon(t *testing.T) {
 	if got := keysShow(t, d)["key_id"]; got != shown["key_id"] {
 		t.Fatalf("key after the swtpm restart %s, want the same %s", got, shown["key_id"])
 	}
-	if v := mustVerifyData(t, d.dataDir); v.LastSeq <= first.LastSeq {
+	if v := mustVerifyData(t, d.dataDir, "-config", d.config); v.LastSeq <= first.LastSeq {
 		t.Fatalf("chain did not continue after the restart: %d then %d", first.LastSeq, v.LastSeq)
 	}
 
@@ -160,7 +160,7 @@ func TestTPMKeysDaemon(t *testing.T) {
 	if got := keysShow(t, d); got["signer"] != "tpm" || got["key_id"] == shown["key_id"] {
 		t.Fatalf("after recover %v, want a new tpm key", got)
 	}
-	mustVerifyData(t, d.dataDir)
+	mustVerifyData(t, d.dataDir, "-config", d.config)
 }
 
 // keys.tpm: auto without a TPM: software keys, and both health and the chain say why.

@@ -118,4 +118,3 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	res.EventID = e.ID
 	return res, nil
 }
-

@@ -162,8 +162,8 @@ type Spool struct {
 
 	enc   *eventCipher // nil: no data key; encrypted events cannot be read
 	st    state        // writer-owned
-	sign  signing // writer-owned
-	stale bool    // writer-owned: a failed commit's reload failed; reload before committing
+	sign  signing      // writer-owned
+	stale bool         // writer-owned: a failed commit's reload failed; reload before committing
 
 	// The signer goroutine (sign.go): jobs from the writer, results back to it.
 	signJobs    chan signJob

@@ -160,10 +160,12 @@ type Spool struct {
 	queue   chan item    // encoder → writer
 	done    chan struct{}
 
-	enc   *eventCipher // nil: no data key; encrypted events cannot be read
-	st    state        // writer-owned
-	sign  signing      // writer-owned
-	stale bool         // writer-owned: a failed commit's reload failed; reload before committing
+	enc *eventCipher // nil: no data key; encrypted events cannot be read
+	// encBuf and nonceBuf are the writer's buffers for encrypted events (writer.go).
+	encBuf, nonceBuf []byte
+	st               state   // writer-owned
+	sign             signing // writer-owned
+	stale            bool    // writer-owned: a failed commit's reload failed; reload before committing
 
 	// The signer goroutine (sign.go): jobs from the writer, results back to it.
 	signJobs    chan signJob

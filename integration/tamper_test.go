@@ -126,6 +126,12 @@ func TestTamperDetectedByVerify(t *testing.T) {
 					if v == nil {
 						return fmt.Errorf("no event %x", key)
 					}
+					if v[0] != '{' {
+						// Stored encrypted (spool.encrypt, the default): the message is
+						// not there to find; any ciphertext byte is the event's.
+						v[len(v)/2] ^= 0x01
+						return b.Put(key, v)
+					}
 					flipMessageByte(t, [][]byte{v})
 					return b.Put(key, v)
 				},

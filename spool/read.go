@@ -41,13 +41,32 @@ func readBatch(tx *bolt.Tx, seq uint64, enc *eventCipher) (*ledger.Batch, error)
 			return nil, fmt.Errorf("batch %d: event %d missing", seq, len(b.Events))
 		}
 		e, err := openEvent(enc, chain, k, v)
-		if err != nil {
+		if isKeyError(err) {
 			return nil, fmt.Errorf("batch %d: %w", seq, err)
+		}
+		if err != nil {
+			return nil, &EventError{Seq: seq, Index: binary.BigEndian.Uint32(k[8:]), Err: err}
 		}
 		b.Events = append(b.Events, e)
 	}
 	return b, nil
 }
+
+// EventError is a stored event of a sealed batch that cannot be read back: it does not
+// decrypt under the right key (altered, or moved from another place) or is in no known
+// format. Err wraps ErrDamaged. verify reports it as that batch's root failing: the
+// stored events are no longer those the root covers.
+type EventError struct {
+	Seq   uint64
+	Index uint32
+	Err   error
+}
+
+func (e *EventError) Error() string {
+	return fmt.Sprintf("batch %d, event %d: %v", e.Seq, e.Index, e.Err)
+}
+
+func (e *EventError) Unwrap() error { return e.Err }
 
 // ErrNotFound means a batch is not (or no longer) in the spool.
 var ErrNotFound = errors.New("not found")

@@ -71,8 +71,8 @@ func offlineKeys(cfg *daemon.Config) (*daemon.Keyring, error) {
 
 // openSpoolReader opens the spool in a stopped daemon's data folder for reading. A spool
 // whose events are encrypted is opened again with the data key, from the keys as the
-// config at configPath ("" = the defaults) says; the keys are closed before reading, so
-// a TPM serves this one connection only while the key is unsealed.
+// config at configPath ("" = the defaults) says (daemon.OpenDataKey: the signing key
+// is not needed, and a TPM serves this one connection only while the key is unsealed).
 func openSpoolReader(configPath, dataDir string) (*spool.Reader, error) {
 	path := filepath.Join(dataDir, "spool.db")
 	r, err := spool.OpenReader(path)
@@ -86,13 +86,9 @@ func openSpoolReader(configPath, dataDir string) (*spool.Reader, error) {
 	}
 	cfg.DataDir = dataDir
 	cfg.SetDefaults()
-	keys, err := offlineKeys(&cfg)
+	key, err := daemon.OpenDataKey(&cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, fmt.Errorf("open the data key of the encrypted spool (give -config when the keys are in a TPM): %w", err)
-	}
-	key := keys.DataKey
-	if err := keys.Close(); err != nil {
-		return nil, fmt.Errorf("close keys: %w", err)
 	}
 	return spool.OpenReaderWithKey(path, key)
 }

@@ -172,6 +172,10 @@ func verifySpool(configPath, dir string, v *ledger.Verifier, check func(*ledger.
 		v.Anchor(pos.PrunedSeq, pos.PrunedHash)
 	}
 	if err := r.Batches(1, check); err != nil {
+		if ee := (*spool.EventError)(nil); errors.As(err, &ee) {
+			return pos, &ledger.VerifyError{Seq: ee.Seq, Reason: ledger.ReasonRoot,
+				Detail: fmt.Sprintf("stored event %d cannot be read back (%v): the events are not those the root covers", ee.Index, ee.Err)}
+		}
 		return pos, err
 	}
 	// Batches missing at the end show only against the head the spool recorded.

@@ -138,6 +138,20 @@ func TestTamperDetectedByVerify(t *testing.T) {
 				wantSeq: k, wantReason: ledger.ReasonRoot,
 			},
 			{
+				// An encrypted event replaced by its bytes in clear, one byte flipped: an
+				// event in clear is read as such (a spool from before encryption), and
+				// the root still catches the change.
+				name: "event-in-clear-byte-flipped",
+				tamper: func(tx *bolt.Tx) error {
+					b := tx.Bucket([]byte("events"))
+					i := messageIndex(t, batches[k-1].Events)
+					v := bytes.Clone(batches[k-1].Events[i])
+					flipMessageByte(t, [][]byte{v})
+					return b.Put(eventKey(k, i), v)
+				},
+				wantSeq: k, wantReason: ledger.ReasonRoot,
+			},
+			{
 				name: "header-site-changed",
 				tamper: func(tx *bolt.Tx) error {
 					// Stored batch: u16 signature length | signature | header bytes.

@@ -99,6 +99,28 @@ type SpoolConfig struct {
 	CloseGrace           time.Duration `yaml:"close_grace"`
 	ScrubInterval        time.Duration `yaml:"scrub_interval"`
 	ScrubRate            int64         `yaml:"scrub_rate"`
+	// Encrypt stores events encrypted under the data key (AES-256-GCM), so that a
+	// copied disk or spool.db shows none of them (default true; nil = the default).
+	// Turning it off keeps what is stored encrypted readable: new events go in clear.
+	Encrypt *bool `yaml:"encrypt"`
+}
+
+// eventsAtRest names how new events are stored, for the start event.
+func eventsAtRest(c *Config) string {
+	if c.SpoolEncrypt() {
+		return "aes-256-gcm"
+	}
+	return "clear"
+}
+
+// SpoolEncrypt is spool.encrypt with its default, true.
+func (c *Config) SpoolEncrypt() bool { return c.Spool.Encrypt == nil || *c.Spool.Encrypt }
+
+// SpoolOptions are the spool's options for this config and keys: the signer, the data
+// key (always, so that events stored encrypted stay readable), and encryption of new
+// events as spool.encrypt says. The caller adds the logger and the hooks.
+func (c *Config) SpoolOptions(keys *Keyring) spool.Options {
+	return spool.Options{Site: c.Site, Device: c.Device, Signer: keys.Signer, DataKey: keys.DataKey, Encrypt: c.SpoolEncrypt()}
 }
 
 // SpoolConfig returns the spool package's config.

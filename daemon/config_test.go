@@ -163,3 +163,42 @@ func TestUplinkConfig(t *testing.T) {
 		t.Errorf("default central key %q, want %q", got, want)
 	}
 }
+
+// spool.encrypt is on unless the config turns it off, the spool gets the data key either
+// way (what is stored encrypted stays readable), and a value that is not a boolean is
+// refused naming the field.
+func TestSpoolEncryptConfig(t *testing.T) {
+	keys := &Keyring{DataKey: make([]byte, 32)}
+	tests := []struct {
+		name string
+		body string
+		want bool
+	}{
+		{"absent", "site: s1\n", true},
+		{"true", "site: s1\nspool: {encrypt: true}\n", true},
+		{"false", "site: s1\nspool: {encrypt: false}\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := LoadConfig(writeConfig(t, tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDefaults()
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			o := c.SpoolOptions(keys)
+			if got := o.Encrypt; got != tt.want {
+				t.Fatalf("Encrypt=%v, want %v", got, tt.want)
+			}
+			if len(o.DataKey) != 32 {
+				t.Fatalf("DataKey is %d bytes, want the keyring's 32", len(o.DataKey))
+			}
+		})
+	}
+	_, err := LoadConfig(writeConfig(t, "site: s1\nspool: {encrypt: maybe}\n"))
+	if err == nil || !strings.Contains(err.Error(), "spool.encrypt") || !strings.Contains(err.Error(), "maybe") {
+		t.Fatalf("encrypt: maybe err=%v, want an error naming the field and the value", err)
+	}
+}

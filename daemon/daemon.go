@@ -192,7 +192,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	opts := spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer, Logger: d.log.With("component", "spool")}
+	opts := cfg.SpoolOptions(keys)
+	opts.Logger = d.log.With("component", "spool")
 	if up != nil {
 		opts.OnSeal = up.Notify
 	}
@@ -292,7 +293,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 
 	start := self.event(ActionStart, audit.OutcomeSuccess, "")
-	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind()}
+	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind(), "events_at_rest": eventsAtRest(cfg)}
 	if keys.Fallback != "" {
 		// keys.tpm: auto found no usable TPM: the chain says so, not only the log.
 		start.Detail["software_key_why"] = keys.Fallback

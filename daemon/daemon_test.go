@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -112,7 +113,19 @@ func TestRunLifecycle(t *testing.T) {
 		t.Fatalf("run returned %v", err)
 	}
 
-	r, err := spool.OpenReader(cfg.SpoolPath())
+	// Encrypted by default: none of the messages is in the file in clear.
+	raw, err := os.ReadFile(cfg.SpoolPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte("lifecycle-")) {
+		t.Fatal("spool.db holds a syslog message in clear (spool.encrypt defaults to true)")
+	}
+	dataKey, err := os.ReadFile(cfg.DataKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := spool.OpenReaderWithKey(cfg.SpoolPath(), dataKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -195,6 +195,34 @@ func openKeys(cfg *Config, log *slog.Logger, recovering bool) (*Keyring, error) 
 	return &Keyring{Signer: s, DataKey: dk, closer: tp, tpm: tp}, nil
 }
 
+// OpenDataKey returns the data key of a stopped daemon's data folder for tools that only
+// read (export, verify -data): keys/data.key when it is there, else the TPM seal through
+// OpenKeys (one connection, closed before it returns). It never needs the signing key, so
+// a chain whose signing key is lost still exports and verifies; and it never makes a key.
+func OpenDataKey(cfg *Config, log *slog.Logger) ([]byte, error) {
+	b, err := os.ReadFile(cfg.DataKeyPath())
+	switch {
+	case err == nil && len(b) == attest.DataKeySize:
+		return b, nil
+	case err == nil:
+		return nil, fmt.Errorf("open data key %s: %d bytes, want %d", cfg.DataKeyPath(), len(b), attest.DataKeySize)
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("open data key: %w", err)
+	}
+	if has, herr := attest.HasTPMKeys(cfg.TPMKeyDir()); herr != nil || !has {
+		return nil, fmt.Errorf("open data key: neither %s nor TPM keys in %s", cfg.DataKeyPath(), cfg.TPMKeyDir())
+	}
+	keys, err := OpenKeys(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	dk := keys.DataKey
+	if err := keys.Close(); err != nil {
+		return nil, fmt.Errorf("close keys: %w", err)
+	}
+	return dk, nil
+}
+
 // softwareKeys loads or creates the software keys; a missing signing key with a chain
 // is ErrSigningKeyMissing.
 func softwareKeys(cfg *Config, log *slog.Logger, fallback string, recovering bool) (*Keyring, error) {

@@ -52,20 +52,18 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 		return res, fmt.Errorf("keys recover: the keys do not load, but not because they are lost: %w", err)
 	}
 	// The last head the old key signed, from the spool as it is.
+	// Headers only: the events may be encrypted under a data key that is lost too.
 	r, err := spool.OpenReader(cfg.SpoolPath())
 	if err != nil {
 		return res, fmt.Errorf("keys recover: %w", err)
 	}
 	pos, err := r.Position()
 	if err == nil && pos.HeadSeq > 0 {
-		err = r.Batches(pos.HeadSeq, func(b *ledger.Batch) error {
-			if h, perr := ledger.ParseHeader(b.Header); perr == nil {
+		var hb []byte
+		if hb, err = r.Header(pos.HeadSeq); err == nil {
+			if h, perr := ledger.ParseHeader(hb); perr == nil {
 				res.OldKeyID = h.KeyID
 			}
-			return errStop
-		})
-		if errors.Is(err, errStop) {
-			err = nil
 		}
 	}
 	r.Close()
@@ -92,6 +90,10 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	if err := writePublicKey(cfg, keys.Signer); err != nil {
 		return res, err
 	}
+	opts := cfg.SpoolOptions(keys)
+	// A new data key cannot read events encrypted under the lost one: that spool is
+	// quarantined (kept for the day the old key turns up) and the new chain names it.
+	opts.KeyReplaced = res.NewDataKey
 	e := selfEvent(time.Now(), ActionKeyReplaced, audit.OutcomeSeriousFailure, reason)
 	e.Actor = audit.Actor{User: by, Requestor: true}
 	e.Detail = map[string]string{"old_key_id": res.OldKeyID, "new_key_id": res.NewKeyID, "signer": res.Signer,
@@ -99,7 +101,7 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	if res.NewDataKey {
 		e.Detail["data_key"] = "new: the old one was lost too, patient tokens change from here"
 	}
-	if err := recordWith(ctx, cfg, keys.Signer, &e); err != nil {
+	if err := recordWith(ctx, cfg, opts, &e); err != nil {
 		return res, fmt.Errorf("keys recover: record the break: %w", err)
 	}
 	res.EventID = e.ID
@@ -108,10 +110,11 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 
 var errStop = errors.New("stop")
 
-// WithSpool opens the spool of a stopped daemon with signer, runs fn, seals what fn
-// recorded (so that it is in the chain now, not at the next start) and closes the spool.
-func WithSpool(ctx context.Context, cfg *Config, signer Signer, fn func(*spool.Spool) error) error {
-	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), spool.Options{Site: cfg.Site, Device: cfg.Device, Signer: signer})
+// WithSpool opens the spool of a stopped daemon with opts (cfg.SpoolOptions: the signer
+// and the data key), runs fn, seals what fn recorded (so that it is in the chain now,
+// not at the next start) and closes the spool.
+func WithSpool(ctx context.Context, cfg *Config, opts spool.Options, fn func(*spool.Spool) error) error {
+	sp, err := spool.Open(cfg.SpoolPath(), cfg.SpoolConfig(), opts)
 	if err != nil {
 		return err
 	}
@@ -125,9 +128,9 @@ func WithSpool(ctx context.Context, cfg *Config, signer Signer, fn func(*spool.S
 	return err
 }
 
-// recordWith appends e to the spool of a stopped daemon, signed by signer, and seals it.
-func recordWith(ctx context.Context, cfg *Config, signer Signer, e *audit.Event) error {
-	return WithSpool(ctx, cfg, signer, func(sp *spool.Spool) error { return collectors.AppendSync(ctx, sp, e) })
+// recordWith appends e to the spool of a stopped daemon, opened with opts, and seals it.
+func recordWith(ctx context.Context, cfg *Config, opts spool.Options, e *audit.Event) error {
+	return WithSpool(ctx, cfg, opts, func(sp *spool.Spool) error { return collectors.AppendSync(ctx, sp, e) })
 }
 
 // ActionDataKeyReplaced records a data key sealed anew after its PCR policy failed.
@@ -164,7 +167,8 @@ func RecoverDataKey(ctx context.Context, cfg *Config, reason, by string) (Recove
 		return res, fmt.Errorf("keys recover -data-key: the data key does not unseal, but not because of its policy: %w", err)
 	}
 	old := s.PCRs()
-	if _, err := s.ResealDataKey(k.PCRs); err != nil {
+	dk, err := s.ResealDataKey(k.PCRs)
+	if err != nil {
 		return res, fmt.Errorf("keys recover -data-key: %w", err)
 	}
 	res.NewKeyID, res.OldKeyID, res.Signer, res.NewDataKey = s.KeyID(), s.KeyID(), s.Kind(), true
@@ -172,7 +176,12 @@ func RecoverDataKey(ctx context.Context, cfg *Config, reason, by string) (Recove
 	e.Actor = audit.Actor{User: by, Requestor: true}
 	e.Detail = map[string]string{"old_pcrs": fmt.Sprint(old), "new_pcrs": fmt.Sprint(k.PCRs),
 		"tokens": "patient tokens from this event on differ from the earlier ones"}
-	if err := recordWith(ctx, cfg, s, &e); err != nil {
+	// Events encrypted at rest under the lost data key cannot be read any more: that
+	// spool is quarantined (kept for the day the old PCR state can be booted again)
+	// and the new chain names it.
+	opts := cfg.SpoolOptions(&Keyring{Signer: s, DataKey: dk})
+	opts.KeyReplaced = true
+	if err := recordWith(ctx, cfg, opts, &e); err != nil {
 		return res, fmt.Errorf("keys recover -data-key: record it: %w", err)
 	}
 	res.EventID = e.ID

@@ -81,7 +81,7 @@ func RotateKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.L
 	e.Detail = map[string]string{"old_key_id": res.OldKeyID, "new_key_id": res.NewKeyID, "signer": next.Kind(),
 		"new_public_key": string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}
 	// Signed by the current key: the rotation is in the chain once this returns.
-	if err := recordWith(ctx, cfg, cur.Signer, &e); err != nil {
+	if err := recordWith(ctx, cfg, cfg.SpoolOptions(cur), &e); err != nil {
 		return res, fmt.Errorf("keys rotate: record the rotation: %w", err)
 	}
 	if err := atomicfile.WriteFile(cfg.rotationMarker(), []byte(res.OldKeyID+" "+res.NewKeyID+"\n"), 0o600); err != nil {

@@ -744,10 +744,12 @@ func verify(t testing.TB, args ...string) (verifyResult, cliResult) {
 	return v, res
 }
 
-// mustVerifyData requires `verify -data DIR` to exit 0 and report an intact chain.
-func mustVerifyData(t testing.TB, dataDir string) verifyResult {
+// mustVerifyData requires `verify -data DIR [extra]` to exit 0 and report an intact
+// chain. extra is e.g. -config FILE, where the data key that decrypts the spool is in a
+// TPM that only the config names.
+func mustVerifyData(t testing.TB, dataDir string, extra ...string) verifyResult {
 	t.Helper()
-	v, res := verify(t, "-data", dataDir)
+	v, res := verify(t, append([]string{"-data", dataDir}, extra...)...)
 	if res.code != 0 || !v.OK {
 		t.Fatalf("verify -data: ok=%v, want an intact chain\n%s", v.OK, res)
 	}
@@ -779,10 +781,10 @@ type event struct {
 
 // exportEvents runs `export -events` (with -open: also the unsealed events) on a stopped
 // daemon's data folder and decodes the lines.
-func exportEvents(t testing.TB, dataDir string, open bool) []event {
+func exportEvents(t testing.TB, dataDir string, open bool, extra ...string) []event {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "events.jsonl")
-	args := []string{"export", "-data", dataDir, "-out", out, "-events"}
+	args := append([]string{"export", "-data", dataDir, "-out", out, "-events"}, extra...)
 	if open {
 		args = append(args, "-open")
 	}

@@ -194,7 +194,7 @@ func TestTPMKeysDaemon(t *testing.T) {
 	if shown["signer"] != "tpm" {
 		t.Fatalf("keys show %v, want a tpm signer", shown)
 	}
-	first := mustVerifyData(t, d.dataDir)
+	first := mustVerifyData(t, d.dataDir, "-config", d.config)
 
 	tpm.Restart()
 	d.restart(t)
@@ -207,7 +207,7 @@ func TestTPMKeysDaemon(t *testing.T) {
 	if got := keysShow(t, d)["key_id"]; got != shown["key_id"] {
 		t.Fatalf("key after the swtpm restart %s, want the same %s", got, shown["key_id"])
 	}
-	if v := mustVerifyData(t, d.dataDir); v.LastSeq <= first.LastSeq {
+	if v := mustVerifyData(t, d.dataDir, "-config", d.config); v.LastSeq <= first.LastSeq {
 		t.Fatalf("chain did not continue after the restart: %d then %d", first.LastSeq, v.LastSeq)
 	}
 
@@ -223,7 +223,7 @@ func TestTPMKeysDaemon(t *testing.T) {
 	if got := keysShow(t, d); got["signer"] != "tpm" || got["key_id"] == shown["key_id"] {
 		t.Fatalf("after recover %v, want a new tpm key", got)
 	}
-	mustVerifyData(t, d.dataDir)
+	mustVerifyData(t, d.dataDir, "-config", d.config)
 }
 
 // keys.tpm: auto without a TPM: software keys, and both health and the chain say why.
@@ -278,6 +278,16 @@ func TestTPMDataKeyPCRChange(t *testing.T) {
 	send("before")
 	d.stop(t)
 	kid := keysShow(t, d)["key_id"]
+	// The token under the data key sealed at the start.
+	tokenOf := func(events []event) string {
+		for _, e := range events {
+			if strings.Contains(e.Message, "viewed patient") {
+				return e.Patient
+			}
+		}
+		return ""
+	}
+	tokens := []string{tokenOf(exportEvents(t, d.dataDir, false, "-config", d.config))}
 
 	cmd := exec.Command("tpm2_pcrextend", "23:sha256="+strings.Repeat("ab", 32))
 	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI="+tpm.TCTI())
@@ -291,6 +301,11 @@ func TestTPMDataKeyPCRChange(t *testing.T) {
 	if res := runCLI(t, "keys", "recover", "-config", d.config, "-reason", "again", "-data-key"); res.code != 1 || !strings.Contains(res.stderr, "nothing to recover") {
 		t.Fatalf("second recover -data-key: %s", res)
 	}
+	// The spool's events were encrypted under the lost data key: that spool is kept
+	// aside (quarantined) and the chain starts anew, naming it.
+	if q, _ := filepath.Glob(filepath.Join(d.dataDir, "spool.db.quarantine-*")); len(q) != 1 {
+		t.Fatalf("quarantined spools %v, want the one encrypted under the lost key", q)
+	}
 	d.restart(t)
 	sendMRN()
 	send("after")
@@ -298,21 +313,22 @@ func TestTPMDataKeyPCRChange(t *testing.T) {
 	if got := keysShow(t, d)["key_id"]; got != kid {
 		t.Fatalf("signing key changed: %s, was %s", got, kid)
 	}
-	mustVerifyData(t, d.dataDir)
-	var tokens []string
-	var replaced int
-	for _, e := range exportEvents(t, d.dataDir, false) {
-		if strings.Contains(e.Message, "viewed patient") {
-			tokens = append(tokens, e.Patient)
-		}
-		if e.Action == "audit.data_key_replaced" {
+	mustVerifyData(t, d.dataDir, "-config", d.config)
+	events := exportEvents(t, d.dataDir, false, "-config", d.config)
+	tokens = append(tokens, tokenOf(events))
+	var replaced, quarantined int
+	for _, e := range events {
+		switch e.Action {
+		case "audit.data_key_replaced":
 			replaced++
+		case "audit.spool_quarantined":
+			quarantined++
 		}
 	}
-	if replaced != 1 {
-		t.Fatalf("%d audit.data_key_replaced events, want 1", replaced)
+	if replaced != 1 || quarantined != 1 {
+		t.Fatalf("%d audit.data_key_replaced and %d audit.spool_quarantined events, want 1 and 1", replaced, quarantined)
 	}
-	if len(tokens) != 2 || tokens[0] == "" || tokens[0] == tokens[1] {
+	if tokens[0] == "" || tokens[1] == "" || tokens[0] == tokens[1] {
 		t.Fatalf("patient tokens before and after %q: want two different tokens", tokens)
 	}
 	for _, tok := range tokens {
@@ -366,7 +382,7 @@ func TestKeyRotationFollowed(t *testing.T) {
 			d.waitAllReceipted(t, 100, waitTimeout)
 			d.stop(t)
 			// Only the old key trusted: verify follows the rotation to the new one.
-			if v, out := verify(t, "-data", d.dataDir, "-key", oldPub); out.code != 0 || !v.OK {
+			if v, out := verify(t, "-data", d.dataDir, "-config", d.config, "-key", oldPub); out.code != 0 || !v.OK {
 				t.Fatalf("verify trusting only the old key: %s", out)
 			}
 			// Central followed: the enrolled key is the new one, the old one kept beside.

@@ -21,8 +21,9 @@ import (
 
 var randRead = rand.Read
 
-// readBatch loads sealed batch seq: header, signature and its events in leaf order.
-func readBatch(tx *bolt.Tx, seq uint64) (*ledger.Batch, error) {
+// readBatch loads sealed batch seq: header, signature and its events in leaf order, in
+// clear (decrypted with enc where they are stored encrypted).
+func readBatch(tx *bolt.Tx, seq uint64, enc *eventCipher) (*ledger.Batch, error) {
 	v := tx.Bucket(bucketBatches).Get(seqKey(seq))
 	if v == nil {
 		return nil, fmt.Errorf("batch %d: %w", seq, ErrNotFound)
@@ -32,16 +33,40 @@ func readBatch(tx *bolt.Tx, seq uint64) (*ledger.Batch, error) {
 		return nil, fmt.Errorf("batch %d: %w", seq, err)
 	}
 	b := &ledger.Batch{Header: bytes.Clone(hb), Signature: bytes.Clone(sig)}
+	chain := string(tx.Bucket(bucketMeta).Get(keyChain))
 	prefix := seqKey(seq)
 	c := tx.Bucket(bucketEvents).Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		if int(binary.BigEndian.Uint32(k[8:])) != len(b.Events) {
 			return nil, fmt.Errorf("batch %d: event %d missing", seq, len(b.Events))
 		}
-		b.Events = append(b.Events, bytes.Clone(v))
+		e, err := openEvent(enc, chain, k, v)
+		if isKeyError(err) {
+			return nil, fmt.Errorf("batch %d: %w", seq, err)
+		}
+		if err != nil {
+			return nil, &EventError{Seq: seq, Index: binary.BigEndian.Uint32(k[8:]), Err: err}
+		}
+		b.Events = append(b.Events, e)
 	}
 	return b, nil
 }
+
+// EventError is a stored event of a sealed batch that cannot be read back: it does not
+// decrypt under the right key (altered, or moved from another place) or is in no known
+// format. Err wraps ErrDamaged. verify reports it as that batch's root failing: the
+// stored events are no longer those the root covers.
+type EventError struct {
+	Seq   uint64
+	Index uint32
+	Err   error
+}
+
+func (e *EventError) Error() string {
+	return fmt.Sprintf("batch %d, event %d: %v", e.Seq, e.Index, e.Err)
+}
+
+func (e *EventError) Unwrap() error { return e.Err }
 
 // ErrNotFound means a batch is not (or no longer) in the spool.
 var ErrNotFound = errors.New("not found")
@@ -91,10 +116,10 @@ func (s *Spool) Position() (p Position, err error) {
 // Batches calls fn for each sealed batch with seq >= from, in order, until fn returns an
 // error. A batch passed to fn stays valid after fn returns.
 func (s *Spool) Batches(from uint64, fn func(*ledger.Batch) error) error {
-	return batches(s.db, from, fn)
+	return batches(s.db, s.enc, from, fn)
 }
 
-func batches(db *bolt.DB, from uint64, fn func(*ledger.Batch) error) error {
+func batches(db *bolt.DB, enc *eventCipher, from uint64, fn func(*ledger.Batch) error) error {
 	// One read transaction per batch: a long export must not pin old pages (and so grow
 	// the file) while the writer keeps committing.
 	for seq := max(from, 1); ; seq++ {
@@ -104,7 +129,7 @@ func batches(db *bolt.DB, from uint64, fn func(*ledger.Batch) error) error {
 			if p := position(tx); seq <= p.PrunedSeq {
 				seq = p.PrunedSeq + 1
 			}
-			b, err = readBatch(tx, seq)
+			b, err = readBatch(tx, seq, enc)
 			return err
 		})
 		if errors.Is(err, ErrNotFound) {
@@ -211,12 +236,29 @@ func (s *Spool) pruneSome(now time.Time, limit int) (int, error) {
 
 // Reader is read-only access to a spool file that no daemon holds, for the CLI's
 // verify and export.
-type Reader struct{ db *bolt.DB }
+type Reader struct {
+	db        *bolt.DB
+	enc       *eventCipher
+	encrypted bool
+}
 
-// OpenReader opens a spool file read-only. It fails with ErrLocked while a daemon runs,
-// and with ErrDamaged (naming the file and the reason) for a file that bbolt could not
-// read without crashing: the same checks as Open, before bbolt maps it.
-func OpenReader(path string) (r *Reader, err error) {
+// OpenReader opens a spool file read-only without a data key. It fails with ErrLocked
+// while a daemon runs, and with ErrDamaged (naming the file and the reason) for a file
+// that bbolt could not read without crashing: the same checks as Open, before bbolt
+// maps it. Position and Header work on any spool; reading the events of a spool whose
+// events are encrypted (Encrypted) fails with ErrKeyRequired: use OpenReaderWithKey.
+func OpenReader(path string) (*Reader, error) {
+	return OpenReaderWithKey(path, nil)
+}
+
+// OpenReaderWithKey is OpenReader with the appliance's data key, which the events are
+// decrypted with (see Options.DataKey); a key the spool was not written with is
+// ErrWrongKey. The events Batches and OpenEvents return are in clear.
+func OpenReaderWithKey(path string, dataKey []byte) (r *Reader, err error) {
+	enc, err := newEventCipher(dataKey)
+	if err != nil {
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
@@ -241,7 +283,40 @@ func OpenReader(path string) (r *Reader, err error) {
 		}
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
-	return &Reader{db: db}, nil
+	r = &Reader{db: db, enc: enc}
+	err = safeView(db, func(tx *bolt.Tx) error {
+		if m := tx.Bucket(bucketMeta); m != nil {
+			r.encrypted = m.Get(keyKeyCheck) != nil
+		}
+		if enc == nil {
+			return nil // Position still works; reading an encrypted event says why not
+		}
+		return checkKey(tx, enc)
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// Encrypted reports whether the spool may hold encrypted events (encryption was on when
+// it was written): reading them needs OpenReaderWithKey.
+func (r *Reader) Encrypted() bool { return r.encrypted }
+
+// Header returns the stored header bytes of sealed batch seq, without reading (or
+// decrypting) its events.
+func (r *Reader) Header(seq uint64) (header []byte, err error) {
+	err = safeView(r.db, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBatches).Get(seqKey(seq))
+		if v == nil {
+			return fmt.Errorf("batch %d: %w", seq, ErrNotFound)
+		}
+		hb, _, err := decodeStored(v)
+		header = bytes.Clone(hb)
+		return err
+	})
+	return header, err
 }
 
 // Position returns the chain position.
@@ -252,7 +327,7 @@ func (r *Reader) Position() (p Position, err error) {
 
 // Batches is Spool.Batches for a read-only spool.
 func (r *Reader) Batches(from uint64, fn func(*ledger.Batch) error) error {
-	return batches(r.db, from, fn)
+	return batches(r.db, r.enc, from, fn)
 }
 
 // OpenEvents returns the committed events not yet in a signed batch: those of batches
@@ -260,9 +335,14 @@ func (r *Reader) Batches(from uint64, fn func(*ledger.Batch) error) error {
 func (r *Reader) OpenEvents() ([][]byte, error) {
 	var out [][]byte
 	err := safeView(r.db, func(tx *bolt.Tx) error {
+		chain := string(tx.Bucket(bucketMeta).Get(keyChain))
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.Seek(seqKey(position(tx).HeadSeq + 1)); k != nil; k, v = c.Next() {
-			out = append(out, bytes.Clone(v))
+			e, err := openEvent(r.enc, chain, k, v)
+			if err != nil {
+				return fmt.Errorf("open event: %w", err)
+			}
+			out = append(out, e)
 		}
 		return nil
 	})

@@ -74,7 +74,10 @@ func (s *Spool) recover() ([]audit.Event, error) {
 		if errors.Is(err, ErrLocked) {
 			return nil, fmt.Errorf("open spool %s: %w", s.path, err)
 		}
-		if !isDamage(err) {
+		// A wrong or missing data key is not damage: the file is fine, and quarantining
+		// it would make its events unreachable for nothing. Only when keys recover has
+		// replaced a lost data key can it never be read again.
+		if !isDamage(err) && !(isKeyError(err) && s.opts.KeyReplaced) {
 			if s.db != nil {
 				s.db.Close()
 			}
@@ -137,7 +140,7 @@ func (s *Spool) checkHead(expect headRecord) error {
 	known := false
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		if b, err := readBatch(tx, expect.Seq); err == nil {
+		if b, err := readBatch(tx, expect.Seq, s.enc); err == nil {
 			got, known = ledger.HeaderHash(b.Header), true
 		} else if getU64(meta, keyPrunedSeq) == expect.Seq {
 			copy(got[:], meta.Get(keyPrunedHash))
@@ -204,7 +207,15 @@ func (s *Spool) load() (err error) {
 			if _, err := randRead(id[:]); err != nil {
 				return err
 			}
-			return meta.Put(keyChain, []byte(hex.EncodeToString(id[:])))
+			if err := meta.Put(keyChain, []byte(hex.EncodeToString(id[:]))); err != nil {
+				return err
+			}
+		}
+		if err := checkKey(tx, s.enc); err != nil {
+			return err
+		}
+		if s.opts.Encrypt && meta.Get(keyKeyCheck) == nil {
+			return meta.Put(keyKeyCheck, s.enc.check)
 		}
 		return nil
 	})
@@ -231,7 +242,7 @@ func (s *Spool) readState() (err error) {
 		if err := s.verifyTail(tx, st.headSeq, st.headHash); err != nil {
 			return err
 		}
-		if err := readUnsigned(tx, &st); err != nil {
+		if err := readUnsigned(tx, &st, s.enc); err != nil {
 			return err
 		}
 		// Events of the open batch: committed but not yet sealed when we stopped.
@@ -243,6 +254,10 @@ func (s *Spool) readState() (err error) {
 			}
 			if idx := binary.BigEndian.Uint32(k[8:]); int(idx) != len(st.leaves) {
 				return fmt.Errorf("%w: open batch event %d missing", ErrChainBroken, len(st.leaves))
+			}
+			v, err := openEvent(s.enc, st.chain, k, v)
+			if err != nil {
+				return fmt.Errorf("open batch: %w", err)
 			}
 			st.leaves = append(st.leaves, ledger.LeafHash(v))
 			st.bytes += int64(len(v))
@@ -275,7 +290,7 @@ func (s *Spool) readState() (err error) {
 // readUnsigned reads the prepared headers that wait for a signature (headSeq+1 … in
 // order) and checks each against the chain and against its stored events, so that what
 // is signed after a restart is what was closed before it.
-func readUnsigned(tx *bolt.Tx, st *state) error {
+func readUnsigned(tx *bolt.Tx, st *state, enc *eventCipher) error {
 	st.sealedSeq, st.sealedHash = st.headSeq, st.headHash
 	ub := tx.Bucket(bucketUnsigned)
 	if ub == nil { // a spool from before unsigned headers, opened read-only
@@ -303,7 +318,14 @@ func readUnsigned(tx *bolt.Tx, st *state) error {
 		ec := events.Cursor()
 		prefix := seqKey(seq)
 		for ek, ev := ec.Seek(prefix); ek != nil && bytes.HasPrefix(ek, prefix); ek, ev = ec.Next() {
-			leaves = append(leaves, ledger.LeafHash(ev))
+			plain, err := openEvent(enc, st.chain, ek, ev)
+			if isKeyError(err) {
+				return err
+			}
+			if err != nil {
+				return fmt.Errorf("%w: unsigned header %d: %v", ErrChainBroken, seq, err)
+			}
+			leaves = append(leaves, ledger.LeafHash(plain))
 		}
 		if root := ledger.Root(leaves); len(leaves) != h.Count || hex.EncodeToString(root[:]) != h.Root {
 			return fmt.Errorf("%w: unsigned header %d does not match its %d stored events", ErrChainBroken, seq, len(leaves))
@@ -351,7 +373,7 @@ func (s *Spool) verifyTail(tx *bolt.Tx, headSeq uint64, headHash ledger.Hash) er
 	case from-1 == prunedSeq:
 		prev = hex.EncodeToString(meta.Get(keyPrunedHash))
 	default:
-		if b, err := readBatch(tx, from-1); err == nil {
+		if b, err := readBatch(tx, from-1, s.enc); err == nil {
 			hh := ledger.HeaderHash(b.Header)
 			prev = hex.EncodeToString(hh[:])
 		}
@@ -362,7 +384,10 @@ func (s *Spool) verifyTail(tx *bolt.Tx, headSeq uint64, headHash ledger.Hash) er
 	pub, ours := s.opts.Signer.Public(), s.opts.Signer.KeyID()
 	var last []byte
 	for seq := from; seq <= headSeq; seq++ {
-		b, err := readBatch(tx, seq)
+		b, err := readBatch(tx, seq, s.enc)
+		if isKeyError(err) {
+			return err
+		}
 		if err != nil {
 			return fmt.Errorf("%w: seq %d: %v", ErrChainBroken, seq, err)
 		}

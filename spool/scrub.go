@@ -75,7 +75,7 @@ func (s *Spool) scrubOnce(ctx context.Context, reported map[uint64]bool) (ScrubR
 		var bad []badBatch
 		err := safeView(s.db, func(tx *bolt.Tx) error {
 			for ; seq <= end; seq++ {
-				b, err := readBatch(tx, seq)
+				b, err := readBatch(tx, seq, s.enc)
 				if err != nil {
 					// Pruned meanwhile (retention runs beside the scrub): nothing left to check.
 					if getU64(tx.Bucket(bucketMeta), keyPrunedSeq) >= seq {

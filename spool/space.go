@@ -33,6 +33,15 @@ type space struct {
 // per-key overhead.
 func eventCost(e *audit.Event) int64 { return 2*int64(e.SizeHint()) + 64 }
 
+// eventCost is eventCost with what encryption adds to the stored bytes (twice, as
+// above).
+func (s *Spool) eventCost(e *audit.Event) int64 {
+	if s.opts.Encrypt {
+		return eventCost(e) + 2*encOverhead
+	}
+	return eventCost(e)
+}
+
 // admit reserves cost for an event, or reports that it does not fit. evidence events may
 // go down to -reserve.
 func (s *Spool) admit(cost int64, evidence bool) bool {

@@ -64,6 +64,20 @@ type Options struct {
 	// that the uplink publishes them without waiting for its next poll. It must not
 	// block (uplink.Notify does not).
 	OnSeal func()
+
+	// DataKey is the appliance's 32-byte data key (the daemon's Keyring.DataKey). The
+	// spool derives its own event key from it (crypt.go) and never uses it directly. It
+	// is needed to open a spool that holds encrypted events (else ErrKeyRequired) and
+	// must be the key they were written with (else ErrWrongKey); nil for a spool in clear.
+	DataKey []byte
+	// Encrypt stores each new event encrypted under DataKey (AES-256-GCM); it needs
+	// DataKey. Events stored in clear before stay readable. The spool's zero value is
+	// off; the daemon turns it on by default (spool.encrypt).
+	Encrypt bool
+	// KeyReplaced is set by `edgeaudit keys recover` when the data key itself was lost
+	// and a new one made: a spool encrypted under the old key can then never be read
+	// again, so it is quarantined (kept, and named in the new chain) instead of refused.
+	KeyReplaced bool
 }
 
 // bbolt layout. Event keys are seq|index so that a batch's events are one cursor range
@@ -146,9 +160,12 @@ type Spool struct {
 	queue   chan item    // encoder → writer
 	done    chan struct{}
 
-	st    state   // writer-owned
-	sign  signing // writer-owned
-	stale bool    // writer-owned: a failed commit's reload failed; reload before committing
+	enc *eventCipher // nil: no data key; encrypted events cannot be read
+	// encBuf and nonceBuf are the writer's buffers for encrypted events (writer.go).
+	encBuf, nonceBuf []byte
+	st               state   // writer-owned
+	sign             signing // writer-owned
+	stale            bool    // writer-owned: a failed commit's reload failed; reload before committing
 
 	// The signer goroutine (sign.go): jobs from the writer, results back to it.
 	signJobs    chan signJob
@@ -245,6 +262,13 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	if opts.Signer == nil {
 		return nil, errors.New("open spool: no signer")
 	}
+	enc, err := newEventCipher(opts.DataKey)
+	if err != nil {
+		return nil, fmt.Errorf("open spool: %w", err)
+	}
+	if opts.Encrypt && enc == nil {
+		return nil, errors.New("open spool: encrypt needs the data key")
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -259,7 +283,7 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		return nil, &OpenError{Path: path, Err: err}
 	}
 	s := &Spool{
-		cfg: cfg, opts: opts, path: path, log: opts.Logger,
+		cfg: cfg, opts: opts, path: path, log: opts.Logger, enc: enc,
 		raw:   make(chan rawItem, min(rawQueueSize, cfg.QueueSize)),
 		queue: make(chan item, cfg.QueueSize),
 		done:  make(chan struct{}),
@@ -320,6 +344,9 @@ type OpenError struct {
 }
 
 func (e *OpenError) Error() string {
+	if isKeyError(e.Err) {
+		return fmt.Sprintf("open spool %s: %v (the file was not touched: its events are encrypted under the data key it was written with; start with that key (keys/data.key, or the TPM seal in keys/tpm), or, if it is lost for good, run `edgeaudit keys recover`, which moves this spool aside)", e.Path, e.Err)
+	}
 	return fmt.Sprintf("open spool %s: %v (the file was not touched: this is an I/O or permission problem, not damage; fix it and start again)", e.Path, e.Err)
 }
 
@@ -333,7 +360,7 @@ func (e *OpenError) Unwrap() error { return e.Err }
 // It returns ErrFull when the event does not fit the room left (see space.go); the
 // appliance's own events (source kind self) may use the evidence reserve.
 func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) error {
-	cost := eventCost(e)
+	cost := s.eventCost(e)
 	if !s.admit(cost, e.Source.Kind == audit.KindSelf) {
 		s.stats.refusedFull.Add(1)
 		return ErrFull
@@ -365,7 +392,7 @@ func (s *Spool) AppendAll(ctx context.Context, evs []*audit.Event, done func(err
 	var total int64
 	evidence := true
 	for i, e := range evs {
-		ri.costs[i] = eventCost(e)
+		ri.costs[i] = s.eventCost(e)
 		total += ri.costs[i]
 		evidence = evidence && e.Source.Kind == audit.KindSelf
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -82,6 +83,30 @@ func offlineKeys(cfg *daemon.Config) (*daemon.Keyring, error) {
 	return daemon.OpenKeys(cfg, slog.New(slog.DiscardHandler))
 }
 
+// openSpoolReader opens the spool in a stopped daemon's data folder for reading. A spool
+// whose events are encrypted is opened again with the data key, from the keys as the
+// config at configPath ("" = the defaults) says (daemon.OpenDataKey: the signing key
+// is not needed, and a TPM serves this one connection only while the key is unsealed).
+func openSpoolReader(configPath, dataDir string) (*spool.Reader, error) {
+	path := filepath.Join(dataDir, "spool.db")
+	r, err := spool.OpenReader(path)
+	if err != nil || !r.Encrypted() {
+		return r, err
+	}
+	r.Close()
+	cfg, err := daemon.LoadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = dataDir
+	cfg.SetDefaults()
+	key, err := daemon.OpenDataKey(&cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, fmt.Errorf("open the data key of the encrypted spool (give -config when the keys are in a TPM): %w", err)
+	}
+	return spool.OpenReaderWithKey(path, key)
+}
+
 // withOfflineSpool opens the spool of a stopped daemon with its existing signing key
 // (never a new one), runs fn, seals what fn recorded so that it is in the chain now and
 // not at the next start, and closes the spool.
@@ -91,5 +116,5 @@ func withOfflineSpool(ctx context.Context, cfg *daemon.Config, fn func(*spool.Sp
 		return err
 	}
 	defer keys.Close()
-	return daemon.WithSpool(ctx, cfg, keys.Signer, fn)
+	return daemon.WithSpool(ctx, cfg, cfg.SpoolOptions(keys), fn)
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
 	"github.com/edgeaudit/edgeaudit/ledger"
-	"github.com/edgeaudit/edgeaudit/spool"
 )
 
 // ExportCommand writes sealed batches in the wire format, or their events as JSON lines.
@@ -21,6 +20,7 @@ type ExportCommand struct{}
 func (c *ExportCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("edgeaudit export", flag.ContinueOnError)
 	dataDir := fs.String("data", "", "data folder of a stopped daemon")
+	configPath := fs.String("config", "", "config file, for the keys of an encrypted spool (default: the defaults)")
 	out := fs.String("out", "", "output file, or - for standard output")
 	events := fs.Bool("events", false, "write the normalized events as JSON lines instead of batches")
 	open := fs.Bool("open", false, "with -events: also the committed events of the open (unsealed) batch")
@@ -35,7 +35,7 @@ func (c *ExportCommand) Run(ctx context.Context, args []string) error {
 	if *open && !*events {
 		return &usageError{"export: -open needs -events (unsealed events are not a batch)"}
 	}
-	r, err := spool.OpenReader(filepath.Join(*dataDir, "spool.db"))
+	r, err := openSpoolReader(*configPath, *dataDir)
 	if err != nil {
 		return err
 	}
@@ -118,6 +118,12 @@ Arguments:
 
 	-out FILE
 	    Output file (written atomically), or - for standard output.
+
+	-config FILE
+	    The daemon's config file, for its keys: section. The events in spool.db are
+	    encrypted under the data key (spool.encrypt), and the export holds them in
+	    clear, so the data key is opened as the daemon opens it: keys/data.key, or
+	    the TPM seal at keys.tpm_device. Defaults to the built-in defaults.
 
 	-events
 	    Write events as JSON lines, one per line, in chain order.

@@ -162,7 +162,12 @@ good, a firmware or boot loader update: the TPM then refuses it and the daemon d
 start. If the old boot state can come back, boot it instead. Otherwise this seals a new
 data key to the current PCR values and records audit.data_key_replaced: patient tokens
 made from then on differ from the earlier ones, and the chain says from where. The
-signing key is untouched.
+signing key is untouched. Events encrypted at rest under the lost data key
+(spool.encrypt, the default) cannot be read any more: that spool is kept aside as
+spool.db.quarantine-<time>, for the day the old boot state can be booted again, and the
+chain starts anew, naming it; what it held that central had not acknowledged is not
+sent. The same holds for recover of a TPM whose blobs are lost (the data key was sealed
+beside them).
 
 attest writes the attestation bundle that lets central enrol the signing key as one
 that lives in this appliance's TPM (docs/central.md, "Attested enrolment"): the signing

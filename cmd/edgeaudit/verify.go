@@ -57,6 +57,7 @@ type receiptResult struct {
 func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("edgeaudit verify", flag.ContinueOnError)
 	dataDir := fs.String("data", "", "data folder of a stopped daemon")
+	configPath := fs.String("config", "", "with -data: config file, for the keys of an encrypted spool (default: the defaults)")
 	var keys keyList
 	fs.Var(&keys, "key", "trusted public key PEM file (repeatable)")
 	partial := fs.Bool("partial", false, "accept a chain that starts after seq 1")
@@ -121,7 +122,7 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	}
 	var pos spool.Position
 	if *dataDir != "" {
-		pos, err = verifySpool(*dataDir, v, check)
+		pos, err = verifySpool(*configPath, *dataDir, v, check)
 	} else {
 		err = verifyFiles(files, check)
 	}
@@ -157,8 +158,8 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
-func verifySpool(dir string, v *ledger.Verifier, check func(*ledger.Batch) error) (spool.Position, error) {
-	r, err := spool.OpenReader(filepath.Join(dir, "spool.db"))
+func verifySpool(configPath, dir string, v *ledger.Verifier, check func(*ledger.Batch) error) (spool.Position, error) {
+	r, err := openSpoolReader(configPath, dir)
 	if err != nil {
 		return spool.Position{}, err
 	}
@@ -171,6 +172,10 @@ func verifySpool(dir string, v *ledger.Verifier, check func(*ledger.Batch) error
 		v.Anchor(pos.PrunedSeq, pos.PrunedHash)
 	}
 	if err := r.Batches(1, check); err != nil {
+		if ee := (*spool.EventError)(nil); errors.As(err, &ee) {
+			return pos, &ledger.VerifyError{Seq: ee.Seq, Reason: ledger.ReasonRoot,
+				Detail: fmt.Sprintf("stored event %d cannot be read back (%v): the events are not those the root covers", ee.Index, ee.Err)}
+		}
 		return pos, err
 	}
 	// Batches missing at the end show only against the head the spool recorded.
@@ -226,6 +231,12 @@ Arguments:
 	    The data folder of a stopped daemon (spool.db is locked while it runs).
 	    Trusts DIR/keys/signing.pub, and the keys it replaced (DIR/keys/signing-*.pub,
 	    kept by a key recovery), unless -key is given.
+
+	-config FILE
+	    With -data: the daemon's config file, for its keys: section. Events in
+	    spool.db are encrypted under the data key (spool.encrypt); the roots cover
+	    them in clear, so the data key is opened as the daemon opens it. Defaults to
+	    the built-in defaults.
 
 	-key PEM
 	    A trusted public key (PEM); repeatable. Required for FILEs.

@@ -21,7 +21,7 @@ var allowed = map[string][]string{
 	"collectors":  {"audit", "collectors", "internal/"},
 	"vault":       {},
 	"daemon":      {"audit", "ledger", "attest", "spool", "collectors", "vault", "uplink", "timesync", "internal/"},
-	"cmd/":        {"daemon", "audit", "ledger", "attest", "spool", "vault", "collectors", "receiver", "evidence", "internal/"},
+	"cmd/":        {"daemon", "audit", "ledger", "attest", "spool", "vault", "collectors", "receiver", "evidence", "uplink", "internal/"},
 	"integration": {"audit", "ledger", "attest", "spool", "internal/"},
 	"bench":       {"audit", "ledger", "attest", "spool", "internal/"},
 	"receiver":    {"audit", "ledger", "internal/"},

@@ -95,6 +95,9 @@ func (k *Keyring) Close() error {
 // every older batch.
 var ErrSigningKeyMissing = errors.New("signing key missing")
 
+// ErrDataKeyMissing: the software data key is gone while a chain that used it exists.
+var ErrDataKeyMissing = errors.New("data key missing")
+
 // ErrDataKeyPolicy: the TPM refuses to unseal the data key because the PCRs it is bound
 // to changed.
 var ErrDataKeyPolicy = errors.New("data key policy no longer satisfied")
@@ -229,6 +232,12 @@ func softwareKeys(cfg *Config, log *slog.Logger, fallback string, recovering boo
 	if _, err := os.Stat(cfg.KeyPath()); errors.Is(err, os.ErrNotExist) && chainExists(cfg) && !recovering {
 		return nil, fmt.Errorf("open keys: %w: %s is gone, but the spool in %s holds a chain it signed; restore the key from backup, or run `edgeaudit keys recover -reason TEXT` to start a new key with the break recorded in the chain",
 			ErrSigningKeyMissing, cfg.KeyPath(), cfg.DataDir)
+	}
+	if _, err := os.Stat(cfg.DataKeyPath()); errors.Is(err, os.ErrNotExist) && chainExists(cfg) && !recovering {
+		// A new one would change every patient token from here and lock the events
+		// encrypted at rest under the old one.
+		return nil, fmt.Errorf("open keys: %w: %s is gone, but the spool in %s holds a chain that used it; restore it from backup, or run `edgeaudit keys recover -reason TEXT` (new keys, the break recorded, the unreadable spool kept aside)",
+			ErrDataKeyMissing, cfg.DataKeyPath(), cfg.DataDir)
 	}
 	s, created, err := attest.LoadOrCreateSoftware(cfg.KeyPath())
 	if err != nil {

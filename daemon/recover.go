@@ -48,7 +48,8 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 		keys.Close()
 		return res, fmt.Errorf("keys recover: the signing key loads (key_id %s): nothing to recover", keys.Signer.KeyID())
 	}
-	if !errors.Is(err, ErrSigningKeyMissing) && !errors.Is(err, attest.ErrKeyMissing) && !errors.Is(err, attest.ErrKeyRejected) {
+	if !errors.Is(err, ErrSigningKeyMissing) && !errors.Is(err, ErrDataKeyMissing) &&
+		!errors.Is(err, attest.ErrKeyMissing) && !errors.Is(err, attest.ErrKeyRejected) {
 		return res, fmt.Errorf("keys recover: the keys do not load, but not because they are lost: %w", err)
 	}
 	// The last head the old key signed, from the spool as it is.

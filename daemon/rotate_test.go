@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"testing"
@@ -54,5 +55,29 @@ func TestFinishRotation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A data key lost while a chain exists is never replaced silently: a new one would
+// change every token and lock the events encrypted under the old one.
+func TestDataKeyMissingRefused(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Keys.TPM = TPMOff
+	k, err := OpenKeys(&cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Close()
+	if err := os.WriteFile(cfg.SpoolPath(), []byte("a chain"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(cfg.DataKeyPath()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenKeys(&cfg, slog.New(slog.DiscardHandler)); !errors.Is(err, ErrDataKeyMissing) {
+		t.Fatalf("OpenKeys without the data key: %v, want ErrDataKeyMissing", err)
+	}
+	if _, err := os.Stat(cfg.DataKeyPath()); !os.IsNotExist(err) {
+		t.Fatalf("a new data key was made: %v", err)
 	}
 }

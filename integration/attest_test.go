@@ -161,12 +161,12 @@ func TestAttestEnrolment(t *testing.T) {
 	// The TPM appliance's batches are stored; the other TPM's, under the same names,
 	// are refused: only the first TPM's key is enrolled.
 	wantBatches := regexp.MustCompile(`: (\d+) batches: (\d+) stored, 0 duplicates, 0 refused`)
-	res = runCLI(t, "receive", "import", "-config", cfg, exportWire(t, a.dataDir))
+	res = runCLI(t, "receive", "import", "-config", cfg, exportWire(t, a.dataDir, "-config", a.config))
 	m := wantBatches.FindStringSubmatch(res.stdout)
 	if res.code != 0 || m == nil || m[1] != m[2] || m[1] == "0" {
 		t.Fatalf("import of the attested appliance's export: %s\nwant every batch stored", res)
 	}
-	res = runCLI(t, "receive", "import", "-config", cfg, exportWire(t, b.dataDir))
+	res = runCLI(t, "receive", "import", "-config", cfg, exportWire(t, b.dataDir, "-config", b.config))
 	if res.code != 1 || !strings.Contains(res.stdout, "0 stored") {
 		t.Fatalf("import of the other TPM's export: %s\nwant it refused", res)
 	}

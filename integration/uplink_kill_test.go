@@ -69,11 +69,12 @@ func (r *receiveProc) stop(t testing.TB) {
 }
 
 // exportWire runs `edgeaudit export` on a stopped daemon's data folder and returns the
-// file of its sealed batches in the wire format.
-func exportWire(t testing.TB, dataDir string) string {
+// file of its sealed batches in the wire format; extra goes to export (-config when the
+// data key is in a TPM).
+func exportWire(t testing.TB, dataDir string, extra ...string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "export.eab")
-	if res := runCLI(t, "export", "-data", dataDir, "-out", out); res.code != 0 {
+	if res := runCLI(t, append([]string{"export", "-data", dataDir, "-out", out}, extra...)...); res.code != 0 {
 		t.Fatalf("%s", res)
 	}
 	return out

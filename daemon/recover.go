@@ -109,8 +109,6 @@ func RecoverKeys(ctx context.Context, cfg *Config, reason, by string, log *slog.
 	return res, nil
 }
 
-var errStop = errors.New("stop")
-
 // WithSpool opens the spool of a stopped daemon with opts (cfg.SpoolOptions: the signer
 // and the data key), runs fn, seals what fn recorded (so that it is in the chain now,
 // not at the next start) and closes the spool.

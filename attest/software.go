@@ -1,5 +1,6 @@
-// Package attest holds the signers that seal batches: a software ECDSA P-256 key today,
-// the TPM behind the same methods later.
+// Package attest holds the signers that seal batches, a software ECDSA P-256 key or a
+// key bound to a TPM 2.0 behind the same methods, the data key (in a file, or sealed to
+// the TPM), and TPM attestation bundles and their verification.
 package attest
 
 import (

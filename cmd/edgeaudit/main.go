@@ -115,6 +115,20 @@ func run(ctx context.Context, args []string, stop func()) error {
 	}
 }
 
+// onlySubcommand checks the first argument of a command that has one subcommand:
+// help prints usage (exit 0); anything but sub is a usage error.
+func onlySubcommand(args []string, cmd, sub string, usage func()) error {
+	switch {
+	case len(args) > 0 && isHelp(args[0]):
+		usage()
+		return flag.ErrHelp
+	case len(args) == 0 || args[0] != sub:
+		usage()
+		return &usageError{fmt.Sprintf("%s: the only subcommand is %s", cmd, sub)}
+	}
+	return nil
+}
+
 // isHelp reports whether arg asks for help instead of naming a subcommand.
 func isHelp(arg string) bool {
 	switch arg {

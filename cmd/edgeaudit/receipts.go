@@ -19,13 +19,8 @@ type ReceiptsCommand struct{}
 
 // Run implements the command.
 func (c *ReceiptsCommand) Run(ctx context.Context, args []string) error {
-	if len(args) > 0 && isHelp(args[0]) {
-		c.Usage()
-		return flag.ErrHelp
-	}
-	if len(args) == 0 || args[0] != "import" {
-		c.Usage()
-		return &usageError{"receipts: the only subcommand is import"}
+	if err := onlySubcommand(args, "receipts", "import", c.Usage); err != nil {
+		return err
 	}
 	fs := flag.NewFlagSet("edgeaudit receipts import", flag.ContinueOnError)
 	configPath := fs.String("config", "", "config file")

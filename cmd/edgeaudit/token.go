@@ -22,13 +22,8 @@ type TokenCommand struct{}
 
 // Run implements the command.
 func (c *TokenCommand) Run(ctx context.Context, args []string) error {
-	if len(args) > 0 && isHelp(args[0]) {
-		c.Usage()
-		return flag.ErrHelp
-	}
-	if len(args) == 0 || args[0] != "reveal" {
-		c.Usage()
-		return &usageError{"token: the only subcommand is reveal"}
+	if err := onlySubcommand(args, "token", "reveal", c.Usage); err != nil {
+		return err
 	}
 	fs := flag.NewFlagSet("edgeaudit token reveal", flag.ContinueOnError)
 	configPath := fs.String("config", "", "config file")

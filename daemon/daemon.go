@@ -327,6 +327,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 		close(d.ready)
 	}()
+	if !cfg.Syslog.Enabled() && !cfg.HL7.Enabled() && !cfg.FHIR.Enabled() {
+		d.log.Warn("every listener is off: nothing can send audit messages to this appliance (syslog, hl7 and fhir sections are empty)")
+	}
 	d.log.Info("edgeaudit running", "site", cfg.Site, "device", cfg.Device, "data_dir", cfg.DataDir,
 		"syslog_udp", cfg.Syslog.UDP, "syslog_tcp", cfg.Syslog.TCP, "syslog_tls", cfg.Syslog.TLS,
 		"hl7_mllp", cfg.HL7.MLLP, "fhir_http", cfg.FHIR.HTTP, "admin", cfg.Admin)
@@ -488,6 +491,9 @@ func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer 
 		h := Health{Status: "ok", Version: d.version, Site: d.cfg.Site, Device: d.cfg.Device, Chain: pos.Chain,
 			HeadSeq: pos.HeadSeq, AckedSeq: pos.AckedSeq, OpenEvents: pos.OpenEvents, SpoolFull: st.Full,
 			Signer: signer.Kind(), KeyID: signer.KeyID(), Committed: st.Committed}
+		if !d.cfg.Syslog.Enabled() && !d.cfg.HL7.Enabled() && !d.cfg.FHIR.Enabled() {
+			h.Warnings = append(h.Warnings, "every listener is off (syslog, hl7 and fhir sections empty): nothing can send audit messages to this appliance")
+		}
 		if signer.Kind() == "software" {
 			msg := "signing key is a software key, not sealed by a TPM"
 			if fallback != "" {

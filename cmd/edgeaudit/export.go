@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -81,7 +82,8 @@ func (c *ExportCommand) Run(ctx context.Context, args []string) error {
 func writeFileAtomic(path string, write func(io.Writer) error) error {
 	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
 	if err != nil {
-		return fmt.Errorf("export: %w", err)
+		// Name what the user gave, not the temporary file beside it.
+		return fmt.Errorf("export: cannot write %s: %w", path, errors.Unwrap(err))
 	}
 	defer os.Remove(f.Name())
 	if err := write(f); err != nil {

@@ -24,3 +24,28 @@ func TestHelpIsNotAnError(t *testing.T) {
 		t.Fatalf("version x: %v, want a usage error", err)
 	}
 }
+
+// The errors a new admin meets name what they gave: the folder, not a key file in it;
+// the export path, not a temporary file beside it.
+func TestErrorsNameWhatWasGiven(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify", "-data", dir + "/nonexistent"}, "-data " + dir + "/nonexistent: not a data folder"},
+		{[]string{"verify", "-data", dir}, "no spool.db there"},
+		{[]string{"export", "-data", dir, "-out", dir + "/no/such/x.eab"}, ""},
+	} {
+		err := run(t.Context(), tc.args, func() {})
+		if err == nil {
+			t.Fatalf("%v: no error", tc.args)
+		}
+		if tc.want != "" && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want it to say %q", tc.args, err, tc.want)
+		}
+		if strings.Contains(err.Error(), ".tmp") || strings.Contains(err.Error(), "signing.pub") {
+			t.Errorf("%v: %v names an internal file", tc.args, err)
+		}
+	}
+}

@@ -75,6 +75,15 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	if (*dataDir == "") == (len(files) == 0) {
 		return &usageError{"verify: give either -data DIR or one or more FILEs"}
 	}
+	if *dataDir != "" {
+		// Name the folder, not a key file inside it, when the folder is the problem.
+		if fi, err := os.Stat(*dataDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("verify: -data %s: not a data folder (%v)", *dataDir, errOrNotDir(err))
+		}
+		if _, err := os.Stat(filepath.Join(*dataDir, "spool.db")); err != nil {
+			return fmt.Errorf("verify: -data %s: no spool.db there: is it the daemon's data_dir?", *dataDir)
+		}
+	}
 	if len(keys) == 0 {
 		if *dataDir == "" {
 			return &usageError{"verify: FILEs need -key PEM (the appliance's keys/signing.pub)"}
@@ -264,4 +273,11 @@ Arguments:
 	    An evidence package ("edgeaudit query -evidence"): checks its manifest, header
 	    signatures, inclusion proofs and receipts with the keys it carries.
 `)
+}
+
+func errOrNotDir(err error) error {
+	if err != nil {
+		return err
+	}
+	return errors.New("not a folder")
 }

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -64,9 +63,7 @@ func Attest(k *Keyring, nonce []byte) (*attest.Bundle, error) {
 // admin token is required: an attestation is the TPM's signature on the caller's data.
 func attestHandler(keys *Keyring, adminToken string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
-			http.Error(w, "admin token required", http.StatusUnauthorized)
+		if !adminAuthorized(w, r, adminToken) {
 			return
 		}
 		var req AttestRequest

@@ -258,7 +258,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer stopUplink()
 	upDone := make(chan struct{})
 	if up != nil {
-		book.load()
+		pos, err := sp.Position()
+		if err != nil {
+			return fmt.Errorf("read the spool's chain: %w", err)
+		}
+		book.load(pos.Chain)
 		d.mu.Lock()
 		d.uplink, d.receipts, d.reporter = up, book, rep
 		d.mu.Unlock()

@@ -326,13 +326,22 @@ func RevealEvent(req RevealRequest, found bool, now time.Time) audit.Event {
 	return e
 }
 
+// adminAuthorized checks the admin token a local CLI presents (keys/admin.token) on a
+// privileged request, and answers 401 when it is missing or wrong.
+func adminAuthorized(w http.ResponseWriter, r *http.Request, adminToken string) bool {
+	got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
+		http.Error(w, "admin token required", http.StatusUnauthorized)
+		return false
+	}
+	return true
+}
+
 // revealHandler answers privileged reveals: the caller must present the admin token; the
 // reveal is committed to the chain before the value is returned.
 func revealHandler(p *privacy, sink collectors.Sink, adminToken string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
-			http.Error(w, "admin token required", http.StatusUnauthorized)
+		if !adminAuthorized(w, r, adminToken) {
 			return
 		}
 		if p.vault == nil {

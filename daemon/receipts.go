@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -40,14 +39,18 @@ type ReceiptsSummary struct {
 func ImportReceipts(ctx context.Context, cfg *Config, sp *spool.Spool, receipts [][]byte, by string) (ReceiptsSummary, error) {
 	src := &lateSource{}
 	src.sp.Store(sp)
-	book := newReceiptBook(cfg, src)
+	book := newReceiptBook(cfg)
 	book.required = true
 	k, err := ReadCentralKey(book.keyPath)
 	if err != nil {
 		return ReceiptsSummary{}, fmt.Errorf("import receipts: %w", err)
 	}
 	book.pub = k
-	book.load()
+	pos, err := sp.Position()
+	if err != nil {
+		return ReceiptsSummary{}, fmt.Errorf("import receipts: %w", err)
+	}
+	book.load(pos.Chain)
 	rep := &syncReporter{ctx: ctx, sink: sp}
 	return importReceipts(ctx, src, book, rep, sp, receipts, by)
 }
@@ -106,9 +109,7 @@ func (r *syncReporter) Report(in uplink.Incident) {
 // the admin token is required, since the import moves what may be pruned.
 func (d *Daemon) receiptsHandler(src *lateSource, sink collectors.Sink, adminToken string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(adminToken)) != 1 {
-			http.Error(w, "admin token required", http.StatusUnauthorized)
+		if !adminAuthorized(w, r, adminToken) {
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxReceiptsBody+1))
@@ -125,8 +126,17 @@ func (d *Daemon) receiptsHandler(src *lateSource, sink collectors.Sink, adminTok
 		book, rep := d.receipts, d.reporter
 		d.mu.Unlock()
 		if book == nil { // no uplink: build one for this import
-			book = newReceiptBook(&d.cfg, src)
-			book.load()
+			sp, err := src.get()
+			var pos spool.Position
+			if err == nil {
+				pos, err = sp.Position()
+			}
+			if err != nil {
+				http.Error(w, "spool unreadable", http.StatusServiceUnavailable)
+				return
+			}
+			book = newReceiptBook(&d.cfg)
+			book.load(pos.Chain)
 		}
 		var reporter uplink.Reporter = rep
 		if rep == nil {

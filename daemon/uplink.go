@@ -134,20 +134,10 @@ func (l *lateSource) Ack(seq uint64) error {
 	return sp.Ack(seq)
 }
 
-// newReceiptBook returns the book of cfg's appliance over the spool behind src.
-func newReceiptBook(cfg *Config, src *lateSource) *receiptBook {
+// newReceiptBook returns the book of cfg's appliance; load gives it the spool's chain.
+func newReceiptBook(cfg *Config) *receiptBook {
 	return &receiptBook{site: cfg.Site, device: cfg.Device, dir: cfg.ReceiptsDir(), keyPath: cfg.CentralKeyPath(),
-		required: cfg.Uplink.CentralKey != "", chain: func() string {
-			sp, err := src.get()
-			if err != nil {
-				return ""
-			}
-			pos, err := sp.Position()
-			if err != nil {
-				return ""
-			}
-			return pos.Chain
-		}}
+		required: cfg.Uplink.CentralKey != ""}
 }
 
 // receiptBook verifies central's receipts for this appliance's current chain and keeps
@@ -157,9 +147,11 @@ type receiptBook struct {
 	dir          string
 	keyPath      string
 	required     bool // the key was configured: it was read at start and never changes
-	chain        func() string
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// chain is the open spool's chain id, set by load; it does not change while the
+	// spool is open (a quarantine starts a new chain only at Open).
+	chain     string
 	pub       *ecdsa.PublicKey
 	lastRead  time.Time
 	keyErr    error
@@ -201,18 +193,19 @@ func (r *receiptBook) key() (*ecdsa.PublicKey, error) {
 func (r *receiptBook) Verify(b []byte) (uint64, string, error) {
 	r.mu.Lock()
 	pub, err := r.key()
+	chain := r.chain
 	r.mu.Unlock()
 	if err != nil {
 		return 0, "", err
 	}
-	rc, err := r.check(b, pub)
+	rc, err := r.check(b, pub, chain)
 	if err != nil {
 		return 0, "", err
 	}
 	return rc.Seq, rc.HeaderHash, nil
 }
 
-func (r *receiptBook) check(b []byte, pub *ecdsa.PublicKey) (ledger.Receipt, error) {
+func (r *receiptBook) check(b []byte, pub *ecdsa.PublicKey, chain string) (ledger.Receipt, error) {
 	rc, err := ledger.VerifyReceipt(b, pub)
 	if err != nil {
 		return rc, err
@@ -220,7 +213,7 @@ func (r *receiptBook) check(b []byte, pub *ecdsa.PublicKey) (ledger.Receipt, err
 	if rc.Site != r.site || rc.Device != r.device {
 		return rc, fmt.Errorf("receipt names %s/%s, this appliance is %s/%s", rc.Site, rc.Device, r.site, r.device)
 	}
-	if chain := r.chain(); rc.Chain != chain {
+	if rc.Chain != chain {
 		return rc, fmt.Errorf("receipt is for chain %s, the spool's chain is %s", rc.Chain, chain)
 	}
 	return rc, nil
@@ -251,17 +244,18 @@ func (r *receiptBook) Keep(seq uint64, b []byte) error {
 	return nil
 }
 
-// load reads the kept receipt of the current chain, so that health shows it after a
-// restart and Keep does not replace it with an older one.
-func (r *receiptBook) load() {
-	b, err := os.ReadFile(filepath.Join(r.dir, r.chain()+".receipt"))
+// load takes the open spool's chain and reads its kept receipt, so that health shows it
+// after a restart and Keep does not replace it with an older one.
+func (r *receiptBook) load(chain string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.chain = chain
+	b, err := os.ReadFile(filepath.Join(r.dir, chain+".receipt"))
 	if err != nil {
 		return
 	}
 	if rc, err := ledger.ParseReceipt(b); err == nil {
-		r.mu.Lock()
 		r.newest, r.newestSet = rc, true
-		r.mu.Unlock()
 	}
 }
 
@@ -269,7 +263,7 @@ func (r *receiptBook) load() {
 func (r *receiptBook) Newest() (ledger.Receipt, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.newest, r.newestSet && r.newest.Chain == r.chain()
+	return r.newest, r.newestSet && r.newest.Chain == r.chain
 }
 
 // keyStatus says whether central's key is usable (for health).
@@ -336,7 +330,7 @@ func (u *uplinkReporter) list() []uplink.Incident {
 // now; the default one (keys/central.pub) may come later.
 func (d *Daemon) newUplink(src *lateSource, rep *uplinkReporter, signer interface{ Public() *ecdsa.PublicKey }) (*uplink.Uplink, *receiptBook, error) {
 	cfg := &d.cfg
-	book := newReceiptBook(cfg, src)
+	book := newReceiptBook(cfg)
 	if book.required {
 		k, err := ReadCentralKey(book.keyPath)
 		if err != nil {

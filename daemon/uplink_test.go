@@ -42,8 +42,7 @@ func TestReceiptBook(t *testing.T) {
 	}
 	const chain = "00112233445566778899aabbccddeeff"
 	hash := strings.Repeat("ab", 32)
-	book := &receiptBook{site: "s1", device: "d1", dir: filepath.Join(dir, "receipts"), keyPath: pubPath,
-		chain: func() string { return chain }}
+	book := &receiptBook{site: "s1", device: "d1", dir: filepath.Join(dir, "receipts"), keyPath: pubPath, chain: chain}
 	good := ledger.Receipt{Site: "s1", Device: "d1", Chain: chain, Seq: 5, HeaderHash: hash, Time: time.Now()}
 	with := func(f func(*ledger.Receipt)) ledger.Receipt { r := good; f(&r); return r }
 	for _, tc := range []struct {
@@ -97,8 +96,8 @@ func TestReceiptBook(t *testing.T) {
 		t.Errorf("kept receipt mode %o, want 600", got)
 	}
 	// A new book (a restart) loads it and reports it.
-	again := &receiptBook{site: "s1", device: "d1", dir: book.dir, keyPath: pubPath, chain: book.chain}
-	again.load()
+	again := &receiptBook{site: "s1", device: "d1", dir: book.dir, keyPath: pubPath}
+	again.load(chain)
 	if rc, ok := again.Newest(); !ok || rc.Seq != 9 {
 		t.Fatalf("Newest after load = %+v %v, want seq 9", rc, ok)
 	}
@@ -109,7 +108,7 @@ func TestReceiptBook(t *testing.T) {
 func TestReceiptBookKeyAppearsLater(t *testing.T) {
 	dir := t.TempDir()
 	pubPath := filepath.Join(dir, "central.pub")
-	book := &receiptBook{site: "s1", device: "d1", dir: dir, keyPath: pubPath, chain: func() string { return "c" }}
+	book := &receiptBook{site: "s1", device: "d1", dir: dir, keyPath: pubPath, chain: "c"}
 	if err := book.keyStatus(); err == nil || !strings.Contains(err.Error(), "not installed") {
 		t.Fatalf("keyStatus without a key: %v", err)
 	}

@@ -98,9 +98,13 @@ func BenchmarkEventSeal(b *testing.B) {
 	plain := make([]byte, 400)
 	nonce := make([]byte, nonceSize)
 	aad := eventAAD(nil, "0123456789abcdef0123456789abcdef", eventKey(1, 0))
+	aead, err := c.batch("0123456789abcdef0123456789abcdef", 1)
+	if err != nil {
+		b.Fatal(err)
+	}
 	dst := make([]byte, 0, len(plain)+encOverhead)
 	b.SetBytes(int64(len(plain)))
 	for b.Loop() {
-		dst = c.seal(dst[:0], aad, nonce, plain)
+		dst = c.seal(dst[:0], aead, aad, nonce, plain)
 	}
 }

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -100,7 +101,7 @@ func TestEncryptedRoundTrip(t *testing.T) {
 			}
 			want := byte(eventClear)
 			if tt.encrypt {
-				want = eventFormatV1
+				want = eventFormatV2
 			}
 			for i, f := range storedFormats(t, path) {
 				if f != want {
@@ -176,7 +177,7 @@ func TestClearSpoolStillReads(t *testing.T) {
 		switch f {
 		case eventClear:
 			clear++
-		case eventFormatV1:
+		case eventFormatV2:
 			enc++
 		}
 	}
@@ -388,5 +389,126 @@ func TestMovedEventRefused(t *testing.T) {
 				t.Fatalf("err=%v, want ErrDamaged", err)
 			}
 		})
+	}
+}
+
+// A spool written before per-batch keys (format 0x01: one key for every event) still
+// reads and verifies; new events go in under their batch's key.
+func TestFormatV1StillReads(t *testing.T) {
+	sig := newSigner(t)
+	path := filepath.Join(t.TempDir(), "spool.db")
+	cfg := Config{MaxEvents: 5, MaxAge: time.Hour}
+	s := openWith(t, path, cfg, encOpts(sig))
+	for i := range 10 {
+		appendSync(t, s, secretEv(i))
+	}
+	chain := s.st.chain
+	s.Close()
+
+	// Rewrite every stored event as the old format did.
+	c, err := newEventCipher(testDataKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents)
+		type kv struct{ k, v []byte }
+		var old []kv
+		if err := b.ForEach(func(k, v []byte) error {
+			plain, err := openEvent(c, chain, k, v)
+			if err != nil {
+				return err
+			}
+			var out []byte
+			if c.randomNonce { // FIPS mode: the module draws the nonce
+				out = c.v1.Seal([]byte{eventFormatV1}, nil, plain, eventAAD(nil, chain, k))
+			} else {
+				nonce := make([]byte, nonceSize)
+				rand.Read(nonce)
+				out = c.v1.Seal(append([]byte{eventFormatV1}, nonce...), nonce, plain, eventAAD(nil, chain, k))
+			}
+			old = append(old, kv{append([]byte(nil), k...), out})
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, e := range old {
+			if err := b.Put(e.k, e.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range storedFormats(t, path) {
+		if f != eventFormatV1 {
+			t.Fatalf("rewritten format 0x%02x, want 0x01", f)
+		}
+	}
+
+	s = openWith(t, path, cfg, encOpts(sig))
+	if inc := s.Incidents(); len(inc) != 0 {
+		t.Fatalf("reopen of a v1 spool found %+v", inc)
+	}
+	for i := 10; i < 15; i++ {
+		appendSync(t, s, secretEv(i))
+	}
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	events := verifyAll(t, s)
+	s.Close()
+	if got, want := len(events), 15; got != want {
+		t.Fatalf("events=%d, want %d", got, want)
+	}
+	var v1, v2 int
+	for _, f := range storedFormats(t, path) {
+		switch f {
+		case eventFormatV1:
+			v1++
+		case eventFormatV2:
+			v2++
+		}
+	}
+	if v1 != 10 || v2 != 5 {
+		t.Fatalf("stored %d v1 and %d v2 events, want 10 and 5", v1, v2)
+	}
+}
+
+// Each batch has its own key: the same plaintext, nonce and additional data seal to
+// different bytes in two batches, and an event's bytes do not open as another batch's.
+func TestBatchKeysDiffer(t *testing.T) {
+	c, err := newEventCipher(testDataKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const chain = "0123456789abcdef0123456789abcdef"
+	a1, err := c.batch(chain, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := c.batch(chain, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := make([]byte, nonceSize)
+	aad := eventAAD(nil, chain, eventKey(1, 0))
+	s1 := c.seal(nil, a1, aad, nonce, []byte(`{"m":1}`))
+	s2 := c.seal(nil, a2, aad, nonce, []byte(`{"m":1}`))
+	if bytes.Equal(s1, s2) {
+		t.Fatal("two batches sealed the same event to the same bytes: one key for both")
+	}
+	if _, err := c.open(a2, s1[1:], aad); err == nil {
+		t.Fatal("batch 1's event opened with batch 2's key")
+	}
+	if got, err := c.open(a1, s1[1:], aad); err != nil || string(got) != `{"m":1}` {
+		t.Fatalf("open=%q, %v", got, err)
 	}
 }

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"crypto/cipher"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -302,18 +303,31 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 				s.nonceBuf = make([]byte, nonceSize*len(items))
 			}
 			nonces = s.nonceBuf[:nonceSize*len(items)]
-			if _, err := randRead(nonces); err != nil {
-				return fmt.Errorf("event nonces: %w", err)
+			if !s.enc.randomNonce {
+				if _, err := randRead(nonces); err != nil {
+					return fmt.Errorf("event nonces: %w", err)
+				}
 			}
 			aad = make([]byte, 0, len(st.chain)+len(key))
 		}
+		var batchAEAD cipher.AEAD
+		batchSeq := uint64(0)
 		for i, it := range items {
 			binary.BigEndian.PutUint64(key[:8], st.sealedSeq+1)
 			binary.BigEndian.PutUint32(key[8:], uint32(len(st.leaves)))
 			val := it.buf[1:]
 			if s.opts.Encrypt {
 				start := len(stored)
-				stored = s.enc.seal(stored, eventAAD(aad[:0], st.chain, key[:]), nonces[i*nonceSize:(i+1)*nonceSize], val)
+				// A commit may seal a batch and go on in the next: each event under
+				// its own batch's key.
+				if seq := st.sealedSeq + 1; batchAEAD == nil || batchSeq != seq {
+					var err error
+					if batchAEAD, err = s.enc.batch(st.chain, seq); err != nil {
+						return err
+					}
+					batchSeq = seq
+				}
+				stored = s.enc.seal(stored, batchAEAD, eventAAD(aad[:0], st.chain, key[:]), nonces[i*nonceSize:(i+1)*nonceSize], val)
 				val = stored[start:]
 			}
 			if err := ev.Put(key[:], val); err != nil {

@@ -7,6 +7,7 @@ package vault
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/fips140"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -28,9 +29,13 @@ var (
 
 // Vault is an open vault file.
 type Vault struct {
-	db   *bolt.DB
-	aead cipher.AEAD
+	db          *bolt.DB
+	aead        cipher.AEAD
+	randomNonce bool // aead draws its nonces (FIPS mode)
 }
+
+// gcmNonce is the size of the nonce in front of each stored value.
+const gcmNonce = 12
 
 // Open opens or creates the vault at path with the site's data key.
 func Open(path string, dataKey []byte, readOnly bool) (*Vault, error) {
@@ -40,7 +45,15 @@ func Open(path string, dataKey []byte, readOnly bool) (*Vault, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open vault: %w", err)
 	}
-	aead, err := cipher.NewGCM(block)
+	// In FIPS 140-3 mode the module's own random-nonce GCM (the approved form); the
+	// stored layout, nonce | ciphertext | tag, is the same either way.
+	randomNonce := fips140.Enabled()
+	var aead cipher.AEAD
+	if randomNonce {
+		aead, err = cipher.NewGCMWithRandomNonce(block)
+	} else {
+		aead, err = cipher.NewGCM(block)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open vault: %w", err)
 	}
@@ -57,7 +70,7 @@ func Open(path string, dataKey []byte, readOnly bool) (*Vault, error) {
 			return nil, fmt.Errorf("open vault: %w", err)
 		}
 	}
-	return &Vault{db: db, aead: aead}, nil
+	return &Vault{db: db, aead: aead, randomNonce: randomNonce}, nil
 }
 
 // Entry is one identifier to keep.
@@ -72,11 +85,16 @@ func (v *Vault) Put(entries []Entry) error {
 			if b.Get([]byte(e.Token)) != nil {
 				continue
 			}
-			nonce := make([]byte, v.aead.NonceSize(), v.aead.NonceSize()+len(e.Value)+v.aead.Overhead())
-			if _, err := rand.Read(nonce); err != nil {
-				return err
+			var sealed []byte
+			if v.randomNonce {
+				sealed = v.aead.Seal(nil, nil, []byte(e.Value), []byte(e.Token))
+			} else {
+				nonce := make([]byte, gcmNonce, gcmNonce+len(e.Value)+v.aead.Overhead())
+				if _, err := rand.Read(nonce); err != nil {
+					return err
+				}
+				sealed = v.aead.Seal(nonce, nonce, []byte(e.Value), []byte(e.Token))
 			}
-			sealed := v.aead.Seal(nonce, nonce, []byte(e.Value), []byte(e.Token))
 			if err := b.Put([]byte(e.Token), sealed); err != nil {
 				return err
 			}
@@ -97,11 +115,16 @@ func (v *Vault) Get(token string) (string, error) {
 		if sealed == nil {
 			return ErrNotFound
 		}
-		n := v.aead.NonceSize()
-		if len(sealed) < n {
+		if len(sealed) < gcmNonce {
 			return errors.New("vault entry too short")
 		}
-		plain, err := v.aead.Open(nil, sealed[:n], sealed[n:], []byte(token))
+		var plain []byte
+		var err error
+		if v.randomNonce {
+			plain, err = v.aead.Open(nil, nil, sealed, []byte(token))
+		} else {
+			plain, err = v.aead.Open(nil, sealed[:gcmNonce], sealed[gcmNonce:], []byte(token))
+		}
 		if err != nil {
 			return fmt.Errorf("vault entry does not decrypt (wrong data key or tampered): %w", err)
 		}

@@ -18,7 +18,10 @@ func PasswordLine(user, password string) (string, error) {
 	if _, _, ok := splitIdentity(user); !ok {
 		return "", fmt.Errorf("password line: user %q is not <site>/<device>", user)
 	}
-	salt := make([]byte, 12)
+	// 16 bytes, not mosquitto_passwd's 12: FIPS 140-3 asks PBKDF2 for a salt of at
+	// least 128 bits (Go refuses a shorter one under GODEBUG=fips140=only), and
+	// mosquitto reads a salt of any length.
+	salt := make([]byte, 16)
 	if _, err := rand.Read(salt); err != nil {
 		return "", fmt.Errorf("password line: %w", err)
 	}

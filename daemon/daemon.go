@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +68,7 @@ type Daemon struct {
 	receipts *receiptBook
 	reporter *uplinkReporter
 	ntp      *timesync.Checker
+	self     *selfAudit
 }
 
 // New validates cfg (after applying defaults) and returns a daemon that has not started.
@@ -129,6 +129,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(priv.metrics()...)
 	self := newSelfAudit(sink, reg, d.log.With("component", "selfaudit"))
+	d.self = self
 	sl, err := syslog.New(cfg.Syslog, sink, self, d.log.With("component", "collector.syslog"))
 	if err != nil {
 		return err
@@ -447,107 +448,12 @@ func (d *Daemon) AdminAddr() net.Addr {
 	return d.admin
 }
 
-// Health is what /healthz answers.
-type Health struct {
-	Status     string   `json:"status"` // ok|warning|failure
-	Version    string   `json:"version"`
-	Site       string   `json:"site"`
-	Device     string   `json:"device"`
-	Chain      string   `json:"chain"`
-	HeadSeq    uint64   `json:"head_seq"`
-	AckedSeq   uint64   `json:"acked_seq"`
-	OpenEvents int      `json:"open_events"`
-	SpoolFull  bool     `json:"spool_full"`
-	Signer     string   `json:"signer"`
-	KeyID      string   `json:"key_id"`
-	Committed  uint64   `json:"events_committed"`
-	Lost       uint64   `json:"events_lost,omitempty"`
-	Warnings   []string `json:"warnings,omitempty"`
-	Failures   []string `json:"failures,omitempty"`
-	// Incidents are what the spool found at start and since (quarantine, rollback,
-	// damaged batches); a failure incident stays until the daemon restarts, and the chain
-	// holds the event for each.
-	Incidents []spool.Incident `json:"incidents,omitempty"`
-	// Uplink is absent when no uplink is configured.
-	Uplink *UplinkHealth `json:"uplink,omitempty"`
-	// TimeSync is absent when the clock is not checked (no ntp: section).
-	TimeSync *TimeSyncHealth `json:"time_sync,omitempty"`
-}
-
 func (d *Daemon) adminHandler(reg *prometheus.Registry, sp *spool.Spool, signer Signer, fallback string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-d.ready:
-		default:
-			// Listeners are not bound yet: a health check must not pass before the
-			// appliance can take messages.
-			http.Error(w, `{"status":"starting"}`, http.StatusServiceUnavailable)
-			return
-		}
-		pos, err := sp.Position()
-		if err != nil {
-			http.Error(w, "spool unreadable", http.StatusServiceUnavailable)
-			return
-		}
-		st := sp.Stats()
-		h := Health{Status: "ok", Version: d.version, Site: d.cfg.Site, Device: d.cfg.Device, Chain: pos.Chain,
-			HeadSeq: pos.HeadSeq, AckedSeq: pos.AckedSeq, OpenEvents: pos.OpenEvents, SpoolFull: st.Full,
-			Signer: signer.Kind(), KeyID: signer.KeyID(), Committed: st.Committed}
-		if !d.cfg.Syslog.Enabled() && !d.cfg.HL7.Enabled() && !d.cfg.FHIR.Enabled() {
-			h.Warnings = append(h.Warnings, "every listener is off (syslog, hl7 and fhir sections empty): nothing can send audit messages to this appliance")
-		}
-		if signer.Kind() == "software" {
-			msg := "signing key is a software key, not sealed by a TPM"
-			if fallback != "" {
-				msg += ": " + fallback
-			}
-			h.Warnings = append(h.Warnings, msg)
-		}
-		if st.Full && !st.Holding {
-			h.Warnings = append(h.Warnings, "spool full: senders get backpressure")
-		}
-		if st.Holding {
-			h.Failures = append(h.Failures, "spool commits are failing (disk full or I/O errors): events are held in memory and senders get backpressure")
-		}
-		if st.Lost > 0 {
-			h.Lost = st.Lost
-			h.Failures = append(h.Failures, fmt.Sprintf("%d accepted events could not be committed and were lost (recorded)", st.Lost))
-		}
-		if st.SignFailing {
-			h.Failures = append(h.Failures, fmt.Sprintf("the signer fails: %d closed batches wait for their signature (events are still committed; the chain records the fault)", st.Unsigned))
-		} else if st.Unsigned > unsignedWarning {
-			h.Warnings = append(h.Warnings, fmt.Sprintf("%d closed batches wait for their signature (a slow signer)", st.Unsigned))
-		}
-		if st.HeadFileErrors > 0 {
-			h.Warnings = append(h.Warnings, "the head file could not be written (rollback detection is degraded)")
-		}
-		h.Incidents = sp.Incidents()
-		for _, in := range h.Incidents {
-			msg := in.Action + ": " + in.Reason
-			if in.Failure {
-				h.Failures = append(h.Failures, msg)
-			} else {
-				h.Warnings = append(h.Warnings, msg)
-			}
-		}
-		warn := d.uplinkHealth(&h)
-		d.mu.Lock()
-		ntpc := d.ntp
-		d.mu.Unlock()
-		warn = ntpHealth(&h, ntpc) || warn
-		code := http.StatusOK
-		switch {
-		case len(h.Failures) > 0:
-			h.Status, code = "failure", http.StatusServiceUnavailable
-		case len(h.Warnings) > 0 && (st.Full || len(h.Incidents) > 0 || st.HeadFileErrors > 0 || warn || st.Unsigned > unsignedWarning):
-			h.Status = "warning"
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		json.NewEncoder(w).Encode(h)
-	})
+	deps := &healthDeps{sp: sp, signer: signer, fallback: fallback, self: d.self, certs: loadCerts(&d.cfg), started: time.Now()}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { d.serveHealth(w, deps) })
+	reg.MustRegister(&healthMetrics{d: d, deps: deps})
 	return mux
 }
 

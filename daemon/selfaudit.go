@@ -46,6 +46,8 @@ type selfAudit struct {
 
 	ch chan audit.Event
 
+	recent recent // the last hour's losses and rejections, for health
+
 	mu         sync.Mutex
 	window     map[[3]string]int    // reject events per (collector, transport, reason) in this window
 	suppressed map[[3]string]uint64 // rejects counted but not written individually
@@ -89,6 +91,7 @@ func selfEvent(now time.Time, action, outcome, reason string) audit.Event {
 // Reject implements collectors.Reporter.
 func (s *selfAudit) Reject(kind, transport, peerIP, reason, sha256 string, size int64) {
 	s.rejects.WithLabelValues(kind, transport, reason).Inc()
+	s.recent.addReject(s.now(), kind+"/"+transport+"/"+reason)
 	key := [3]string{kind, transport, reason}
 	s.mu.Lock()
 	n := s.window[key]
@@ -109,6 +112,7 @@ func (s *selfAudit) Reject(kind, transport, peerIP, reason, sha256 string, size 
 // Lost implements collectors.Reporter. Losses are summed and written once a window.
 func (s *selfAudit) Lost(kind, transport, reason string, n uint64) {
 	s.lost.WithLabelValues(kind, transport, reason).Add(float64(n))
+	s.recent.addLost(s.now(), kind+"/"+transport+"/"+reason, n)
 	s.mu.Lock()
 	s.lostAcc[[3]string{kind, transport, reason}] += n
 	s.mu.Unlock()

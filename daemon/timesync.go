@@ -60,11 +60,11 @@ func (r *ntpReporter) Report(c timesync.Change) {
 	r.self.enqueue(e, [3]string{"timesync", "ntp", string(c.Kind)})
 }
 
-// ntpHealth adds the clock's state to h; it reports whether that is a warning.
-func ntpHealth(h *Health, c *timesync.Checker) bool {
+// ntpHealth adds the clock check: synced, not checked yet (a notice), or a warning.
+func ntpHealth(h *Health, c *timesync.Checker) {
 	if c == nil {
-		h.Warnings = append(h.Warnings, "time sync not checked (no ntp: section): batch headers say time_sync unknown")
-		return false
+		h.add("clock", CheckNotice, "time sync not checked (no ntp: section): batch headers say time_sync unknown")
+		return
 	}
 	st := c.Stats()
 	h.TimeSync = &TimeSyncHealth{State: st.State, Server: st.Server, OffsetNS: int64(st.Offset), Error: st.Error}
@@ -73,13 +73,11 @@ func ntpHealth(h *Health, c *timesync.Checker) bool {
 	}
 	switch st.State {
 	case timesync.StateSynced:
-		return false
+		h.add("clock", CheckOK, "clock synced: offset %s from %s", st.Offset, st.Server)
 	case timesync.StateUnknown:
-		h.Warnings = append(h.Warnings, "clock not checked yet")
-		return false
+		h.add("clock", CheckNotice, "clock not checked yet")
 	default:
-		h.Warnings = append(h.Warnings, fmt.Sprintf("clock %s: %s", st.State, st.Error))
-		return true
+		h.add("clock", CheckWarning, "clock %s: %s", st.State, st.Error)
 	}
 }
 

@@ -379,49 +379,66 @@ func (d *Daemon) drainUplink(ctx context.Context, up *uplink.Uplink) {
 }
 
 // uplinkHealth adds the uplink's state to h.
-func (d *Daemon) uplinkHealth(h *Health) (failing bool) {
+// uplinkHealth: the uplink's state (a warning once it has been away longer than the
+// first connection takes), what central has not receipted, the last receipt, and the
+// rollback, fork and oversize incidents (failures).
+func (d *Daemon) uplinkHealth(h *Health, running time.Duration) {
 	d.mu.Lock()
 	up, book, rep := d.uplink, d.receipts, d.reporter
 	d.mu.Unlock()
 	if up == nil {
-		h.Warnings = append(h.Warnings, "no uplink configured: batches never leave this appliance and are never pruned")
-		return false
+		h.add("uplink", CheckNotice, "no uplink configured: batches never leave this appliance and are never pruned")
+		return
 	}
 	st := up.Stats()
 	uh := &UplinkHealth{State: st.State, Broker: d.cfg.Uplink.Broker, Unsent: st.Unsent,
 		OldestUnsentSeconds: st.OldestUnsent.Seconds(), InFlight: st.InFlight, Receipts: st.Receipts,
 		BadReceipts: st.BadReceipts, OversizeSeq: st.OversizeSeq, LastError: st.LastError}
+	last := "no receipt yet"
 	if rc, ok := book.Newest(); ok {
 		uh.ReceiptSeq, uh.ReceiptTime = rc.Seq, rc.Time.UTC().Format(time.RFC3339)
+		last = fmt.Sprintf("last receipt seq %d at %s", rc.Seq, uh.ReceiptTime)
 	}
 	h.Uplink = uh
+	problem := false
 	if st.State != uplink.StateConnected {
 		msg := "uplink " + st.State + " (" + d.cfg.Uplink.Broker + ")"
 		if st.LastError != "" {
 			msg += ": " + st.LastError
 		}
-		h.Warnings = append(h.Warnings, msg)
+		status := CheckWarning
+		if running < uplinkGrace(d.cfg.Uplink.ConnectTimeout) {
+			status = CheckNotice
+		}
+		h.add("uplink", status, "%s; %s", msg, last)
+		problem = true
 	}
 	if err := book.keyStatus(); err != nil {
-		h.Warnings = append(h.Warnings, "receipts cannot be verified: "+err.Error()+"; nothing is acknowledged or pruned")
+		h.add("uplink.receipts", CheckWarning, "receipts cannot be verified: %v; nothing is acknowledged or pruned", err)
+		problem = true
 	}
 	if st.Unsent > 0 && st.OldestUnsent > d.cfg.Uplink.UnsentWarningAge {
-		failing = true
-		h.Warnings = append(h.Warnings, fmt.Sprintf("%d batches central has not receipted, the oldest sealed %s ago (uplink %s)",
-			st.Unsent, st.OldestUnsent.Round(time.Second), st.State))
+		h.add("uplink.unsent", CheckWarning, "%d batches central has not receipted, the oldest sealed %s ago (uplink %s)",
+			st.Unsent, st.OldestUnsent.Round(time.Second), st.State)
+		problem = true
 	}
 	if st.OversizeSeq != 0 {
-		h.Failures = append(h.Failures, fmt.Sprintf("batch %d is larger than uplink.max_message_bytes: it and every later batch wait", st.OversizeSeq))
+		h.add("uplink.oversize", CheckFailure, "batch %d is larger than uplink.max_message_bytes: it and every later batch wait", st.OversizeSeq)
+		problem = true
 	}
 	for _, in := range rep.list() {
 		switch in.Kind {
 		case uplink.IncidentRollback:
-			h.Failures = append(h.Failures, fmt.Sprintf("central holds seq %d beyond the local head %d: this spool is behind central (restored, cloned or rolled back)", in.Seq, in.LocalHead))
+			h.add("uplink.rollback", CheckFailure, "central holds seq %d beyond the local head %d: this spool is behind central (restored, cloned or rolled back)", in.Seq, in.LocalHead)
 		case uplink.IncidentFork:
-			h.Failures = append(h.Failures, fmt.Sprintf("central's batch %d differs from the local one: a fork (two appliances with one data folder?)", in.Seq))
+			h.add("uplink.fork", CheckFailure, "central's batch %d differs from the local one: a fork (two appliances with one data folder?)", in.Seq)
 		}
+		problem = true
 	}
-	return failing
+	if !problem {
+		h.add("uplink", CheckOK, "uplink connected to %s: %d batches unsent, the oldest %s old; %s",
+			d.cfg.Uplink.Broker, st.Unsent, st.OldestUnsent.Round(time.Second), last)
+	}
 }
 
 // UplinkHealth is the uplink part of /healthz.

@@ -304,6 +304,9 @@ type daemonConfig struct {
 	MaxAge         time.Duration
 	MaxMessageSize int
 	UDPReadBuffer  int
+	MaxConnections int
+	// DataDir replaces the data folder in the test's temp dir (e.g. one on a tmpfs).
+	DataDir string
 	// Extra is YAML appended to the config (top-level sections such as uplink:).
 	Extra string
 	// Prepare runs on the empty data folder before the daemon starts (e.g. to put a
@@ -337,6 +340,9 @@ func startDaemon(t testing.TB, cfg daemonConfig) *daemon {
 			dataDir: filepath.Join(dir, "data"),
 			tcp:     freeAddr(t, "tcp"),
 			admin:   freeAddr(t, "tcp"),
+		}
+		if cfg.DataDir != "" {
+			d.dataDir = cfg.DataDir
 		}
 		if cfg.UDP {
 			d.udp = freeAddr(t, "udp")
@@ -394,6 +400,9 @@ func (d *daemon) yaml(cfg daemonConfig) string {
 	}
 	if cfg.UDPReadBuffer != 0 {
 		fmt.Fprintf(&b, "  udp_read_buffer: %d\n", cfg.UDPReadBuffer)
+	}
+	if cfg.MaxConnections != 0 {
+		fmt.Fprintf(&b, "  max_connections: %d\n  max_connections_per_ip: %d\n", cfg.MaxConnections, cfg.MaxConnections)
 	}
 	if cfg.MaxEvents != 0 || cfg.MaxAge != 0 {
 		b.WriteString("batch:\n")

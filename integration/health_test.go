@@ -18,8 +18,9 @@ func TestHealthCommand(t *testing.T) {
 		code  int
 		want  []string
 	}{
-		{"healthy", "", 0, []string{"OK   edgeaudit", "ok  chain ", "!!  uplink: none configured", "!!  clock: not checked"}},
-		{"clock unsynced", ntpYAML(testntp.ClosedPort(t)), 1, []string{"WARN edgeaudit", "!!  clock: unsynced", "warn clock unsynced"}},
+		{"healthy", "", 0, []string{"OK   edgeaudit", "ok   chain ", "ok   listener.syslog.tcp syslog.tcp: bound to 127.0.0.1:",
+			"note uplink         no uplink configured", "note clock          time sync not checked", "ok   scrub ", "ok   disk ", "ok   input "}},
+		{"clock unsynced", ntpYAML(testntp.ClosedPort(t)), 1, []string{"WARN edgeaudit", "WARN clock          clock unsynced"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := startDaemon(t, daemonConfig{Extra: tc.extra})

@@ -86,7 +86,10 @@ func (p *pki) sign(t testing.TB, tmpl *x509.Certificate, key *ecdsa.PrivateKey, 
 	}
 	tmpl.SerialNumber = serial
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
+	if tmpl.NotAfter.IsZero() {
+		// Longer than the 30 days within which edgeaudit health warns of an expiry.
+		tmpl.NotAfter = time.Now().Add(90 * 24 * time.Hour)
+	}
 	if parent == nil {
 		parent, parentKey = tmpl, key
 	}

@@ -124,6 +124,7 @@ func (s *Spool) scrubOnce(ctx context.Context, reported map[uint64]bool) (ScrubR
 			}
 		}
 	}
+	s.lastScrub.Store(&ScrubPass{Ended: time.Now(), Checked: res.Checked, Damaged: len(res.Damaged)})
 	return res, nil
 }
 

@@ -191,6 +191,15 @@ type Spool struct {
 
 	incMu     sync.Mutex
 	incidents []Incident // what Open and the scrub found, for health
+
+	lastScrub atomic.Pointer[ScrubPass] // the last full pass, nil before the first ends
+}
+
+// ScrubPass is a full pass of the scrub: when it ended and what it found.
+type ScrubPass struct {
+	Ended   time.Time
+	Checked uint64
+	Damaged int
 }
 
 type counters struct {
@@ -217,6 +226,13 @@ type Stats struct {
 	// Full: collectors' events are refused. Holding: a commit is failing or waiting for
 	// room, and its events are kept in memory.
 	Full, Holding bool
+	// UsedBytes is the spool's live size (its file less free pages), FileBytes the
+	// file's size; FreeBytes what its file system has free (-1 when unknown). Room is
+	// what may still be committed before the spool refuses events (max_size_bytes,
+	// min_free_bytes and the evidence reserve taken into account).
+	UsedBytes, FileBytes, FreeBytes, Room int64
+	// LastScrub is the last full pass of the scrub; nil until one ended.
+	LastScrub *ScrubPass
 }
 
 // Incident is something wrong with the spool that an operator must see: found at Open
@@ -496,13 +512,20 @@ func wrapErr(op string, err error) error {
 // Stats returns the counters.
 func (s *Spool) Stats() Stats {
 	var head, acked uint64
+	var size int64
 	s.db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		head, acked = getU64(m, keyHeadSeq), getU64(m, keyAckedSeq)
+		size = tx.Size()
 		return nil
 	})
+	free, ok := s.freeBytes()
+	if !ok {
+		free = -1
+	}
 	c := &s.stats
 	return Stats{
+		UsedBytes: s.usedBytes(), FileBytes: size, FreeBytes: free, Room: s.space.room.Load(), LastScrub: s.lastScrub.Load(),
 		Appended: c.appended.Load(), Committed: c.committed.Load(), Commits: c.commits.Load(),
 		Sealed: c.sealed.Load(), RefusedFull: c.refusedFull.Load(), CommitErrors: c.commitErrors.Load(),
 		Pruned: c.pruned.Load(), Lost: c.lost.Load(), HeadFileErrors: c.headErrors.Load(),

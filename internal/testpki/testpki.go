@@ -38,11 +38,13 @@ func New(t testing.TB) *PKI {
 		t.Fatal(err)
 	}
 	now := time.Now()
+	// Longer than the 30 days within which edgeaudit health warns of an expiry.
+	const validFor = 90 * 24 * time.Hour
 	caTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "edgeaudit test CA"},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(time.Hour),
+		NotAfter:              now.Add(validFor),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign,
@@ -64,7 +66,7 @@ func New(t testing.TB) *PKI {
 			SerialNumber: big.NewInt(serial),
 			Subject:      pkix.Name{CommonName: cn},
 			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(time.Hour),
+			NotAfter:     now.Add(validFor),
 			KeyUsage:     x509.KeyUsageDigitalSignature,
 			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},

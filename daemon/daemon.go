@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"crypto/fips140"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -298,7 +300,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 
 	start := self.event(ActionStart, audit.OutcomeSuccess, "")
-	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind(), "events_at_rest": eventsAtRest(cfg)}
+	start.Detail = map[string]string{"version": d.version, "key_id": signer.KeyID(), "signer": signer.Kind(), "events_at_rest": eventsAtRest(cfg),
+		"config_sha256": configHash(cfg), "fips140": strconv.FormatBool(fips140.Enabled())}
 	if keys.Fallback != "" {
 		// keys.tpm: auto found no usable TPM: the chain says so, not only the log.
 		start.Detail["software_key_why"] = keys.Fallback
@@ -314,6 +317,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := self.record(ctx, start); err != nil {
 		d.log.Error("record start", "err", err)
 	}
+	d.recordStartFacts(ctx, self, keys, signer)
 
 	// Collectors start last, each in its goroutine; the first one to fail stops them all.
 	collCtx, stopColl := context.WithCancel(context.Background())

@@ -78,7 +78,9 @@ type Keyring struct {
 	DataKey []byte
 	// Fallback says why software keys are used under keys.tpm: auto ("" otherwise).
 	Fallback string
-	closer   io.Closer
+	// Created names the keys this open made ("signing", "data"), for the chain.
+	Created []string
+	closer  io.Closer
 	tpm      transport.TPM // the open TPM, for a rotation to make the next key in it
 }
 
@@ -195,7 +197,11 @@ func openKeys(cfg *Config, log *slog.Logger, recovering bool) (*Keyring, error) 
 			log.Error("remove the software data key after sealing it to the TPM", "err", err)
 		}
 	}
-	return &Keyring{Signer: s, DataKey: dk, closer: tp, tpm: tp}, nil
+	kr := &Keyring{Signer: s, DataKey: dk, closer: tp, tpm: tp}
+	if created {
+		kr.Created = []string{"signing", "data"}
+	}
+	return kr, nil
 }
 
 // OpenDataKey returns the data key of a stopped daemon's data folder for tools that only
@@ -253,7 +259,14 @@ func softwareKeys(cfg *Config, log *slog.Logger, fallback string, recovering boo
 	if dkCreated {
 		log.Info("created data key for patient tokens (software key)", "path", cfg.DataKeyPath())
 	}
-	return &Keyring{Signer: s, DataKey: dk, Fallback: fallback}, nil
+	kr := &Keyring{Signer: s, DataKey: dk, Fallback: fallback}
+	if created {
+		kr.Created = append(kr.Created, "signing")
+	}
+	if dkCreated {
+		kr.Created = append(kr.Created, "data")
+	}
+	return kr, nil
 }
 
 // writePublicKey writes keys/signing.pub, the trust anchor `edgeaudit verify -data`

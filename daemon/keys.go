@@ -81,7 +81,7 @@ type Keyring struct {
 	// Created names the keys this open made ("signing", "data"), for the chain.
 	Created []string
 	closer  io.Closer
-	tpm      transport.TPM // the open TPM, for a rotation to make the next key in it
+	tpm     transport.TPM // the open TPM, for a rotation to make the next key in it
 }
 
 // Close releases the TPM connection, if any.

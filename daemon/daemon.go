@@ -71,6 +71,7 @@ type Daemon struct {
 	reporter *uplinkReporter
 	ntp      *timesync.Checker
 	self     *selfAudit
+	probes   probeWatch // edgeaudit health -probe's messages in flight
 }
 
 // New validates cfg (after applying defaults) and returns a daemon that has not started.
@@ -126,7 +127,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	// The collectors are built (which loads their TLS material) before the spool exists;
 	// they reach it through sink once it is open.
-	sink := &lateSink{}
+	sink := &lateSink{watch: &d.probes}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(priv.metrics()...)
@@ -288,6 +289,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken))
 		mux.Handle("POST /v1/receipts", d.receiptsHandler(src, sp, adminToken))
 		mux.Handle("POST /v1/keys/attest", attestHandler(keys, adminToken))
+		mux.Handle("POST /v1/probe", d.probeHandler(adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		// On an early return the deferred wg.Wait must not wait for a server nobody
 		// stops; after the orderly Shutdown this is a no-op.

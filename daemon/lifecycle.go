@@ -20,7 +20,10 @@ import (
 // checked, before the spool is opened (a daemon that cannot start must leave no chain
 // behind); it forwards to the spool once set. Collectors only append once they run,
 // which is after set.
-type lateSink struct{ sp atomic.Pointer[spool.Spool] }
+type lateSink struct {
+	sp    atomic.Pointer[spool.Spool]
+	watch *probeWatch // sees the commits of health probes' messages
+}
 
 // The FHIR collector finds AppendAll by a type assertion; without these checks, losing it
 // would silently turn every transaction Bundle into a 501.
@@ -39,7 +42,7 @@ func (l *lateSink) Append(ctx context.Context, e *audit.Event, done func(error))
 	if sp == nil {
 		return errNoSpool
 	}
-	return sp.Append(ctx, e, done)
+	return sp.Append(ctx, e, l.watch.wrap(e, done))
 }
 
 // AppendAll forwards the all-or-nothing append of a FHIR transaction.

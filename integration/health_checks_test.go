@@ -219,3 +219,69 @@ func flipLiveEvent(t *testing.T, path string, seq uint64) {
 		t.Fatal(err)
 	}
 }
+
+// health -probe sends a message through every listener (syslog UDP, TCP, TLS, RELP,
+// HL7 MLLP, FHIR) and confirms each was committed; the probe is in the chain.
+func TestHealthProbe(t *testing.T) {
+	ca := newPKI(t, t.TempDir(), "probe")
+	relp, mllp, fhirAddr := freeAddr(t, "tcp"), freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	for _, a := range []string{relp, mllp, fhirAddr} {
+		mustLoopback(t, a)
+	}
+	q := strconv.Quote
+	d := startDaemon(t, daemonConfig{UDP: true, TLS: &serverTLS{Cert: ca.ServerCert, Key: ca.ServerKey},
+		Extra: fmt.Sprintf("hl7:\n  mllp: %s\nfhir:\n  http: %s\n", q(mllp), q(fhirAddr))})
+	// RELP is a key of the syslog section, which the harness writes: add it there.
+	cfg, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte("syslog:\n"), []byte("syslog:\n  relp: "+q(relp)+"\n"), 1)
+	if err := os.WriteFile(d.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.stop(t)
+	d.restart(t)
+
+	res := runCLI(t, "health", "-config", d.config, "-probe")
+	for _, l := range []string{"syslog.udp", "syslog.tcp", "syslog.tls", "syslog.relp", "hl7.mllp", "fhir.http"} {
+		if !strings.Contains(res.stdout, "ok   probe "+l+" ") {
+			t.Errorf("probe of %s not ok\n%s", l, res)
+		}
+	}
+	if res.code != 0 {
+		t.Fatalf("health -probe exit %d, want 0\n%s", res.code, res)
+	}
+	js := runCLI(t, "health", "-config", d.config, "-probe", "-json")
+	var h struct {
+		Status string `json:"status"`
+		Probe  []struct {
+			Listener, Result string
+		} `json:"probe"`
+	}
+	if err := json.Unmarshal([]byte(js.stdout), &h); err != nil || len(h.Probe) != 6 || h.Status != "ok" {
+		t.Fatalf("health -probe -json: %+v %v\n%s", h, err, js)
+	}
+	d.stop(t)
+	evs := exportClinical(t, d.dataDir, true)
+	var probes, probeMsgs int
+	for _, e := range evs {
+		if e.Action == "audit.health_probe" {
+			probes++
+			if e.Detail["syslog.relp"] != "committed" || e.Outcome != "success" {
+				t.Errorf("probe event %+v", e)
+			}
+		}
+		// Syslog keeps the message text; HL7 keeps MSH (facility PROBE), FHIR the
+		// AuditEvent's agent.
+		switch {
+		case strings.Contains(e.line, "edgeaudit health probe ") && e.Source.Kind == "syslog",
+			e.Source.Kind == "hl7" && strings.Contains(e.line, `"host":"PROBE"`),
+			e.Source.Kind == "fhir" && e.Action == "system.app_activity" && strings.Contains(e.line, `"user":"edgeaudit"`):
+			probeMsgs++
+		}
+	}
+	if probes != 2 || probeMsgs != 12 {
+		t.Fatalf("chain holds %d probe events and %d probe messages, want 2 and 12", probes, probeMsgs)
+	}
+}

@@ -33,6 +33,7 @@ func (c *HealthCommand) Run(ctx context.Context, args []string) error {
 	configPath := fs.String("config", "", "config file")
 	dataDir := fs.String("data", "", "data folder (overrides data_dir)")
 	asJSON := fs.Bool("json", false, "print the daemon's /healthz answer as JSON")
+	probe := fs.Bool("probe", false, "also send a test message through each listener and confirm it was committed (needs the admin token: root or the service user)")
 	fs.Usage = c.Usage
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,7 +61,32 @@ func (c *HealthCommand) Run(ctx context.Context, args []string) error {
 		}
 		return &exitCodeError{healthFailure, "health: " + what}
 	}
+	var probes []daemon.ProbeResult
+	if *probe {
+		b, err := adminPost(ctx, &cfg, "/v1/probe", "application/json", nil)
+		if err != nil {
+			return &exitCodeError{healthFailure, fmt.Sprintf("health: probe: %v", err)}
+		}
+		if err := json.Unmarshal(b, &probes); err != nil {
+			return &exitCodeError{healthFailure, fmt.Sprintf("health: the daemon's probe answer does not parse: %v", err)}
+		}
+		for _, p := range probes {
+			if p.Result == daemon.ProbeFailed {
+				status = daemon.CheckFailure
+			}
+		}
+	}
 	if *asJSON {
+		if *probe {
+			// The daemon's answer with the probe beside it.
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(body, &m); err == nil {
+				m["probe"], _ = json.Marshal(probes)
+				m["status"], _ = json.Marshal(status)
+				body, _ = json.Marshal(m)
+				body = append(body, '\n')
+			}
+		}
 		out.Write(body)
 		return healthExit(status)
 	}
@@ -68,8 +94,24 @@ func (c *HealthCommand) Run(ctx context.Context, args []string) error {
 	if err := json.Unmarshal(body, &h); err != nil {
 		return &exitCodeError{healthFailure, fmt.Sprintf("health: the daemon's answer does not parse: %v", err)}
 	}
-	printHealth(out, &h)
+	h.Status = status
+	printHealth(out, &h, probes)
 	return healthExit(h.Status)
+}
+
+// printProbes adds a line per probed listener.
+func printProbes(w io.Writer, probes []daemon.ProbeResult) {
+	mark := map[string]string{daemon.ProbeCommitted: "ok  ", daemon.ProbeSkipped: "note", daemon.ProbeFailed: "FAIL"}
+	for _, p := range probes {
+		line := fmt.Sprintf("  %s probe %-16s %s %s", mark[p.Result], p.Listener, p.Addr, p.Result)
+		if p.Result == daemon.ProbeCommitted {
+			line += fmt.Sprintf(" in %.1f ms", p.Millis)
+		}
+		if p.Detail != "" {
+			line += ": " + p.Detail
+		}
+		fmt.Fprintln(w, line)
+	}
 }
 
 func healthExit(status string) error {
@@ -119,7 +161,7 @@ type daemonHealth struct {
 
 // printHealth writes the checklist: the headline, one line per check, and what the
 // statuses mean when something is not ok.
-func printHealth(w io.Writer, h *daemonHealth) {
+func printHealth(w io.Writer, h *daemonHealth, probes []daemon.ProbeResult) {
 	mark := map[string]string{daemon.CheckOK: "OK  ", daemon.CheckWarning: "WARN", daemon.CheckFailure: "FAIL"}
 	fips := "FIPS 140-3 mode off"
 	if h.FIPS {
@@ -130,6 +172,7 @@ func printHealth(w io.Writer, h *daemonHealth) {
 	for _, c := range h.Checks {
 		fmt.Fprintf(w, "  %s %-14s %s\n", lineMark[c.Status], c.Name, c.Detail)
 	}
+	printProbes(w, probes)
 	switch h.Status {
 	case daemon.CheckWarning:
 		fmt.Fprintln(w, "WARN lines need a look; the appliance is collecting.")
@@ -142,20 +185,38 @@ func printHealth(w io.Writer, h *daemonHealth) {
 // Usage prints the man page.
 func (c *HealthCommand) Usage() {
 	fmt.Fprint(os.Stderr, `The health command asks the running daemon how it is, over its admin endpoint
-(config key admin:, loopback), and prints a checklist a field tech can read: the chain
-and how far central has acknowledged it, the signing key (TPM or software, and why), the
-spool, the uplink (state, unsent batches and the oldest one's age, the last receipt),
-the clock (NTP state and offset), then every failure and warning the daemon reports.
+(config key admin:, loopback), and prints a checklist a field tech can read, one line
+per check:
+
+	listener.<key>   each listener bound (and a warning when its connections are all in use)
+	keys             the signing key: in the TPM, or a software key and why; a failing signer
+	fips             whether the Go Cryptographic Module runs in FIPS 140-3 mode
+	spool, disk      the spool's size and room; the data folder's free space (nearly full: a warning)
+	chain, scrub     the chain's tail and what was found at start; the last full check of the chain
+	uplink           connected to the broker, batches central has not receipted, the last receipt
+	clock            NTP state and offset
+	cert.<key>       every certificate file: expired (failure) or expiring within 30 days (warning)
+	input            inputs lost (a warning) or rejected in the last hour, by reason
+
+Each line is ok, note (how this appliance is set up; it does not change the status),
+WARN or FAIL.
 
 Usage:
 
-	edgeaudit health [-config FILE] [-data DIR] [-json]
+	edgeaudit health [-config FILE] [-data DIR] [-json] [-probe]
 
 	-json
-	    Print the daemon's answer (/healthz) as JSON instead, for monitoring.
+	    Print the daemon's answer (/healthz) as JSON instead, for monitoring. The same
+	    checks are Prometheus metrics on /metrics (edgeaudit_health_check{check=...}).
+	-probe
+	    Also send a test message through each listener (syslog UDP, TCP, TLS, RELP, HL7
+	    MLLP, FHIR) and confirm it was committed to the spool. The messages and the probe
+	    are recorded in the chain. Needs the admin token in the data folder (run as root
+	    or the service user). A TLS listener that requires client certificates the
+	    appliance does not hold is skipped, not failed.
 
 Exit status: 0 ok; 1 warning (collecting, but something needs a look); 2 failure
-(something is broken, or the daemon is not running: the message says which, and what to
-do).
+(something is broken, a probe failed, or the daemon is not running: the message says
+which, and what to do).
 `)
 }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -474,11 +476,12 @@ var (
 	mFIPS        = prometheus.NewDesc("edgeaudit_fips140_enabled", "1 when the Go Cryptographic Module runs in FIPS 140-3 mode.", nil, nil)
 	mLostHour    = prometheus.NewDesc("edgeaudit_input_lost_last_hour", "Inputs lost in the last hour.", nil, nil)
 	mRejectHour  = prometheus.NewDesc("edgeaudit_input_rejected_last_hour", "Inputs rejected in the last hour.", nil, nil)
+	mBuild       = prometheus.NewDesc("edgeaudit_build_info", "Always 1; the labels say which build runs.", []string{"version", "goversion", "fips140"}, nil)
 )
 
 func (m *healthMetrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mHealth, mHealthCheck, mListenerUp, mSpoolUsed, mSpoolFile, mSpoolRoom, mDiskFree, mDiskSize,
-		mScrubLast, mScrubFound, mCertExpiry, mFIPS, mLostHour, mRejectHour} {
+		mScrubLast, mScrubFound, mCertExpiry, mFIPS, mLostHour, mRejectHour, mBuild} {
 		ch <- d
 	}
 }
@@ -494,6 +497,7 @@ func (m *healthMetrics) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	g(mFIPS, b2f(fips140.Enabled()))
+	g(mBuild, 1, m.d.version, runtime.Version(), strconv.FormatBool(fips140.Enabled()))
 	for _, c := range m.deps.certs {
 		if c.Err == "" {
 			g(mCertExpiry, float64(c.NotAfter.Unix()), c.Key)

@@ -181,7 +181,6 @@ func printHealth(w io.Writer, h *daemonHealth, probes []daemon.ProbeResult) {
 	}
 }
 
-
 // Usage prints the man page.
 func (c *HealthCommand) Usage() {
 	fmt.Fprint(os.Stderr, `The health command asks the running daemon how it is, over its admin endpoint

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 	"strconv"
 	"strings"
 	"time"
@@ -153,6 +154,29 @@ func (c Config) Validate() error {
 		bad("base_path", c.BasePath, "must start and end with '/'")
 	} else if strings.ContainsAny(c.BasePath, "?#% \t") {
 		bad("base_path", c.BasePath, "must be a plain path without query, fragment, escapes or spaces")
+	}
+	return errors.Join(errs...)
+}
+
+// Check reads the files the config names, as New will (call it after Validate): the
+// TLS certificate and key (a valid pair), the client CAs and the bearer tokens file. It
+// returns every problem found, joined, each a *ConfigError.
+func (c Config) Check() error {
+	if !c.Enabled() {
+		return nil
+	}
+	var errs []error
+	if c.TLS() {
+		errs = append(errs, tlsconf.Check("fhir", c.TLSCert, c.TLSKey, c.TLSClientCA)...)
+	}
+	if c.BearerTokensFile != "" {
+		if _, err := loadTokens(c.BearerTokensFile); err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				err = &ConfigError{Field: "fhir.bearer_tokens_file", Value: c.BearerTokensFile, Err: tlsconf.FileError(err)}
+			}
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

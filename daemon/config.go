@@ -295,7 +295,11 @@ func (c *Config) Validate() error {
 	if c.uplinkEnabled() {
 		uc := c.UplinkConfig()
 		uc.ApplyDefaults()
-		errs = append(errs, uc.Validate())
+		for _, e := range configerr.Flatten(uc.Validate()) {
+			if f := configerr.FieldOf(e); f != "site" && f != "device" { // said above
+				errs = append(errs, e)
+			}
+		}
 		if d := c.Uplink.DrainTimeout; d > 0 && c.Syslog.DrainTimeout+d > c.ShutdownTimeout-drainMargin {
 			bad("uplink.drain_timeout", d, fmt.Sprintf("syslog.drain_timeout (%s) plus this must be at most shutdown_timeout (%s) minus %s",
 				c.Syslog.DrainTimeout, c.ShutdownTimeout, drainMargin))

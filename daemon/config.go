@@ -314,7 +314,13 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.Privacy.Validate())
 	sc := c.SpoolConfig()
 	sc.SetDefaults()
-	errs = append(errs, sc.Validate())
+	for _, e := range configerr.Flatten(sc.Validate()) {
+		var se *spool.ConfigError
+		if errors.As(e, &se) {
+			e = &configerr.Error{Field: se.Field, Value: fmt.Sprint(se.Value), Err: errors.New(se.Msg)}
+		}
+		errs = append(errs, e)
+	}
 	return c.locate(errors.Join(errs...))
 }
 

@@ -1,12 +1,14 @@
 package daemon
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -51,6 +53,7 @@ func (p *Problems) Unwrap() []error { return p.Errs }
 type source struct {
 	path     string
 	lines    map[string]int
+	values   map[string]string // scalars as written, by key path
 	problems []error
 	bad      map[string]bool // key paths that already have a problem
 }
@@ -87,12 +90,12 @@ func parseConfig(b []byte, path string) (Config, error) {
 	c.Syslog, c.HL7, c.FHIR = syslog.Config{}, hl7.Config{}, fhir.Config{}
 	c.Admin = ""
 	c.Uplink = UplinkSection{}
-	src := &source{path: path, lines: map[string]int{}, bad: map[string]bool{}}
+	src := &source{path: path, lines: map[string]int{}, values: map[string]string{}, bad: map[string]bool{}}
 	c.src = src
 
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err != nil {
-		return c, fmt.Errorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return c, fmt.Errorf("config %s: %w", path, syntaxError(b, err))
 	}
 	doc := &root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
@@ -132,6 +135,31 @@ func parseConfig(b []byte, path string) (Config, error) {
 		return c, &Problems{Path: path, Errs: sortProblems(slices.Clone(src.problems))}
 	}
 	return c, nil
+}
+
+// yamlLineRE finds the line in yaml.v3's syntax errors ("yaml: line 3: ...").
+var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+
+// syntaxError says that the file is not YAML, where, and the usual cause of a message
+// that names none.
+func syntaxError(b []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	switch {
+	case strings.Contains(msg, "cannot start any token") && bytes.ContainsRune(b, '\t'):
+		msg += " (a tab: YAML indents with spaces only)"
+	case strings.Contains(msg, "unexpected end of stream"):
+		msg += " (a quote not closed?)"
+	}
+	e := fmt.Errorf("not valid YAML: %s", msg)
+	if line > 0 {
+		return &configerr.Line{Line: line, Err: e}
+	}
+	return e
 }
 
 // Preflight is everything `run` checks before it opens anything, and what
@@ -188,6 +216,13 @@ func (c *Config) locate(err error) error {
 			out = append(out, e)
 			continue
 		}
+		// A value is named as written ("1h", not "1h0m0s").
+		var ce *configerr.Error
+		if errors.As(e, &ce) && e == error(ce) {
+			if raw, ok := c.src.values[ce.Field]; ok && raw != ce.Value && sameDuration(raw, ce.Value) {
+				e = &configerr.Error{Field: ce.Field, Value: raw, Err: ce.Err}
+			}
+		}
 		line := 0
 		for f := configerr.FieldOf(e); f != "" && line == 0; f = configerr.Parent(f) {
 			line = c.src.lines[f]
@@ -198,6 +233,13 @@ func (c *Config) locate(err error) error {
 		out = append(out, e)
 	}
 	return errors.Join(out...)
+}
+
+// sameDuration reports whether a and b are one duration written two ways.
+func sameDuration(a, b string) bool {
+	da, erra := time.ParseDuration(a)
+	db, errb := time.ParseDuration(b)
+	return erra == nil && errb == nil && da == db
 }
 
 // decoder reads a yaml.Node tree into a Go value by the yaml tags of its types (the one
@@ -348,6 +390,7 @@ func (d *decoder) scalar(n *yaml.Node, v reflect.Value, path string) {
 		d.problem(n, path, "%s is not %s", configerr.Quote(n.Value), want)
 		return
 	}
+	d.src.values[path] = n.Value
 	v.Set(tmp.Elem())
 }
 

@@ -83,6 +83,10 @@ func probePorts(cfg *Config) error {
 	return errors.Join(errs...)
 }
 
+// ProbePorts is probePorts for `run`, which calls it before the daemon is built, so
+// that a port in use refuses the start before even the keys are made.
+func ProbePorts(cfg *Config) error { return probePorts(cfg) }
+
 // portError says why key's address could not be bound, and what to do.
 func portError(key, addr string, err error) error {
 	var hint string

@@ -65,7 +65,14 @@ func checkConfig(out io.Writer, path string) error {
 	cfg, err := daemon.LoadConfig(path)
 	var probs *daemon.Problems
 	if err != nil && !errors.As(err, &probs) {
-		return err // unreadable, or not YAML at all: nothing more to check
+		// Unreadable, or not YAML at all: nothing more to check.
+		var l *configerr.Line
+		if errors.As(err, &l) {
+			fmt.Fprintln(out, l)
+		} else {
+			fmt.Fprintln(out, err)
+		}
+		return &exitCodeError{code: exitFailure, msg: fmt.Sprintf("%s: 1 problem; `edgeaudit run` would not start", path)}
 	}
 	cfg.SetDefaults()
 	if err := daemon.Preflight(&cfg); err != nil {

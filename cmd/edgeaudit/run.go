@@ -57,6 +57,10 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	if err := daemon.Preflight(&cfg); err != nil {
 		return err
 	}
+	// What only the start can tell: whether each port is free (the daemon probes again).
+	if err := daemon.ProbePorts(&cfg); err != nil {
+		return err
+	}
 	log := newLogger(cfg.LogLevel)
 	startLog(log, *configPath, &cfg, deviceFromHost)
 	d, err := daemon.New(cfg, buildVersion(), log)

@@ -43,8 +43,9 @@ const (
 
 // Config is the FHIR collector's part of the daemon config (key `fhir`).
 type Config struct {
-	// HTTP is the listen address, e.g. "127.0.0.1:8443". Empty disables the collector (the
-	// daemon fills in "127.0.0.1:8443" when it enables it).
+	// HTTP is the listen address, e.g. "127.0.0.1:9781" (plain HTTP) or ":8443" (with
+	// TLSCert and TLSKey, HTTPS). Empty disables the collector (the zero-config daemon
+	// uses daemon.DefaultFHIRHTTP).
 	HTTP string `yaml:"http"`
 	// TLSCert and TLSKey are PEM files with the server certificate (chain) and its key.
 	// When both are set the listener speaks HTTPS; when both are empty, plain HTTP.

@@ -128,6 +128,22 @@ func parseConfig(b []byte, path string) (Config, error) {
 	return c, nil
 }
 
+// FileKeys lists the top-level keys the config file has (none for a config built in
+// code), sorted.
+func (c *Config) FileKeys() []string {
+	if c.src == nil {
+		return nil
+	}
+	var keys []string
+	for p := range c.src.Lines {
+		if !strings.ContainsAny(p, ".[") {
+			keys = append(keys, p)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // Preflight is everything `run` checks before it opens anything, and what
 // `edgeaudit config -check` reports: the problems LoadConfig found, Validate's (values
 // and their combinations) and Check's (the files the config names), all of them, each

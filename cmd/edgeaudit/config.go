@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/edgeaudit/edgeaudit/daemon"
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
+	"github.com/edgeaudit/edgeaudit/internal/yamlcfg"
+	"github.com/edgeaudit/edgeaudit/receiver/central"
 )
 
 // ConfigCommand prints the sample config, checks a config file, or prints the effective
@@ -75,8 +78,17 @@ func checkConfig(out io.Writer, path string) error {
 		return &exitCodeError{code: exitFailure, msg: fmt.Sprintf("%s: 1 problem; `edgeaudit run` would not start", path)}
 	}
 	cfg.SetDefaults()
-	if err := daemon.Preflight(&cfg); err != nil {
-		list := configerr.Flatten(err)
+	var list []error
+	keys := cfg.FileKeys()
+	hasReceive := slices.Contains(keys, "receive")
+	applianceToo := !hasReceive || len(keys) > 1 // a file of central's alone has no site
+	if applianceToo {
+		list = configerr.Flatten(daemon.Preflight(&cfg))
+	}
+	if hasReceive {
+		list = append(list, checkReceive(path, &cfg.Receive)...)
+	}
+	if len(list) > 0 {
 		for _, e := range list {
 			fmt.Fprintln(out, e)
 		}
@@ -84,13 +96,47 @@ func checkConfig(out io.Writer, path string) error {
 		if len(list) != 1 {
 			n = fmt.Sprintf("%d problems", len(list))
 		}
-		return &exitCodeError{code: exitFailure, msg: fmt.Sprintf("%s: %s; `edgeaudit run` would not start", path, n)}
+		what := "`edgeaudit run`"
+		switch {
+		case hasReceive && applianceToo:
+			what = "`edgeaudit run` or `edgeaudit receive`"
+		case hasReceive:
+			what = "`edgeaudit receive`"
+		}
+		return &exitCodeError{code: exitFailure, msg: fmt.Sprintf("%s: %s; %s would not start", path, n, what)}
 	}
-	for _, w := range configWarnings(&cfg) {
-		fmt.Fprintln(out, "warning:", w)
+	if applianceToo {
+		for _, w := range configWarnings(&cfg) {
+			fmt.Fprintln(out, "warning:", w)
+		}
 	}
-	fmt.Fprintf(out, "%s: ok (%s)\n", path, portsNote)
+	what := ""
+	if hasReceive {
+		what = "receive: section ok; "
+		if !applianceToo {
+			what = "central's receive: section; "
+		}
+	}
+	fmt.Fprintf(out, "%s: ok (%s%s)\n", path, what, portsNote)
 	return nil
+}
+
+// checkReceive is what `edgeaudit receive` would refuse in the file's receive: section
+// (node): its keys and types, then its values, each with its line.
+func checkReceive(path string, node *yaml.Node) []error {
+	doc := yamlcfg.New()
+	doc.Lines["receive"] = node.Line
+	var rc central.Config
+	doc.Decode(node, &rc, "receive")
+	if len(doc.Problems) > 0 {
+		return yamlcfg.Sort(doc.Problems)
+	}
+	cc, err := central.LoadConfig(path) // its relative paths, as receive reads them
+	if err != nil {
+		return []error{err}
+	}
+	cc.SetDefaults()
+	return yamlcfg.Sort(doc.Locate(cc.Validate()))
 }
 
 // configWarnings are the config's warnings, with every listener off among them.

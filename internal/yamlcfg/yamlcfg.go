@@ -314,7 +314,7 @@ func keysOf(t reflect.Type) map[string][]int {
 			f := t.Field(i)
 			tag := f.Tag.Get("yaml")
 			name, opts, _ := strings.Cut(tag, ",")
-			if !f.IsExported() || name == "-" {
+			if (!f.IsExported() && !f.Anonymous) || name == "-" { // as yaml.v3 reads them
 				continue
 			}
 			idx := append(slices.Clone(prefix), i)

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -161,17 +163,43 @@ func effectiveConfig(out io.Writer, path string) error {
 		return err
 	}
 	offSections(&doc, &cfg)
-	b, err := yaml.Marshal(&doc)
-	if err != nil {
-		return err
-	}
+	tidy(&doc)
 	from := "the built-in defaults (run without -config)"
 	if path != "" {
 		from = path
 	}
-	fmt.Fprintf(out, "# effective config of %s, every default filled in\n", from)
-	_, err = out.Write(b)
-	return err
+	fmt.Fprintf(out, "# effective config of %s, every default filled in (secrets not shown)\n", from)
+	enc := yaml.NewEncoder(out)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
+// secretKeys are keys whose values -effective does not print.
+var secretKeys = map[string]bool{"password": true}
+
+// tidy writes durations as the sample does ("5m", not "5m0s") and hides secrets.
+func tidy(n *yaml.Node) {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if v := n.Content[i+1]; secretKeys[n.Content[i].Value] && v.Kind == yaml.ScalarNode && v.Value != "" {
+				v.Value, v.Tag, v.Style = "(set, not shown)", "!!str", yaml.DoubleQuotedStyle
+			}
+		}
+	}
+	if n.Kind == yaml.ScalarNode {
+		if d, err := time.ParseDuration(n.Value); err == nil && d != 0 && strings.HasSuffix(n.Value, "0s") {
+			short := strings.TrimSuffix(strings.TrimSuffix(n.Value, "0s"), "0m")
+			if d2, err := time.ParseDuration(short); err == nil && d2 == d {
+				n.Value = short
+			}
+		}
+	}
+	for _, c := range n.Content {
+		tidy(c)
+	}
 }
 
 // offSections replaces the sections that are off by what turns them off, so that the

@@ -168,16 +168,19 @@ func TestConfigPrintsDefaults(t *testing.T) {
 			t.Errorf("the sample still shows %q, which is no default", bad)
 		}
 	}
-	_, config := checkDir(t, []byte("site: radiology-east\nsyslog: {tcp: \"127.0.0.1:5514\"}\n"))
+	_, config := checkDir(t, []byte("site: radiology-east\nsyslog: {tcp: \"127.0.0.1:5514\"}\nreceive: {password: hunter2}\n"))
 	out.Reset()
 	if err := (&ConfigCommand{Out: &out}).Run(t.Context(), []string{"-effective", config}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"site: radiology-east", "max_message_size: 65536", "retention: 168h0m0s",
-		"hl7: # off\n    mllp: \"\"", "ntp: # off\n    off: true", "uplink: # off\n    broker: \"\"", "admin: 127.0.0.1:9780"} {
+	for _, want := range []string{"site: radiology-east", "max_message_size: 65536", "retention: 168h\n", "idle_timeout: 5m\n",
+		"hl7: # off\n  mllp: \"\"", "ntp: # off\n  off: true", "uplink: # off\n  broker: \"\"", "admin: 127.0.0.1:9780"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("-effective lacks %q:\n%s", want, out.String())
 		}
+	}
+	if strings.Contains(out.String(), "hunter2") {
+		t.Errorf("-effective prints a password:\n%s", out.String())
 	}
 	out.Reset()
 	if err := (&ConfigCommand{Out: &out}).Run(t.Context(), []string{"-effective"}); err != nil {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -91,7 +92,7 @@ func ProbePorts(cfg *Config) error { return probePorts(cfg) }
 func portError(key, addr string, err error) error {
 	var hint string
 	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
+	case errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "Only one usage of each socket address"): // Windows: WSAEADDRINUSE
 		hint = fmt.Sprintf("address already in use (another process listens there; change %s or stop it)", key)
 	case errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission):
 		hint = fmt.Sprintf("permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; change %s to a port above 1023 or grant the capability)", key)

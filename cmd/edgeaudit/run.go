@@ -121,9 +121,9 @@ On SIGTERM it stops the collectors, seals the open batch and closes the spool wi
 shutdown_timeout; a second signal exits at once. Before it opens anything it checks the
 whole config, as "edgeaudit config -check" does, and binds every listener once.
 
-With no flags it runs without root: site %q, device the host name, data in ./%s,
-a software signing key where no TPM answers, an uplink to %s that
-retries in the background, and these listeners:
+With no flags it runs without root: site %q, device the host name (the start log
+says both), data in ./%s, a software signing key where no TPM answers, an
+uplink to %s that retries in the background, and these listeners:
 
 %s
 Usage:

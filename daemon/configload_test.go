@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -181,5 +183,59 @@ func TestFHIRDefaultPortIsNotHTTPS(t *testing.T) {
 		if (tt.want == "") != (w == "") || !strings.Contains(w, tt.want) {
 			t.Errorf("fhir.http %s tls_cert %q: warnings %q, want %q", tt.http, tt.cert, w, tt.want)
 		}
+	}
+}
+
+// Check reads what run loads before it opens the spool, and names each key: a TLS
+// certificate that is missing, CAs that are not PEM, an explicit central key that is not
+// there, a data_dir that is a file, keys.tpm: require without the device; a section
+// that is off is not read.
+func TestCheckNamesTheFiles(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "not-a-folder")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf(`site: s1
+data_dir: %s
+syslog:
+  tls: "127.0.0.1:6514"
+  tls_cert: nope.pem
+  tls_key: nope.key
+hl7:
+  tls_cert: also-nope.pem
+  tls_key: also-nope.key
+uplink:
+  broker: "tls://central.example:8883"
+  ca: not-pem.pem
+  central_key: central.pub
+keys:
+  tpm: require
+  tpm_device: /nonexistent/tpm
+`, file)
+	p := writeConfig(t, body)
+	if err := os.WriteFile(filepath.Join(filepath.Dir(p), "not-pem.pem"), []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDefaults()
+	got := configerr.Flatten(c.Check())
+	var lines []string
+	for _, e := range got {
+		lines = append(lines, strings.ReplaceAll(e.Error(), filepath.Dir(p), "$DIR"))
+	}
+	want := []string{
+		`line 5: syslog.tls_cert: "$DIR/nope.pem": no such file`,
+		`line 6: syslog.tls_key: "$DIR/nope.key": no such file`,
+		`line 12: uplink.ca: "$DIR/not-pem.pem": no PEM certificate found`,
+		`line 13: uplink.central_key: "$DIR/central.pub": no such file (central's receipt key, central.pub from ` + "`edgeaudit receive`)",
+		`line 2: data_dir: "` + strings.ReplaceAll(file, filepath.Dir(p), "$DIR") + `": is a file, not a folder`,
+		`line 16: keys.tpm_device: "/nonexistent/tpm": no such file, and keys.tpm is require: the daemon would not start (keys.tpm: auto falls back to software keys)`,
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Check:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }

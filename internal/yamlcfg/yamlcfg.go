@@ -183,6 +183,22 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.decode(e, s.Index(i), p)
 		}
 		v.Set(s)
+	case t.Kind() == reflect.Interface: // anything goes
+		m := reflect.New(t)
+		if err := n.Decode(m.Interface()); err == nil {
+			v.Set(m.Elem())
+		}
+	case t.Kind() == reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			d.problem(n, path, "%s is not a section of keys", describe(n))
+			return
+		}
+		m := reflect.New(t)
+		if err := n.Decode(m.Interface()); err != nil {
+			d.problem(n, path, "holds a value of the wrong kind (%s)", wanted(t.Elem()))
+			return
+		}
+		v.Set(m.Elem())
 	default:
 		d.scalar(n, v, path)
 	}

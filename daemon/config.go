@@ -7,7 +7,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"github.com/edgeaudit/edgeaudit/collectors/fhir"
 	"github.com/edgeaudit/edgeaudit/collectors/hl7"
 	"github.com/edgeaudit/edgeaudit/collectors/syslog"
+	"github.com/edgeaudit/edgeaudit/internal/configerr"
+	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 	"github.com/edgeaudit/edgeaudit/spool"
 	"github.com/edgeaudit/edgeaudit/uplink"
 )
@@ -28,14 +29,22 @@ import (
 // loopback ports and a data folder in the working directory, so it runs anywhere without
 // root. Packaged installs ship a config that points at /var/lib/edgeaudit.
 const (
-	DefaultSite            = "site"
-	DefaultDataDir         = "edgeaudit-data"
-	DefaultSyslogUDP       = "127.0.0.1:5514"
-	DefaultSyslogTCP       = "127.0.0.1:5514"
-	DefaultAdmin           = "127.0.0.1:9780"
-	DefaultHL7MLLP         = "127.0.0.1:2575"
-	DefaultFHIRHTTP        = "127.0.0.1:8443"
+	// DefaultSite names the zero-config daemon's site; a config file must name its own
+	// (site: required), and `run` says in its start log which one it uses.
+	DefaultSite      = "site"
+	DefaultDataDir   = "edgeaudit-data"
+	DefaultSyslogUDP = "127.0.0.1:5514"
+	DefaultSyslogTCP = "127.0.0.1:5514"
+	DefaultAdmin     = "127.0.0.1:9780"
+	DefaultHL7MLLP   = "127.0.0.1:2575"
+	// DefaultFHIRHTTP is plain HTTP, so it is not 443 or 8443, which people read as
+	// HTTPS, nor 8080, where PACS servers (dcm4chee-arc, Tomcat viewers) listen: the
+	// admin endpoint's neighbour. With fhir.tls_cert, the usual HTTPS port is
+	// DefaultFHIRHTTPS.
+	DefaultFHIRHTTP        = "127.0.0.1:9781"
+	DefaultFHIRHTTPS       = ":8443"
 	DefaultShutdownTimeout = 8 * time.Second // below systemd's TimeoutStopSec (packaging sets 15s)
+	DefaultLogLevel        = "info"
 	// DefaultUplinkBroker is the zero-config uplink: a broker on this machine (the
 	// embedded one of `edgeaudit receive`, or the demo's); it retries in the
 	// background while none answers.
@@ -49,9 +58,11 @@ var SampleConfig string
 
 // Config is the whole config file.
 type Config struct {
-	// Site and Device name this appliance in every batch header and MQTT topic.
+	// Site and Device name this appliance in every batch header and MQTT topic. Site is
+	// required in a config file (DefaultSite without one); Device defaults to the host
+	// name's first label.
 	Site   string `yaml:"site"`
-	Device string `yaml:"device"` // default: the host name
+	Device string `yaml:"device"`
 	// DataDir holds the spool and the software keys (mode 0700).
 	DataDir string `yaml:"data_dir"`
 
@@ -77,6 +88,10 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// LogLevel is debug|info|warn|error.
 	LogLevel string `yaml:"log_level"`
+
+	// src is what LoadConfig kept of the file (lines of the keys, its problems); nil
+	// for a config built in code.
+	src *source
 }
 
 // BatchConfig is the `batch:` section.
@@ -143,7 +158,9 @@ func (c *Config) KeyPath() string { return filepath.Join(c.DataDir, "keys", "sig
 // PublicKeyPath is the public half, the trust anchor for verify.
 func (c *Config) PublicKeyPath() string { return filepath.Join(c.DataDir, "keys", "signing.pub") }
 
-// DefaultConfig is the zero-config daemon.
+// DefaultConfig is the zero-config daemon (`edgeaudit run` without -config): every
+// listener on its default loopback address, an uplink to a broker on this machine, the
+// clock checked against DefaultServer. SetDefaults fills the rest.
 func DefaultConfig() Config {
 	c := Config{
 		Site:    DefaultSite,
@@ -157,124 +174,15 @@ func DefaultConfig() Config {
 	return c
 }
 
-// LoadConfig reads path (strict: unknown keys are errors, so a typo never silently
-// disables a listener) over the defaults. An empty path gives the defaults.
-func LoadConfig(path string) (Config, error) {
-	c := DefaultConfig()
-	if path == "" {
-		return c, nil
-	}
-	b, err := os.ReadFile(path)
+// HostDevice is the default device name: the host name's first label ("" when the
+// host name is unknown).
+func HostDevice() string {
+	h, err := os.Hostname()
 	if err != nil {
-		return c, fmt.Errorf("load config: %w", err)
+		return ""
 	}
-	// A file that names syslog replaces the default listeners entirely: an admin who
-	// configures only TLS must not get plain TCP too.
-	// The same holds for the clinical listeners: a config file opens only what it names.
-	c.Syslog, c.HL7, c.FHIR = syslog.Config{}, hl7.Config{}, fhir.Config{}
-	c.Admin = ""
-	c.Uplink = UplinkSection{}
-	var probe map[string]any
-	if err := yaml.Unmarshal(b, &probe); err != nil {
-		return c, fmt.Errorf("load config %s: %w", path, err)
-	}
-	if _, ok := probe["syslog"]; !ok {
-		c.Syslog = syslog.Config{UDP: DefaultSyslogUDP, TCP: DefaultSyslogTCP}
-	}
-	if _, ok := probe["admin"]; !ok {
-		c.Admin = DefaultAdmin
-	}
-	if _, ok := probe["ntp"]; !ok {
-		c.NTP = NTPSection{Off: true}
-	}
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file is all defaults
-		return c, fmt.Errorf("load config %s: %w", path, nameFields(b, err))
-	}
-	// Relative paths in the file are relative to the file, not to wherever the daemon
-	// was started from.
-	base := filepath.Dir(path)
-	for _, p := range []*string{&c.DataDir, &c.Syslog.TLSCert, &c.Syslog.TLSKey, &c.Syslog.TLSClientCA,
-		&c.HL7.TLSCert, &c.HL7.TLSKey, &c.HL7.TLSClientCA,
-		&c.FHIR.TLSCert, &c.FHIR.TLSKey, &c.FHIR.TLSClientCA, &c.FHIR.BearerTokensFile,
-		&c.Uplink.CA, &c.Uplink.Cert, &c.Uplink.Key, &c.Uplink.CentralKey} {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(base, *p)
-		}
-	}
-	return c, nil
-}
-
-// lineRE finds the line numbers in yaml.v3's type errors ("line 2: cannot unmarshal ...").
-var lineRE = regexp.MustCompile(`line (\d+): (.*)`)
-
-// nameFields rewrites yaml.v3's type errors, which give only a line number, to name the
-// dotted field path too ("batch.max_age"), so a site admin sees which key is wrong.
-func nameFields(src []byte, err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return err
-	}
-	var root yaml.Node
-	if yaml.Unmarshal(src, &root) != nil {
-		return err
-	}
-	var errs []error
-	for _, msg := range te.Errors {
-		m := lineRE.FindStringSubmatch(msg)
-		if m == nil {
-			errs = append(errs, errors.New(msg))
-			continue
-		}
-		var line int
-		fmt.Sscan(m[1], &line)
-		if path := fieldAtLine(&root, "", line, m[2]); path != "" {
-			errs = append(errs, fmt.Errorf("%s (line %d): %s", path, line, m[2]))
-		} else {
-			errs = append(errs, errors.New(msg))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// fieldAtLine returns the dotted path of the mapping value on line whose text appears in
-// msg, or the first key on that line.
-func fieldAtLine(n *yaml.Node, prefix string, line int, msg string) string {
-	switch n.Kind {
-	case yaml.DocumentNode:
-		for _, c := range n.Content {
-			if p := fieldAtLine(c, prefix, line, msg); p != "" {
-				return p
-			}
-		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			path := k.Value
-			if prefix != "" {
-				path = prefix + "." + k.Value
-			}
-			if v.Kind == yaml.ScalarNode && v.Line == line && strings.Contains(msg, "`"+v.Value+"`") {
-				return path
-			}
-			if p := fieldAtLine(v, path, line, msg); p != "" {
-				return p
-			}
-		}
-	}
-	return ""
-}
-
-// ConfigError names the bad field and value.
-type ConfigError struct {
-	Field string
-	Value any
-	Msg   string
-}
-
-func (e *ConfigError) Error() string {
-	return fmt.Sprintf("%s: %q: %s", e.Field, fmt.Sprint(e.Value), e.Msg)
+	h, _, _ = strings.Cut(h, ".")
+	return h
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -283,42 +191,80 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // of the syslog drain's counting window, the stop event, the seal, the spool's close.
 const drainMargin = 3 * time.Second
 
-// SetDefaults fills what the file left empty.
+// SetDefaults fills what the file left empty with the defaults: this is where they
+// live (the sample config shows them, and a test keeps the two equal). Sections a
+// config file leaves out stay off (uplink, ntp, hl7, fhir); their keys get defaults
+// only when the section is on. Site is not defaulted: a file must name it.
 func (c *Config) SetDefaults() {
 	if c.Device == "" {
-		if h, err := os.Hostname(); err == nil {
-			c.Device = strings.Split(h, ".")[0]
-		}
+		c.Device = HostDevice()
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.LogLevel == "" {
-		c.LogLevel = "info"
+		c.LogLevel = DefaultLogLevel
 	}
 	c.Syslog.SetDefaults()
-	c.Uplink.setDefaults()
-	c.Keys.setDefaults()
 	c.HL7.SetDefaults()
 	c.FHIR.SetDefaults()
+	sc := c.SpoolConfig()
+	sc.SetDefaults()
+	c.Batch = BatchConfig{MaxEvents: sc.MaxEvents, MaxBytes: sc.MaxBytes, MaxAge: sc.MaxAge, Heartbeat: sc.Heartbeat}
+	c.Spool.MaxSizeBytes, c.Spool.MinFreeBytes, c.Spool.Retention = sc.MaxSizeBytes, sc.MinFreeBytes, sc.Retention
+	c.Spool.QueueSize, c.Spool.CommitEvents = sc.QueueSize, sc.CommitEvents
+	c.Spool.EvidenceReserveBytes, c.Spool.CloseGrace = sc.EvidenceReserveBytes, sc.CloseGrace
+	c.Spool.ScrubInterval, c.Spool.ScrubRate = sc.ScrubInterval, sc.ScrubRate
+	if c.Spool.Encrypt == nil {
+		c.Spool.Encrypt = new(true)
+	}
+	if c.Privacy.Redact == nil {
+		c.Privacy.Redact = new(true)
+	}
+	if c.Privacy.SeenIDs == 0 {
+		c.Privacy.SeenIDs = DefaultSeenIDs
+	}
+	if c.uplinkEnabled() {
+		c.Uplink.setDefaults()
+		u := c.UplinkConfig()
+		u.ApplyDefaults()
+		u.Site, u.Device = "", ""
+		c.Uplink.Config = u
+	}
+	c.Keys.setDefaults()
+	if !c.NTP.Off {
+		c.NTP.ApplyDefaults()
+	}
 }
 
-// Validate checks everything before anything starts; every problem is reported.
+// Validate checks every value and combination before anything starts (the files the
+// config names are Check's); every problem is reported, joined, each naming its key.
 func (c *Config) Validate() error {
 	var errs []error
-	bad := func(field string, v any, msg string) { errs = append(errs, &ConfigError{field, v, msg}) }
+	bad := func(field string, v any, msg string) {
+		errs = append(errs, &configerr.Error{Field: field, Value: fmt.Sprint(v), Err: errors.New(msg)})
+	}
 	// Site and device become MQTT topic levels and file names: keep them plain.
-	if !nameRE.MatchString(c.Site) {
+	switch {
+	case c.Site == "":
+		bad("site", "", "required: the name of this imaging center in every batch header and topic")
+	case !nameRE.MatchString(c.Site):
 		bad("site", c.Site, "must be 1-64 letters, digits, '.', '_' or '-'")
 	}
-	if !nameRE.MatchString(c.Device) {
-		bad("device", c.Device, "must be 1-64 letters, digits, '.', '_' or '-'")
+	switch {
+	case c.Device == "":
+		bad("device", "", "required: the host name is unknown; name this appliance (1-64 letters, digits, '.', '_' or '-')")
+	case !nameRE.MatchString(c.Device):
+		bad("device", c.Device, "must be 1-64 letters, digits, '.', '_' or '-' (the default is the host name's first label)")
 	}
 	if c.DataDir == "" {
 		bad("data_dir", c.DataDir, "must not be empty")
 	}
 	if c.Admin != "" {
-		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+		if err := listenaddr.Check(c.Admin); err != nil {
 			bad("admin", c.Admin, err.Error())
 		}
 	}
@@ -330,9 +276,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("log_level", c.LogLevel, "must be debug, info, warn or error")
 	}
-	if err := c.Syslog.Validate(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, c.Syslog.Validate())
 	// A collector's drain at stop, and the seal and close after it, must fit the
 	// shutdown budget; the syslog drain may run about a second past its timeout.
 	if d := c.Syslog.DrainTimeout; d > c.ShutdownTimeout-drainMargin {
@@ -342,43 +286,107 @@ func (c *Config) Validate() error {
 		bad("hl7.drain_timeout", d, fmt.Sprintf("must be at most shutdown_timeout (%s) minus %s", c.ShutdownTimeout, drainMargin))
 	}
 	if c.HL7.Enabled() {
-		if err := c.HL7.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, c.HL7.Validate())
 	}
 	if c.FHIR.Enabled() {
-		if err := c.FHIR.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, c.FHIR.Validate())
 	}
+	errs = append(errs, c.sameAddress()...)
 	if c.uplinkEnabled() {
 		uc := c.UplinkConfig()
 		uc.ApplyDefaults()
-		if err := uc.Validate(); err != nil {
-			errs = append(errs, err)
+		for _, e := range configerr.Flatten(uc.Validate()) {
+			if f := configerr.FieldOf(e); f != "site" && f != "device" { // said above
+				errs = append(errs, e)
+			}
 		}
 		if d := c.Uplink.DrainTimeout; d > 0 && c.Syslog.DrainTimeout+d > c.ShutdownTimeout-drainMargin {
 			bad("uplink.drain_timeout", d, fmt.Sprintf("syslog.drain_timeout (%s) plus this must be at most shutdown_timeout (%s) minus %s",
 				c.Syslog.DrainTimeout, c.ShutdownTimeout, drainMargin))
 		}
 	}
-	if err := c.Keys.Validate(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, c.Keys.Validate())
 	if !c.NTP.Off {
 		nc := c.NTP.Config
 		nc.ApplyDefaults()
-		if err := nc.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, nc.Validate())
 	}
-	if err := c.Privacy.Validate(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, c.Privacy.Validate())
 	sc := c.SpoolConfig()
 	sc.SetDefaults()
-	if err := sc.Validate(); err != nil {
-		errs = append(errs, err)
+	for _, e := range configerr.Flatten(sc.Validate()) {
+		var se *spool.ConfigError
+		if errors.As(e, &se) {
+			e = &configerr.Error{Field: se.Field, Value: fmt.Sprint(se.Value), Err: errors.New(se.Msg)}
+		}
+		errs = append(errs, e)
 	}
-	return errors.Join(errs...)
+	return c.locate(errors.Join(errs...))
+}
+
+// listener is one address the daemon binds, with its key and network.
+type listener struct{ key, network, addr string }
+
+// listeners are the addresses the config binds (empty ones are off).
+func (c *Config) listeners() []listener {
+	all := []listener{
+		{"syslog.udp", "udp", c.Syslog.UDP},
+		{"syslog.tcp", "tcp", c.Syslog.TCP},
+		{"syslog.tls", "tcp", c.Syslog.TLS},
+		{"syslog.relp", "tcp", c.Syslog.RELP},
+		{"syslog.relp_tls", "tcp", c.Syslog.RELPTLS},
+		{"hl7.mllp", "tcp", c.HL7.MLLP},
+		{"fhir.http", "tcp", c.FHIR.HTTP},
+		{"admin", "tcp", c.Admin},
+	}
+	var out []listener
+	for _, l := range all {
+		if l.addr != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// sameAddress reports two listeners of one network on one port and host (or one on
+// every interface): the second could never bind.
+func (c *Config) sameAddress() []error {
+	var errs []error
+	ls := c.listeners()
+	for i, a := range ls {
+		ah, ap, err := net.SplitHostPort(a.addr)
+		if err != nil || ap == "0" {
+			continue
+		}
+		for _, b := range ls[:i] {
+			bh, bp, err := net.SplitHostPort(b.addr)
+			if err != nil || b.network != a.network || bp != ap {
+				continue
+			}
+			if ah == bh || anyHost(ah) || anyHost(bh) {
+				errs = append(errs, &configerr.Error{Field: a.key, Value: a.addr,
+					Err: fmt.Errorf("the same %s port as %s (%s): give each listener its own", strings.ToUpper(a.network), b.key, b.addr)})
+				break
+			}
+		}
+	}
+	return errs
+}
+
+func anyHost(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+
+// Warnings are what the config allows but probably does not mean; `run` logs them and
+// `config -check` prints them. (Every listener off is the daemon's own warning.)
+func (c *Config) Warnings() []string {
+	var w []string
+	if c.FHIR.Enabled() {
+		_, port, _ := net.SplitHostPort(c.FHIR.HTTP)
+		switch {
+		case !c.FHIR.TLS() && (port == "443" || port == "8443"):
+			w = append(w, fmt.Sprintf("fhir.http: %q is plain HTTP on port %s, which senders read as HTTPS: set fhir.tls_cert and fhir.tls_key, or use another port (the default is %s)", c.FHIR.HTTP, port, DefaultFHIRHTTP))
+		case c.FHIR.TLS() && (port == "80" || port == "8080"):
+			w = append(w, fmt.Sprintf("fhir.http: %q is HTTPS (fhir.tls_cert is set) on port %s, which senders read as plain HTTP: use 443 or 8443", c.FHIR.HTTP, port))
+		}
+	}
+	return w
 }

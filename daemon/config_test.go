@@ -1,7 +1,7 @@
 package daemon
 
 import (
-	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,28 +92,32 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 }
 
-func TestEmptyConfigFileIsDefaults(t *testing.T) {
-	c, err := LoadConfig(writeConfig(t, ""))
+// A config file names its site: an empty one (or one without site:) is refused with
+// what site is for, and one with only site: is the defaults.
+func TestConfigFileNeedsSite(t *testing.T) {
+	for _, body := range []string{"", "# nothing yet\n", "device: d1\n"} {
+		c, err := LoadConfig(writeConfig(t, body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDefaults()
+		err = Preflight(&c)
+		if got, want := fmt.Sprint(err), "site: required: the name of this imaging center in every batch header and topic"; !strings.HasSuffix(got, want) {
+			t.Errorf("%q: err=%v, want %q", body, err, want)
+		}
+	}
+	c, err := LoadConfig(writeConfig(t, "site: s1\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.SetDefaults()
-	if err := c.Validate(); err != nil {
+	if err := Preflight(&c); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func TestSampleConfigIsValid(t *testing.T) {
-	c, err := LoadConfig(writeConfig(t, SampleConfig))
-	if err != nil {
-		t.Fatal(err)
+	// Without a file there is no file to name it: the zero-config daemon's default.
+	if d := DefaultConfig(); d.Site != DefaultSite {
+		t.Errorf("zero-config site %q, want %q", d.Site, DefaultSite)
 	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		t.Fatalf("sample.yaml does not validate: %v", err)
-	}
-	var ce *ConfigError
-	_ = errors.As(err, &ce)
 }
 
 func TestUplinkConfig(t *testing.T) {

@@ -48,19 +48,20 @@ func (k *KeysConfig) setDefaults() {
 	}
 }
 
-// Validate checks the section after setDefaults.
+// Validate checks the section after setDefaults; every problem is reported.
 func (k *KeysConfig) Validate() error {
+	var errs []error
 	switch k.TPM {
 	case TPMAuto, TPMRequire, TPMOff:
 	default:
-		return &configerr.Error{Field: "keys.tpm", Value: k.TPM, Err: errors.New("must be auto, require or off")}
+		errs = append(errs, &configerr.Error{Field: "keys.tpm", Value: k.TPM, Err: errors.New("must be auto, require or off")})
 	}
-	for _, p := range k.PCRs {
+	for i, p := range k.PCRs {
 		if p < 0 || p > 23 {
-			return &configerr.Error{Field: "keys.pcrs", Value: fmt.Sprint(k.PCRs), Err: errors.New("PCR indices are 0..23")}
+			errs = append(errs, &configerr.Error{Field: fmt.Sprintf("keys.pcrs[%d]", i), Value: fmt.Sprint(p), Err: errors.New("PCR indices are 0..23")})
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // TPMKeyDir holds the TPM key blobs.

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/audit"
@@ -54,44 +57,68 @@ func (l *lateSink) AppendAll(ctx context.Context, evs []*audit.Event, done func(
 	return sp.AppendAll(ctx, evs, done)
 }
 
-// probePorts binds and releases every configured collector address, so that a port in
-// use fails the start before the spool is opened. The collectors bind again when they
-// run; between the two another process could take a port, which then fails the run
-// with a stop event in the chain, as any later listener failure does.
+// probePorts binds every configured listener address (the collectors' and admin's),
+// all at once, and releases them, so that a port in use fails the start before the
+// spool is opened, with the key that names it. The collectors bind again when they run;
+// between the two another process could take a port, which then fails the run with a
+// stop event in the chain, as any later listener failure does.
 func probePorts(cfg *Config) error {
-	type addr struct{ key, network, addr string }
-	addrs := []addr{
-		{"syslog.udp", "udp", cfg.Syslog.UDP},
-		{"syslog.tcp", "tcp", cfg.Syslog.TCP},
-		{"syslog.tls", "tcp", cfg.Syslog.TLS},
-		{"syslog.relp", "tcp", cfg.Syslog.RELP},
-		{"syslog.relp_tls", "tcp", cfg.Syslog.RELPTLS},
-		{"hl7.mllp", "tcp", cfg.HL7.MLLP},
-		{"fhir.http", "tcp", cfg.FHIR.HTTP},
-	}
 	var errs []error
-	for _, a := range addrs {
-		if a.addr == "" {
-			continue
+	var open []io.Closer
+	defer func() {
+		for _, c := range open {
+			c.Close()
 		}
+	}()
+	for _, a := range cfg.listeners() {
+		var c io.Closer
 		var err error
 		if a.network == "udp" {
-			var pc net.PacketConn
-			if pc, err = net.ListenPacket("udp", a.addr); err == nil {
-				pc.Close()
-			}
+			c, err = net.ListenPacket("udp", a.addr)
 		} else {
-			var ln net.Listener
-			if ln, err = net.Listen("tcp", a.addr); err == nil {
-				ln.Close()
-			}
+			c, err = net.Listen("tcp", a.addr)
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("listen %s %s: %w", a.key, a.addr, err))
+			errs = append(errs, portError(a.key, a.addr, err))
+			continue
 		}
+		open = append(open, c)
 	}
 	return errors.Join(errs...)
 }
+
+// ProbePorts is probePorts for `run`, which calls it before the daemon is built, so
+// that a port in use refuses the start before even the keys are made.
+func ProbePorts(cfg *Config) error { return probePorts(cfg) }
+
+// portError says why key's address could not be bound, and what to do.
+func portError(key, addr string, err error) error {
+	var hint string
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "Only one usage of each socket address"): // Windows: WSAEADDRINUSE
+		hint = fmt.Sprintf("address already in use (another process listens there; change %s or stop it)", key)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission):
+		hint = fmt.Sprintf("permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; change %s to a port above 1023 or grant the capability)", key)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		hint = fmt.Sprintf("no interface of this machine has that address (change %s)", key)
+	default:
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			err = oe.Err
+		}
+		hint = err.Error()
+	}
+	return &portErr{key: key, addr: addr, hint: hint, err: err}
+}
+
+// portErr is a listener that could not bind; its text names the key first.
+type portErr struct {
+	key, addr, hint string
+	err             error
+}
+
+func (e *portErr) Error() string { return e.key + ": " + e.addr + ": " + e.hint }
+func (e *portErr) Unwrap() error { return e.err }
 
 // The run marker is a file in the data folder that exists while the daemon runs. Found
 // at start, it means the previous run ended without its stop event (kill -9, a crash,

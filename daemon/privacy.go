@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"regexp/syntax"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/vault"
 )
 
@@ -57,7 +60,8 @@ const DefaultSeenIDs = audit.DefaultSeenMax
 // RedactEnabled reports the effective setting.
 func (p PrivacyConfig) RedactEnabled() bool { return p.Redact == nil || *p.Redact }
 
-// Validate checks the section; every error names its key under privacy.
+// Validate checks the section; every error names its key under privacy (a bad
+// pattern as privacy.redact_rules[i].pattern), and every bad rule is reported.
 func (p PrivacyConfig) Validate() error {
 	var errs []error
 	// A throwaway key: only the checks of the tokenizer and redactor are wanted.
@@ -68,16 +72,53 @@ func (p PrivacyConfig) Validate() error {
 	if err := tok.SetIDDomains(p.IDDomains); err != nil {
 		errs = append(errs, prefixErrors("privacy.", err)...)
 	}
-	r, err := audit.NewRedactor(tok, p.Rules())
-	if err != nil {
-		errs = append(errs, &ConfigError{Field: "privacy.redact_rules", Value: "", Msg: err.Error()})
-	} else if err := r.SetIdentifierPatterns(p.IdentifierPatterns); err != nil {
-		errs = append(errs, prefixErrors("privacy.", err)...)
+	// Each rule alone first, so that every bad one is named; the redactor's own checks
+	// (how many rules) then cover the whole.
+	ruleErrs := 0
+	for i, r := range p.RedactRules {
+		key := fmt.Sprintf("privacy.redact_rules[%d]", i)
+		if _, err := audit.NewRedactor(tok, []audit.RedactRule{r}); err != nil {
+			ruleErrs++
+			if re, cerr := regexp.Compile(r.Pattern); cerr != nil {
+				errs = append(errs, &configerr.Error{Field: key + ".pattern", Value: r.Pattern, Err: fmt.Errorf("not a valid RE2 regular expression: %v", regexpReason(cerr))})
+			} else if re.NumSubexp() < 1 {
+				errs = append(errs, &configerr.Error{Field: key + ".pattern", Value: r.Pattern, Err: errors.New("needs a capture group (...) around the identifier")})
+			} else {
+				errs = append(errs, &configerr.Error{Field: key, Value: r.Name, Err: err})
+			}
+		}
+	}
+	if ruleErrs == 0 {
+		if _, err := audit.NewRedactor(tok, p.Rules()); err != nil {
+			errs = append(errs, &configerr.Error{Field: "privacy.redact_rules", Err: err})
+		}
+	}
+	for i, ip := range p.IdentifierPatterns {
+		key := fmt.Sprintf("privacy.identifier_patterns[%d]", i)
+		r, _ := audit.NewRedactor(tok, nil)
+		if err := r.SetIdentifierPatterns([]audit.IdentifierPattern{ip}); err != nil {
+			if _, cerr := regexp.Compile(ip.Pattern); cerr != nil {
+				errs = append(errs, &configerr.Error{Field: key + ".pattern", Value: ip.Pattern, Err: fmt.Errorf("not a valid RE2 regular expression: %v", regexpReason(cerr))})
+			} else {
+				_, msg, _ := strings.Cut(err.Error(), "): ")
+				errs = append(errs, &configerr.Error{Field: key, Value: ip.Name, Err: errors.New(msg)})
+			}
+		}
 	}
 	if p.SeenIDs < -1 || p.SeenIDs > 10_000_000 {
-		errs = append(errs, &ConfigError{Field: "privacy.seen_ids", Value: p.SeenIDs, Msg: "must be -1 (off), 0 (default 100000) or at most 10000000"})
+		errs = append(errs, &configerr.Error{Field: "privacy.seen_ids", Value: fmt.Sprint(p.SeenIDs), Err: errors.New("must be -1 (off), 0 (default 100000) or at most 10000000")})
 	}
 	return errors.Join(errs...)
+}
+
+// regexpReason is what is wrong with a pattern: the regexp error without its "error
+// parsing regexp: " prefix and the pattern it repeats.
+func regexpReason(err error) string {
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		return se.Code.String()
+	}
+	return strings.TrimPrefix(err.Error(), "error parsing regexp: ")
 }
 
 // prefixErrors puts prefix before each of err's joined errors.

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -122,38 +123,53 @@ type ConfigError struct {
 	Msg   string
 }
 
-func (e *ConfigError) Error() string { return fmt.Sprintf("%s: %v: %s", e.Field, e.Value, e.Msg) }
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s: %q: %s", e.Field, fmt.Sprint(e.Value), e.Msg)
+}
 
 // Validate checks a config after SetDefaults.
 func (c *Config) Validate() error {
-	switch {
-	case c.MaxEvents < 1 || c.MaxEvents > 100000:
-		return &ConfigError{"batch.max_events", c.MaxEvents, "must be between 1 and 100000"}
-	case c.MaxBytes < 16<<10 || c.MaxBytes > 64<<20:
-		return &ConfigError{"batch.max_bytes", c.MaxBytes, "must be between 16 KiB and 64 MiB"}
-	case c.MaxAge < 10*time.Millisecond || c.MaxAge > time.Hour:
-		return &ConfigError{"batch.max_age", c.MaxAge, "must be between 10ms and 1h"}
-	case c.Heartbeat < time.Second || c.Heartbeat > time.Minute:
-		return &ConfigError{"batch.heartbeat", c.Heartbeat, "must be between 1s and 1m"}
-	case c.MaxSizeBytes < 0 || (c.MaxSizeBytes > 0 && c.MaxSizeBytes < 1<<20):
-		return &ConfigError{"spool.max_size_bytes", c.MaxSizeBytes, "must be 0 (no limit) or at least 1 MiB"}
-	case c.MinFreeBytes < 0:
-		return &ConfigError{"spool.min_free_bytes", c.MinFreeBytes, "must not be negative"}
-	case c.Retention < 0:
-		return &ConfigError{"spool.retention", c.Retention, "must not be negative"}
-	case c.QueueSize < 1:
-		return &ConfigError{"spool.queue_size", c.QueueSize, "must be at least 1"}
-	case c.CommitEvents < 1:
-		return &ConfigError{"spool.commit_events", c.CommitEvents, "must be at least 1"}
-	case c.EvidenceReserveBytes < 64<<10 || (c.MaxSizeBytes > 0 && c.EvidenceReserveBytes > c.MaxSizeBytes/2):
-		return &ConfigError{"spool.evidence_reserve_bytes", c.EvidenceReserveBytes, "must be at least 64 KiB and at most half of max_size_bytes"}
-	case c.CloseGrace < 0 || c.CloseGrace > time.Minute:
-		return &ConfigError{"spool.close_grace", c.CloseGrace, "must be between 0 and 1m"}
-	case c.ScrubInterval < time.Second:
-		// scrub_rate bounds what a pass reads, so a short interval costs reads, not ingest.
-		return &ConfigError{"spool.scrub_interval", c.ScrubInterval, "must be at least 1s"}
-	case c.ScrubRate < 1<<20:
-		return &ConfigError{"spool.scrub_rate", c.ScrubRate, "must be at least 1 MiB (bytes per second)"}
+	var errs []error
+	bad := func(field string, v any, msg string) { errs = append(errs, &ConfigError{field, v, msg}) }
+	if c.MaxEvents < 1 || c.MaxEvents > 100000 {
+		bad("batch.max_events", c.MaxEvents, "must be between 1 and 100000")
 	}
-	return nil
+	if c.MaxBytes < 16<<10 || c.MaxBytes > 64<<20 {
+		bad("batch.max_bytes", c.MaxBytes, "must be between 16 KiB and 64 MiB")
+	}
+	if c.MaxAge < 10*time.Millisecond || c.MaxAge > time.Hour {
+		bad("batch.max_age", c.MaxAge, "must be between 10ms and 1h")
+	}
+	if c.Heartbeat < time.Second || c.Heartbeat > time.Minute {
+		bad("batch.heartbeat", c.Heartbeat, "must be between 1s and 1m")
+	}
+	if c.MaxSizeBytes < 0 || (c.MaxSizeBytes > 0 && c.MaxSizeBytes < 1<<20) {
+		bad("spool.max_size_bytes", c.MaxSizeBytes, "must be 0 (no limit) or at least 1 MiB")
+	}
+	if c.MinFreeBytes < 0 {
+		bad("spool.min_free_bytes", c.MinFreeBytes, "must not be negative")
+	}
+	if c.Retention < 0 {
+		bad("spool.retention", c.Retention, "must not be negative")
+	}
+	if c.QueueSize < 1 {
+		bad("spool.queue_size", c.QueueSize, "must be at least 1")
+	}
+	if c.CommitEvents < 1 {
+		bad("spool.commit_events", c.CommitEvents, "must be at least 1")
+	}
+	if c.EvidenceReserveBytes < 64<<10 || (c.MaxSizeBytes > 0 && c.EvidenceReserveBytes > c.MaxSizeBytes/2) {
+		bad("spool.evidence_reserve_bytes", c.EvidenceReserveBytes, "must be at least 64 KiB and at most half of max_size_bytes")
+	}
+	if c.CloseGrace < 0 || c.CloseGrace > time.Minute {
+		bad("spool.close_grace", c.CloseGrace, "must be between 0 and 1m")
+	}
+	if c.ScrubInterval < time.Second {
+		// scrub_rate bounds what a pass reads, so a short interval costs reads, not ingest.
+		bad("spool.scrub_interval", c.ScrubInterval, "must be at least 1s")
+	}
+	if c.ScrubRate < 1<<20 {
+		bad("spool.scrub_rate", c.ScrubRate, "must be at least 1 MiB (bytes per second)")
+	}
+	return errors.Join(errs...)
 }

@@ -91,46 +91,48 @@ func (c *Config) ApplyDefaults() {
 }
 
 // Validate checks c after ApplyDefaults; errors name the YAML key (ntp.<key>), carry the
-// value and say what is accepted.
+// value and say what is accepted. It reports every problem, joined.
 func (c *Config) Validate() error {
-	bad := func(field, value string, err error) error {
-		return &configerr.Error{Field: "ntp." + field, Value: value, Err: err}
+	var errs []error
+	bad := func(field, value string, err error) {
+		errs = append(errs, &configerr.Error{Field: "ntp." + field, Value: value, Err: err})
 	}
 	if len(c.Servers) == 0 {
-		return bad("servers", "", errors.New("want at least one host or host:port"))
+		bad("servers", "", errors.New("want at least one host or host:port"))
 	}
 	seen := make(map[string]bool, len(c.Servers))
 	for i, s := range c.Servers {
 		addr, err := serverAddr(s)
 		if err != nil {
-			return bad(fmt.Sprintf("servers[%d]", i), s, err)
+			bad(fmt.Sprintf("servers[%d]", i), s, err)
+			continue
 		}
 		if seen[addr] {
-			return bad(fmt.Sprintf("servers[%d]", i), s, errors.New("listed twice"))
+			bad(fmt.Sprintf("servers[%d]", i), s, errors.New("listed twice"))
 		}
 		seen[addr] = true
 	}
 	if c.Interval < MinInterval {
-		return bad("interval", c.Interval.String(), fmt.Errorf("must be at least %v", MinInterval))
+		bad("interval", c.Interval.String(), fmt.Errorf("must be at least %v", MinInterval))
 	}
 	if c.Timeout <= 0 || c.Timeout >= c.Interval {
-		return bad("timeout", c.Timeout.String(), errors.New("must be positive and less than ntp.interval"))
+		bad("timeout", c.Timeout.String(), errors.New("must be positive and less than ntp.interval"))
 	}
 	for _, d := range []struct {
 		field string
 		v     time.Duration
 	}{{"max_offset", c.MaxOffset}, {"max_root_distance", c.MaxRootDistance}, {"step_threshold", c.StepThreshold}} {
 		if d.v <= 0 {
-			return bad(d.field, d.v.String(), errors.New("must be positive"))
+			bad(d.field, d.v.String(), errors.New("must be positive"))
 		}
 	}
 	if c.MaxAge < c.Interval {
-		return bad("max_age", c.MaxAge.String(), errors.New("must be at least ntp.interval"))
+		bad("max_age", c.MaxAge.String(), errors.New("must be at least ntp.interval"))
 	}
 	if c.Samples < 1 || c.Samples > MaxSamples {
-		return bad("samples", strconv.Itoa(c.Samples), fmt.Errorf("must be 1..%d", MaxSamples))
+		bad("samples", strconv.Itoa(c.Samples), fmt.Errorf("must be 1..%d", MaxSamples))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // serverAddr is the host:port a configured server is queried at.

@@ -2,7 +2,6 @@ package uplink
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 )
 
 // Defaults for zero Config fields.
@@ -135,50 +135,54 @@ func topicLevel(s string) bool {
 	return s != "" && !strings.ContainsAny(s, "/+#\x00")
 }
 
-// Validate checks c after ApplyDefaults; errors name the YAML field.
+// Validate checks c after ApplyDefaults; it reports every problem, joined, each a
+// *configerr.Error naming the YAML field.
 func (c *Config) Validate() error {
-	bad := func(field, value string, err error) error {
-		return &configerr.Error{Field: "uplink." + field, Value: value, Err: err}
+	var errs []error
+	bad := func(field, value string, err error) {
+		errs = append(errs, &configerr.Error{Field: "uplink." + field, Value: value, Err: err})
 	}
 	if c.Broker == "" {
-		return bad("broker", "", ErrNoBroker)
-	}
-	u, err := url.Parse(c.Broker)
-	if err != nil {
-		return bad("broker", c.Broker, err)
-	}
-	if u.Port() == "" || u.Hostname() == "" {
-		return bad("broker", c.Broker, errors.New("want scheme://host:port"))
-	}
-	switch u.Scheme {
-	case "tls", "ssl", "mqtts":
-	case "tcp", "mqtt":
-		if ip := net.ParseIP(u.Hostname()); (ip == nil || !ip.IsLoopback()) && u.Hostname() != "localhost" {
-			return bad("broker", c.Broker, errors.New("tcp:// (no TLS) only to a loopback broker; use tls://"))
+		bad("broker", "", ErrNoBroker)
+	} else if u, err := url.Parse(c.Broker); err != nil {
+		bad("broker", c.Broker, errors.New("want scheme://host:port, e.g. tls://central.example:8883"))
+	} else if u.Port() == "" || u.Hostname() == "" {
+		bad("broker", c.Broker, errors.New("want scheme://host:port, e.g. tls://central.example:8883"))
+	} else {
+		switch u.Scheme {
+		case "tls", "ssl", "mqtts":
+		case "tcp", "mqtt":
+			if ip := net.ParseIP(u.Hostname()); (ip == nil || !ip.IsLoopback()) && u.Hostname() != "localhost" {
+				bad("broker", c.Broker, errors.New("tcp:// (no TLS) only to a loopback broker; use tls://"))
+			}
+		default:
+			bad("broker", c.Broker, errors.New("scheme must be tls:// (or tcp:// to loopback)"))
 		}
-	default:
-		return bad("broker", c.Broker, errors.New("scheme must be tls:// (or tcp:// to loopback)"))
 	}
 	if !topicLevel(c.Prefix) {
-		return bad("prefix", c.Prefix, errNotLevel)
+		bad("prefix", c.Prefix, errNotLevel)
 	}
 	if !topicLevel(c.Site) {
-		return &configerr.Error{Field: "site", Value: c.Site, Err: errNotLevel}
+		errs = append(errs, &configerr.Error{Field: "site", Value: c.Site, Err: errNotLevel})
 	}
 	if !topicLevel(c.Device) {
-		return &configerr.Error{Field: "device", Value: c.Device, Err: errNotLevel}
+		errs = append(errs, &configerr.Error{Field: "device", Value: c.Device, Err: errNotLevel})
 	}
 	if (c.Cert == "") != (c.Key == "") {
-		return bad("cert", c.Cert, errors.New("uplink.cert and uplink.key go together"))
+		if c.Cert == "" {
+			bad("cert", "", errors.New("required with uplink.key (the client certificate and its key go together)"))
+		} else {
+			bad("key", "", errors.New("required with uplink.cert (the client certificate and its key go together)"))
+		}
 	}
 	if c.Password != "" && c.Username == "" {
-		return bad("username", "", errors.New("a password needs a username"))
+		bad("username", "", errors.New("a password needs a username"))
 	}
 	if c.Window < 1 || c.Window > 1024 {
-		return bad("window", fmt.Sprint(c.Window), errors.New("must be 1..1024"))
+		bad("window", fmt.Sprint(c.Window), errors.New("must be 1..1024"))
 	}
 	if c.MaxMessageBytes < 1024 {
-		return bad("max_message_bytes", fmt.Sprint(c.MaxMessageBytes), errors.New("must be at least 1024"))
+		bad("max_message_bytes", fmt.Sprint(c.MaxMessageBytes), errors.New("must be at least 1024"))
 	}
 	for _, d := range []struct {
 		field string
@@ -186,13 +190,53 @@ func (c *Config) Validate() error {
 	}{{"ack_timeout", c.AckTimeout}, {"connect_timeout", c.ConnectTimeout}, {"keep_alive", c.KeepAlive},
 		{"poll_interval", c.PollInterval}, {"backoff_min", c.BackoffMin}, {"backoff_max", c.BackoffMax}} {
 		if d.v < 0 {
-			return bad(d.field, d.v.String(), errors.New("must not be negative"))
+			bad(d.field, d.v.String(), errors.New("must not be negative"))
 		}
 	}
 	if c.BackoffMax < c.BackoffMin {
-		return bad("backoff_max", c.BackoffMax.String(), errors.New("must be at least uplink.backoff_min"))
+		bad("backoff_max", c.BackoffMax.String(), errors.New("must be at least uplink.backoff_min"))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// usesTLS says whether the broker is reached over TLS (tcp:// and mqtt:// are plain).
+func (c *Config) usesTLS() bool {
+	return !strings.HasPrefix(c.Broker, "tcp://") && !strings.HasPrefix(c.Broker, "mqtt://")
+}
+
+// Check reads the files New will (call it after Validate): with a TLS broker, the CA
+// file and the client certificate and key (a valid pair). It returns every problem
+// found, joined, each a *configerr.Error naming its key.
+func (c *Config) Check() error {
+	if c.TLS != nil || !c.usesTLS() {
+		return nil
+	}
+	var errs []error
+	bad := func(field, value string, err error) {
+		errs = append(errs, &configerr.Error{Field: "uplink." + field, Value: value, Err: err})
+	}
+	if c.CA != "" {
+		if _, err := tlsconf.LoadCAs(c.CA); err != nil {
+			bad("ca", c.CA, tlsconf.FileError(err))
+		}
+	}
+	if c.Cert != "" && c.Key != "" {
+		okFiles := true
+		for _, f := range []struct{ field, path string }{{"cert", c.Cert}, {"key", c.Key}} {
+			if fh, err := os.Open(f.path); err != nil {
+				bad(f.field, f.path, tlsconf.FileError(err))
+				okFiles = false
+			} else {
+				fh.Close()
+			}
+		}
+		if okFiles {
+			if _, err := tls.LoadX509KeyPair(c.Cert, c.Key); err != nil {
+				bad("cert", c.Cert, fmt.Errorf("with uplink.key %s: not a valid certificate and key pair: %s", c.Key, strings.TrimPrefix(err.Error(), "tls: ")))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // tlsConfig builds the client TLS config: server verification always, a client
@@ -204,13 +248,9 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 	u, _ := url.Parse(c.Broker)
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
 	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
+		pool, err := tlsconf.LoadCAs(c.CA)
 		if err != nil {
-			return nil, fmt.Errorf("load uplink.ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("load uplink.ca %s: no PEM certificate found", c.CA)
+			return nil, fmt.Errorf("load uplink.ca %s: %w", c.CA, err)
 		}
 		tc.RootCAs = pool
 	}

@@ -171,7 +171,7 @@ func New(cfg Config, src Source, receipts ReceiptVerifier, rep Reporter, logger 
 	}
 	u := &Uplink{cfg: cfg, src: src, rv: receipts, rep: rep,
 		log: logger.With(keyComponent, "uplink"), reported: map[string]uint64{}, wake: make(chan struct{}, 1)}
-	if !strings.HasPrefix(cfg.Broker, "tcp://") && !strings.HasPrefix(cfg.Broker, "mqtt://") {
+	if cfg.usesTLS() {
 		tc, err := cfg.tlsConfig()
 		if err != nil {
 			return nil, err

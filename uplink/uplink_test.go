@@ -34,7 +34,8 @@ func TestConfigValidate(t *testing.T) {
 		{"wildcard in device", func(c *Config) { c.Device = "d+1" }, "device"},
 		{"slash in site", func(c *Config) { c.Site = "a/b" }, "site"},
 		{"slash in prefix", func(c *Config) { c.Prefix = "a/b" }, "uplink.prefix"},
-		{"cert without key", func(c *Config) { c.Cert = "c.pem" }, "uplink.cert"},
+		{"cert without key", func(c *Config) { c.Cert = "c.pem" }, "uplink.key"},
+		{"key without cert", func(c *Config) { c.Key = "k.pem" }, "uplink.cert"},
 		{"password without user", func(c *Config) { c.Password = "x" }, "uplink.username"},
 		{"window too big", func(c *Config) { c.Window = 5000 }, "uplink.window"},
 		{"negative window", func(c *Config) { c.Window = -1 }, "uplink.window"},
@@ -494,4 +495,16 @@ func TestStopDuringHandshake(t *testing.T) {
 		c.Close()
 	}
 	goleak.VerifyNone(t)
+}
+
+// Validate reports every problem at once, not only the first.
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c := Config{Broker: "tcp://central.example:1883", Site: "s1", Device: "d1", Window: 5000, Password: "x"}
+	c.ApplyDefaults()
+	err := c.Validate()
+	for _, want := range []string{"uplink.broker", "uplink.window", "uplink.username"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate=%v, want it to name %s", err, want)
+		}
+	}
 }

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/edgeaudit/edgeaudit/daemon"
 )
@@ -30,7 +33,8 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 		return &usageError{fmt.Sprintf("run: unexpected argument %q", fs.Arg(0))}
 	}
 	cfg, err := daemon.LoadConfig(*configPath)
-	if err != nil {
+	var probs *daemon.Problems
+	if err != nil && !errors.As(err, &probs) {
 		return err
 	}
 	override := func(dst *string, v string) {
@@ -46,8 +50,19 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	override(&cfg.Syslog.UDP, *udp)
 	override(&cfg.Syslog.TCP, *tcp)
 	override(&cfg.Admin, *admin)
+	deviceFromHost := cfg.Device == ""
 	cfg.SetDefaults()
+	// Everything the config names is checked, and every problem reported, before
+	// anything is opened: the same checks as `edgeaudit config -check`.
+	if err := daemon.Preflight(&cfg); err != nil {
+		return err
+	}
+	// What only the start can tell: whether each port is free (the daemon probes again).
+	if err := daemon.ProbePorts(&cfg); err != nil {
+		return err
+	}
 	log := newLogger(cfg.LogLevel)
+	startLog(log, *configPath, &cfg, deviceFromHost)
 	d, err := daemon.New(cfg, buildVersion(), log)
 	if err != nil {
 		return err
@@ -63,14 +78,54 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	return d.Run(ctx)
 }
 
+// startLog says where the names and defaults come from, so that nothing is silent: the
+// zero-config daemon's site, a device named after the host, the config's warnings.
+func startLog(log *slog.Logger, configPath string, cfg *daemon.Config, deviceFromHost bool) {
+	device := "config"
+	if deviceFromHost {
+		device = "host name (set device: to name it)"
+	}
+	if configPath == "" {
+		log.Info("no -config: built-in defaults (edgeaudit config -effective shows them)",
+			"site", cfg.Site, "site_from", "default (a config file must name it: site:)",
+			"device", cfg.Device, "device_from", device, "data_dir", cfg.DataDir)
+	} else if deviceFromHost {
+		log.Info("device named after the host", "device", cfg.Device, "config", configPath)
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
+}
+
+// defaultListeners lists the zero-config listeners for the man page, from the
+// constants the daemon uses.
+func defaultListeners() string {
+	var b strings.Builder
+	for _, l := range []struct{ what, addr string }{
+		{"syslog UDP (syslog.udp)", daemon.DefaultSyslogUDP},
+		{"syslog TCP (syslog.tcp)", daemon.DefaultSyslogTCP},
+		{"HL7 v2 MLLP (hl7.mllp)", daemon.DefaultHL7MLLP},
+		{"FHIR plain HTTP (fhir.http)", daemon.DefaultFHIRHTTP},
+		{"admin /metrics, /healthz (admin)", daemon.DefaultAdmin},
+	} {
+		fmt.Fprintf(&b, "\t    %-34s %s\n", l.what, l.addr)
+	}
+	return b.String()
+}
+
 // Usage prints the man page.
 func (c *RunCommand) Usage() {
 	fmt.Fprintf(os.Stderr, `The run command runs the daemon in the foreground until SIGINT or SIGTERM.
 
 On SIGTERM it stops the collectors, seals the open batch and closes the spool within
-shutdown_timeout; a second signal exits at once. With no flags it runs without root:
-syslog on %s (UDP) and %s (TCP), admin on %s, data in ./%s, and a software signing key.
+shutdown_timeout; a second signal exits at once. Before it opens anything it checks the
+whole config, as "edgeaudit config -check" does, and binds every listener once.
 
+With no flags it runs without root: site %q, device the host name (the start log
+says both), data in ./%s, a software signing key where no TPM answers, an
+uplink to %s that retries in the background, and these listeners:
+
+%s
 Usage:
 
 	edgeaudit run [arguments]
@@ -78,7 +133,10 @@ Usage:
 Arguments:
 
 	-config PATH
-	    Config file (YAML). Defaults to none: the built-in defaults above.
+	    Config file (YAML). Defaults to none: the built-in defaults above
+	    ("edgeaudit config -effective" prints them). A config file opens only the
+	    listeners it names (syslog and admin keep their defaults when it has no
+	    syslog: or admin: key) and must name its site.
 
 	-data DIR
 	    Data folder with spool.db and keys/. Overrides data_dir.
@@ -88,5 +146,5 @@ Arguments:
 
 	-admin ADDR
 	    Address of /metrics and /healthz; "off" disables it.
-`, daemon.DefaultSyslogUDP, daemon.DefaultSyslogTCP, daemon.DefaultAdmin, daemon.DefaultDataDir)
+`, daemon.DefaultSite, daemon.DefaultDataDir, daemon.DefaultUplinkBroker, defaultListeners())
 }

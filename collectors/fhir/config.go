@@ -4,6 +4,7 @@ import (
 	"errors"
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 	"strconv"
 	"strings"
 	"time"
@@ -42,8 +43,9 @@ const (
 
 // Config is the FHIR collector's part of the daemon config (key `fhir`).
 type Config struct {
-	// HTTP is the listen address, e.g. "127.0.0.1:8443". Empty disables the collector (the
-	// daemon fills in "127.0.0.1:8443" when it enables it).
+	// HTTP is the listen address, e.g. "127.0.0.1:9781" (plain HTTP) or ":8443" (with
+	// TLSCert and TLSKey, HTTPS). Empty disables the collector (the zero-config daemon
+	// uses daemon.DefaultFHIRHTTP).
 	HTTP string `yaml:"http"`
 	// TLSCert and TLSKey are PEM files with the server certificate (chain) and its key.
 	// When both are set the listener speaks HTTPS; when both are empty, plain HTTP.
@@ -153,6 +155,29 @@ func (c Config) Validate() error {
 		bad("base_path", c.BasePath, "must start and end with '/'")
 	} else if strings.ContainsAny(c.BasePath, "?#% \t") {
 		bad("base_path", c.BasePath, "must be a plain path without query, fragment, escapes or spaces")
+	}
+	return errors.Join(errs...)
+}
+
+// Check reads the files the config names, as New will (call it after Validate): the
+// TLS certificate and key (a valid pair), the client CAs and the bearer tokens file. It
+// returns every problem found, joined, each a *ConfigError.
+func (c Config) Check() error {
+	if !c.Enabled() {
+		return nil
+	}
+	var errs []error
+	if c.TLS() {
+		errs = append(errs, tlsconf.Check("fhir", c.TLSCert, c.TLSKey, c.TLSClientCA)...)
+	}
+	if c.BearerTokensFile != "" {
+		if _, err := loadTokens(c.BearerTokensFile); err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				err = &ConfigError{Field: "fhir.bearer_tokens_file", Value: c.BearerTokensFile, Err: tlsconf.FileError(err)}
+			}
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

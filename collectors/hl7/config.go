@@ -4,6 +4,7 @@ import (
 	"errors"
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 	"strconv"
 	"time"
 )
@@ -182,4 +183,14 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Check reads the files the config names, as New will (call it after Validate): the
+// TLS certificate and key (a valid pair) and the client CAs. It returns every problem
+// found, joined, each a *ConfigError.
+func (c Config) Check() error {
+	if !c.Enabled() || !c.TLS() {
+		return nil
+	}
+	return errors.Join(tlsconf.Check("hl7", c.TLSCert, c.TLSKey, c.TLSClientCA)...)
 }

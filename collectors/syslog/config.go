@@ -4,6 +4,7 @@ import (
 	"errors"
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
+	"github.com/edgeaudit/edgeaudit/internal/tlsconf"
 	"strconv"
 	"time"
 )
@@ -180,4 +181,14 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, c.ValidateRELP(c.TLSCert, c.TLSKey)...)
 	return errors.Join(errs...)
+}
+
+// Check reads the files the config names, as New will (call it after Validate): the
+// TLS certificate and key (a valid pair) and the client CAs, when a TLS or RELP-TLS
+// listener uses them. It returns every problem found, joined, each a *ConfigError.
+func (c Config) Check() error {
+	if c.TLS == "" && c.RELPTLS == "" {
+		return nil
+	}
+	return errors.Join(tlsconf.Check("syslog", c.TLSCert, c.TLSKey, c.TLSClientCA)...)
 }

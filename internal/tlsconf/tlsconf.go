@@ -5,9 +5,7 @@ package tlsconf
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
 )
 
 // Server loads certFile and keyFile and, when clientCAFile is not empty, requires and
@@ -20,13 +18,9 @@ func Server(section, certFile, keyFile, clientCAFile string) (*tls.Config, error
 	}
 	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if clientCAFile != "" {
-		pem, err := os.ReadFile(clientCAFile)
+		pool, err := LoadCAs(clientCAFile)
 		if err != nil {
-			return nil, fmt.Errorf("load %s.tls_client_ca: %w", section, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("load %s.tls_client_ca %s: no PEM certificate found", section, clientCAFile)
+			return nil, fmt.Errorf("load %s.tls_client_ca %s: %w", section, clientCAFile, err)
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert

@@ -56,3 +56,37 @@ func TestServer(t *testing.T) {
 		}
 	}
 }
+
+// Check reports every problem of the files, each naming its key, as Server would meet
+// them one at a time.
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := writePair(t, dir)
+	other := t.TempDir()
+	_, otherKey := writePair(t, other)
+	garbage := filepath.Join(dir, "g.pem")
+	os.WriteFile(garbage, []byte("nothing"), 0o600)
+	missing := filepath.Join(dir, "missing.pem")
+	for _, tt := range []struct {
+		name          string
+		cert, key, ca string
+		want          []string
+	}{
+		{"good", cert, key, cert, nil},
+		{"both missing", missing, missing, "", []string{"syslog.tls_cert: \"" + missing + "\": no such file", "syslog.tls_key: \"" + missing + "\": no such file"}},
+		{"not a pair", cert, otherKey, "", []string{"syslog.tls_cert: \"" + cert + "\": with syslog.tls_key " + otherKey + ": not a valid certificate and key pair: private key does not match public key"}},
+		{"CA not PEM", cert, key, garbage, []string{"syslog.tls_client_ca: \"" + garbage + "\": no PEM certificate found"}},
+		{"CA a folder", cert, key, dir, []string{"syslog.tls_client_ca: \"" + dir + "\": is a folder, not a file"}},
+		{"no cert", "", key, "", []string{"syslog.tls_cert: required"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, e := range Check("syslog", tt.cert, tt.key, tt.ca) {
+				got = append(got, e.Error())
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("Check:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}

@@ -100,7 +100,7 @@ ntp:
   timeout: 2m
 spool:
   retention: 5x
-  scrub_interval: 1s
+  scrub_interval: 500ms
 `)
 	want := []string{
 		`line 3: syslog.tpc: unknown key; did you mean "tcp"?`,
@@ -112,7 +112,7 @@ spool:
 		`line 13: ntp.samples: "99": must be 1..8`,
 		`line 14: ntp.timeout: "2m": must be positive and less than ntp.interval`,
 		`line 16: spool.retention: "5x" is not a duration (examples: 30s, 5m, 24h)`,
-		`line 17: spool.scrub_interval: "1s": must be at least 1m`,
+		`line 17: spool.scrub_interval: "500ms": must be at least 1s`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -77,7 +77,9 @@ type Daemon struct {
 // New validates cfg (after applying defaults) and returns a daemon that has not started.
 func New(cfg Config, version string, logger *slog.Logger) (*Daemon, error) {
 	cfg.SetDefaults()
-	if err := cfg.Validate(); err != nil {
+	// The files too (certificates, keys of central, regexes): a daemon built directly,
+	// as the demo and the service do, refuses what `edgeaudit config -check` reports.
+	if err := errors.Join(cfg.Validate(), cfg.Check()); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
 	return &Daemon{cfg: cfg, version: version, log: logger, ready: make(chan struct{})}, nil

@@ -153,7 +153,7 @@ The commands are:
 	verify    check a spool or exported batches: chain, signatures, Merkle roots
 	export    write sealed batches (or their events as JSON lines) to a file
 	query     central: select stored events (audited), optionally as an evidence package
-	config    print a commented sample config
+	config    print the sample config (the defaults); -check FILE: every problem; -effective [FILE]
 	demo      the whole flow on this machine: appliance, central, traffic, report
 	health    field check of the running daemon: exit 0 ok, 1 warning, 2 failure
 	keys      show the signing key, or recover a lost one (the break is recorded)

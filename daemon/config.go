@@ -82,7 +82,9 @@ type Config struct {
 	// the appliance accepts it and leaves it alone.
 	Receive yaml.Node `yaml:"receive"`
 
-	// Admin is the loopback HTTP address of /metrics and /healthz; "" disables it.
+	// Admin is the loopback HTTP address of /metrics, /healthz and the privileged
+	// requests (host:port), or a unix socket (unix:/run/edgeaudit/admin.sock, mode
+	// 0660); "" disables it.
 	Admin string `yaml:"admin"`
 	// ShutdownTimeout bounds the orderly stop (collectors, seal, close).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
@@ -264,7 +266,7 @@ func (c *Config) Validate() error {
 		bad("data_dir", c.DataDir, "must not be empty")
 	}
 	if c.Admin != "" {
-		if err := listenaddr.Check(c.Admin); err != nil {
+		if err := checkAdmin(c.Admin, listenaddr.Check); err != nil {
 			bad("admin", c.Admin, err.Error())
 		}
 	}
@@ -337,7 +339,10 @@ func (c *Config) listeners() []listener {
 		{"syslog.relp_tls", "tcp", c.Syslog.RELPTLS},
 		{"hl7.mllp", "tcp", c.HL7.MLLP},
 		{"fhir.http", "tcp", c.FHIR.HTTP},
-		{"admin", "tcp", c.Admin},
+	}
+	// A unix socket is not a port: listenAdmin deals with a stale one.
+	if network, _ := AdminNetwork(c.Admin); network == "tcp" {
+		all = append(all, listener{"admin", "tcp", c.Admin})
 	}
 	var out []listener
 	for _, l := range all {

@@ -188,7 +188,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	var adminLn net.Listener
 	if cfg.Admin != "" {
-		if adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
+		if adminLn, err = listenAdmin(cfg.Admin); err != nil {
 			return fmt.Errorf("listen admin %s: %w", cfg.Admin, err)
 		}
 		defer adminLn.Close()

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"fmt"
 	"net"
 	"os"
@@ -284,4 +286,44 @@ func TestHealthProbe(t *testing.T) {
 	if probes != 2 || probeMsgs != 12 {
 		t.Fatalf("chain holds %d probe events and %d probe messages, want 2 and 12", probes, probeMsgs)
 	}
+}
+
+// The admin endpoint on a unix socket (admin: unix:PATH): health and -probe reach the
+// daemon through it, the socket is mode 0660, a clean stop removes it, and one left by
+// a kill -9 does not keep the next start from binding.
+func TestAdminUnixSocket(t *testing.T) {
+	d := startDaemon(t, daemonConfig{})
+	d.stop(t)
+	sock := filepath.Join(d.dir, "admin.sock")
+	cfg, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte("admin: "+strconv.Quote(d.admin)), []byte("admin: "+strconv.Quote("unix:"+sock)), 1)
+	if err := os.WriteFile(d.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := func() {
+		d.process = startProcess(t, fmt.Sprintf("edgeaudit-unix-%d", time.Now().UnixNano()), d.dir, exec.Command(binPath, "run", "-config", d.config))
+		healthWant(t, d, 0, "OK   edgeaudit")
+	}
+	start()
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("admin socket %s: %v %v, want a socket of mode 0660", sock, fi.Mode(), err)
+	}
+	if res := runCLI(t, "health", "-config", d.config, "-probe"); res.code != 0 || !strings.Contains(res.stdout, "ok   probe syslog.tcp") {
+		t.Fatalf("health -probe over the socket\n%s", res)
+	}
+	d.terminate(t, stopTimeout)
+	if _, err := os.Lstat(sock); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("socket left after a clean stop: %v", err)
+	}
+	start()
+	d.kill9(t)
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("after kill -9 the socket should be left behind: %v", err)
+	}
+	start()
+	d.stop(t)
 }

@@ -36,14 +36,15 @@ func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string
 	if err != nil {
 		return nil, fmt.Errorf("read admin token (run as root or the service user): %w", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Admin+path, bytes.NewReader(body))
+	client, base := daemon.AdminClient(cfg.Admin, 30*time.Second)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(secret)))
 	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("X-Edgeaudit-User", whoami())
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {

@@ -129,11 +129,12 @@ func healthExit(status string) error {
 func getHealth(ctx context.Context, admin string) ([]byte, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/healthz", nil)
+	client, base := daemon.AdminClient(admin, 0)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
 	if err != nil {
 		return nil, "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, "", err
 	}
@@ -184,7 +185,7 @@ func printHealth(w io.Writer, h *daemonHealth, probes []daemon.ProbeResult) {
 // Usage prints the man page.
 func (c *HealthCommand) Usage() {
 	fmt.Fprint(os.Stderr, `The health command asks the running daemon how it is, over its admin endpoint
-(config key admin:, loopback), and prints a checklist a field tech can read, one line
+(config key admin:, loopback or a unix socket), and prints a checklist a field tech can read, one line
 per check:
 
 	listener.<key>   each listener bound (and a warning when its connections are all in use)

@@ -1,0 +1,80 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// adminUnixPrefix marks an admin endpoint on a unix socket: admin: unix:/run/edgeaudit/admin.sock.
+// A socket is reached only by who may open its file (mode 0660: root and the service's
+// group), where any local user reaches a loopback port.
+const adminUnixPrefix = "unix:"
+
+// AdminNetwork splits the admin: value into its network ("tcp" or "unix") and address.
+func AdminNetwork(admin string) (network, addr string) {
+	if p, ok := strings.CutPrefix(admin, adminUnixPrefix); ok {
+		return "unix", p
+	}
+	return "tcp", admin
+}
+
+// AdminClient returns an HTTP client that reaches the admin endpoint admin, and the base
+// URL of its requests.
+func AdminClient(admin string, timeout time.Duration) (*http.Client, string) {
+	network, addr := AdminNetwork(admin)
+	if network != "unix" {
+		return &http.Client{Timeout: timeout}, "http://" + addr
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", addr)
+	}}
+	return &http.Client{Timeout: timeout, Transport: tr}, "http://edgeaudit-admin"
+}
+
+// checkAdmin is the admin: key's rule: a loopback host:port or unix:ABSOLUTE-PATH.
+func checkAdmin(admin string, checkTCP func(string) error) error {
+	network, addr := AdminNetwork(admin)
+	if network == "unix" {
+		if !filepath.IsAbs(addr) {
+			return errors.New("a unix socket needs an absolute path, e.g. unix:/run/edgeaudit/admin.sock")
+		}
+		return nil
+	}
+	return checkTCP(addr)
+}
+
+// listenAdmin binds the admin endpoint. A socket file left by a daemon that died is
+// removed first (only when nothing answers on it); the new one is mode 0660.
+func listenAdmin(admin string) (net.Listener, error) {
+	network, addr := AdminNetwork(admin)
+	if network != "unix" {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Lstat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process answers on this socket (a daemon already running?)", addr)
+		}
+		if err := os.Remove(addr); err != nil {
+			return nil, fmt.Errorf("remove the stale socket %s: %w", addr, err)
+		}
+	}
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(addr, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", addr, err)
+	}
+	// Close of a unix listener removes the socket file (net.UnixListener unlinks it).
+	return ln, nil
+}

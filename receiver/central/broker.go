@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/fips140"
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha512"
@@ -469,6 +470,10 @@ func parseHash(s string) (passwordEntry, error) {
 		hash, err2 := dec(f[4])
 		if err != nil || it < 1 || it > 10_000_000 || err1 != nil || err2 != nil || len(hash) == 0 {
 			return passwordEntry{}, errors.New("bad $7$ hash")
+		}
+		if fips140.Enforced() && len(salt) < 16 {
+			// Checking it would panic in the module: say so at load, with what to do.
+			return passwordEntry{}, fmt.Errorf("$7$ hash with a %d-byte salt (mosquitto_passwd's): GODEBUG=fips140=only needs at least 16 bytes; run with fips140=on (the packaged default), or write the line with a 16-byte salt", len(salt))
 		}
 		return passwordEntry{kind: '7', iterations: it, salt: salt, hash: hash}, nil
 	}

@@ -1,6 +1,7 @@
 package central
 
 import (
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/sha512"
 	"crypto/tls"
@@ -292,6 +293,13 @@ func TestPasswordsFromMosquittoPasswd(t *testing.T) {
 		t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
 	}
 	pw, err := LoadPasswords(path)
+	if fips140.Enforced() {
+		// mosquitto_passwd's 12-byte salts are below what PBKDF2 takes in FIPS 140-only mode.
+		if err == nil || !strings.Contains(err.Error(), "12-byte salt") {
+			t.Fatalf("LoadPasswords under fips140=only: err=%v, want one naming the 12-byte salt", err)
+		}
+		return
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -231,11 +231,19 @@ func (d *Daemon) probeTLS(certFile, keyFile string) *tls.Config {
 	return c
 }
 
+// dialProbe connects (and shakes hands, with tc) to a listener; the connection's
+// deadline is ctx's.
 func dialProbe(ctx context.Context, network, addr string, tc *tls.Config) (net.Conn, error) {
 	var dl net.Dialer
 	conn, err := dl.DialContext(ctx, network, addr)
-	if err != nil || tc == nil {
-		return conn, err
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(d)
+	}
+	if tc == nil {
+		return conn, nil
 	}
 	tconn := tls.Client(conn, tc)
 	if err := tconn.HandshakeContext(ctx); err != nil {
@@ -282,9 +290,6 @@ func (d *Daemon) probeSyslog(network string, tc *tls.Config) func(ctx context.Co
 			return result(err), err
 		}
 		defer conn.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			conn.SetDeadline(dl)
-		}
 		frame := msg
 		if network == "tcp" {
 			frame = strconv.Itoa(len(msg)) + " " + msg
@@ -313,9 +318,6 @@ func probeRELP(tc *tls.Config) func(ctx context.Context, addr, nonce string) (st
 			return result(err), err
 		}
 		defer conn.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			conn.SetDeadline(dl)
-		}
 		msg := fmt.Sprintf("<110>1 %s - edgeaudit - - - %s", time.Now().UTC().Format(time.RFC3339Nano), probeText(nonce))
 		var b []byte
 		b = syslog.AppendRELPFrame(b, 1, "open", []byte("relp_version=0\nrelp_software=edgeaudit-probe\ncommands=syslog"))
@@ -350,9 +352,6 @@ func probeMLLP(tc *tls.Config) func(ctx context.Context, addr, nonce string) (st
 			return result(err), err
 		}
 		defer conn.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			conn.SetDeadline(dl)
-		}
 		ts := time.Now().UTC().Format("20060102150405")
 		msg := "MSH|^~\\&|EDGEAUDIT|PROBE|EDGEAUDIT|PROBE|" + ts + "||NMD^N02^NMD_N02|" + nonce + "|P|2.5\r" +
 			"NTE|1||" + probeText(nonce) + "\r"

@@ -299,6 +299,7 @@ func (p *process) terminate(t testing.TB, bound time.Duration) time.Duration {
 // defaults. TCP is always on: the tests send over it, and it is how readiness shows.
 type daemonConfig struct {
 	UDP            bool
+	RELP           bool       // syslog.relp on a free port
 	TLS            *serverTLS // nil: no TLS listener
 	MaxEvents      int
 	MaxAge         time.Duration
@@ -323,7 +324,7 @@ type serverTLS struct {
 type daemon struct {
 	*process
 	dir, config, dataDir string
-	tcp, udp, tls, admin string // bound addresses; "" when off
+	tcp, udp, tls, relp, admin string // bound addresses; "" when off
 }
 
 // startDaemon writes a config into a new temp dir, starts the daemon, and returns once
@@ -350,7 +351,10 @@ func startDaemon(t testing.TB, cfg daemonConfig) *daemon {
 		if cfg.TLS != nil {
 			d.tls = freeAddr(t, "tcp")
 		}
-		for _, a := range []string{d.tcp, d.udp, d.tls, d.admin} {
+		if cfg.RELP {
+			d.relp = freeAddr(t, "tcp")
+		}
+		for _, a := range []string{d.tcp, d.udp, d.tls, d.relp, d.admin} {
 			if a != "" {
 				mustLoopback(t, a)
 			}
@@ -388,6 +392,9 @@ func (d *daemon) yaml(cfg daemonConfig) string {
 	fmt.Fprintf(&b, "syslog:\n  tcp: %s\n", q(d.tcp))
 	if d.udp != "" {
 		fmt.Fprintf(&b, "  udp: %s\n", q(d.udp))
+	}
+	if d.relp != "" {
+		fmt.Fprintf(&b, "  relp: %s\n", q(d.relp))
 	}
 	if cfg.TLS != nil {
 		fmt.Fprintf(&b, "  tls: %s\n  tls_cert: %s\n  tls_key: %s\n", q(d.tls), q(cfg.TLS.Cert), q(cfg.TLS.Key))
@@ -433,7 +440,7 @@ func (d *daemon) restart(t testing.TB) {
 // listeners is how many syslog listeners the daemon was configured with.
 func (d *daemon) listeners() int {
 	n := 0
-	for _, a := range []string{d.tcp, d.udp, d.tls} {
+	for _, a := range []string{d.tcp, d.udp, d.tls, d.relp} {
 		if a != "" {
 			n++
 		}

@@ -226,24 +226,13 @@ func flipLiveEvent(t *testing.T, path string, seq uint64) {
 // HL7 MLLP, FHIR) and confirms each was committed; the probe is in the chain.
 func TestHealthProbe(t *testing.T) {
 	ca := newPKI(t, t.TempDir(), "probe")
-	relp, mllp, fhirAddr := freeAddr(t, "tcp"), freeAddr(t, "tcp"), freeAddr(t, "tcp")
-	for _, a := range []string{relp, mllp, fhirAddr} {
+	mllp, fhirAddr := freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	for _, a := range []string{mllp, fhirAddr} {
 		mustLoopback(t, a)
 	}
 	q := strconv.Quote
-	d := startDaemon(t, daemonConfig{UDP: true, TLS: &serverTLS{Cert: ca.ServerCert, Key: ca.ServerKey},
+	d := startDaemon(t, daemonConfig{UDP: true, RELP: true, TLS: &serverTLS{Cert: ca.ServerCert, Key: ca.ServerKey},
 		Extra: fmt.Sprintf("hl7:\n  mllp: %s\nfhir:\n  http: %s\n", q(mllp), q(fhirAddr))})
-	// RELP is a key of the syslog section, which the harness writes: add it there.
-	cfg, err := os.ReadFile(d.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = bytes.Replace(cfg, []byte("syslog:\n"), []byte("syslog:\n  relp: "+q(relp)+"\n"), 1)
-	if err := os.WriteFile(d.config, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.stop(t)
-	d.restart(t)
 
 	res := runCLI(t, "health", "-config", d.config, "-probe")
 	for _, l := range []string{"syslog.udp", "syslog.tcp", "syslog.tls", "syslog.relp", "hl7.mllp", "fhir.http"} {

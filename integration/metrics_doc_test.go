@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,23 +23,13 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	c := startCentral(t)
 	ca := newPKI(t, t.TempDir(), "metrics")
-	mllp, fhirAddr, relp := freeAddr(t, "tcp"), freeAddr(t, "tcp"), freeAddr(t, "tcp")
-	for _, a := range []string{mllp, fhirAddr, relp} {
+	mllp, fhirAddr := freeAddr(t, "tcp"), freeAddr(t, "tcp")
+	for _, a := range []string{mllp, fhirAddr} {
 		mustLoopback(t, a)
 	}
 	q := strconv.Quote
-	d := startDaemon(t, daemonConfig{UDP: true, TLS: &serverTLS{Cert: ca.ServerCert, Key: ca.ServerKey}, Prepare: c.enrolledKey(),
+	d := startDaemon(t, daemonConfig{UDP: true, RELP: true, TLS: &serverTLS{Cert: ca.ServerCert, Key: ca.ServerKey}, Prepare: c.enrolledKey(),
 		Extra: c.uplinkYAML("") + ntpYAML(testntp.ClosedPort(t)) + fmt.Sprintf("hl7:\n  mllp: %s\nfhir:\n  http: %s\n", q(mllp), q(fhirAddr))})
-	cfg, err := os.ReadFile(d.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = bytes.Replace(cfg, []byte("syslog:\n"), []byte("syslog:\n  relp: "+q(relp)+"\n"), 1)
-	if err := os.WriteFile(d.config, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.stop(t)
-	d.restart(t)
 	// A broken octet count: rejected, so edgeaudit_input_rejected_total has a series.
 	conn := dialTCP(t, d.tcp)
 	conn.Write([]byte("12x <13>1 - - - - - - broken\n"))

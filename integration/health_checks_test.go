@@ -18,6 +18,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgeaudit/edgeaudit/internal/testtpm"
 )
 
 // health against each failure it reports: the line a field tech reads and the exit
@@ -29,6 +31,19 @@ func TestHealthFailures(t *testing.T) {
 		healthWant(t, d, 0, "ok   uplink         uplink connected")
 		c.broker.Stop()
 		healthWant(t, d, 1, "WARN uplink         uplink ", "WARN edgeaudit")
+	})
+	t.Run("TPM away", func(t *testing.T) {
+		tpm := testtpm.Start(t)
+		d := startDaemon(t, daemonConfig{MaxEvents: 5, Extra: fmt.Sprintf("keys: {tpm: require, tpm_device: %s}\n", strconv.Quote(tpm.Spec))})
+		healthWant(t, d, 0, "ok   keys           signing key ", "in the TPM, loaded and signing")
+		tpm.Stop()
+		// Batches close and wait for a signature the TPM cannot give; events are still
+		// committed.
+		sendSyslog(t, d.tcp, "tpm-away", 0, 20, 0)
+		healthWant(t, d, 2, "FAIL keys           the signer fails")
+		tpm.Restart()
+		// Signing again; the outage stays on the list as a warning until the next start.
+		healthWant(t, d, 1, "ok   keys           signing key ", "WARN chain          audit.signing_failed: ", "(recovered at ")
 	})
 	t.Run("certificate expiring", func(t *testing.T) {
 		// A leaf that lives ten days: inside the 30 days that warn.

@@ -131,6 +131,7 @@ func (s *Spool) signLoop() {
 			if err == nil {
 				if s.signFailing.Swap(false) {
 					s.log.Info("signing works again", "seq", job.seq)
+					s.resolveIncident(ActionSigningFailed, "recovered at "+time.Now().UTC().Format(time.RFC3339))
 					s.signEvent(ActionSigningRecovered, audit.OutcomeSuccess, "the signer works again", job.seq)
 				}
 				select {

@@ -254,6 +254,20 @@ func (s *Spool) Incidents() []Incident {
 	return slices.Clone(s.incidents)
 }
 
+// resolveIncident marks the newest failure incident of action as repaired: health then
+// shows it as a warning (it happened; the chain holds both events), no longer a failure.
+func (s *Spool) resolveIncident(action, note string) {
+	s.incMu.Lock()
+	defer s.incMu.Unlock()
+	for i := len(s.incidents) - 1; i >= 0; i-- {
+		if in := &s.incidents[i]; in.Action == action && in.Failure {
+			in.Failure = false
+			in.Reason += " (" + note + ")"
+			return
+		}
+	}
+}
+
 func (s *Spool) addIncident(in Incident) {
 	s.incMu.Lock()
 	s.incidents = append(s.incidents, in)

@@ -271,7 +271,6 @@ func (d *Daemon) spoolChecks(h *Health, st spool.Stats) {
 		h.add("spool", CheckFailure, "spool commits are failing (disk full or I/O errors): events are held in memory and senders get backpressure")
 	case st.Full:
 		h.add("spool", CheckWarning, "spool full: senders get backpressure")
-	case st.Lost > 0:
 	default:
 		h.add("spool", CheckOK, "spool %s used, %s of room before it refuses events; %d events committed since start",
 			bytesHuman(st.UsedBytes), bytesHuman(max(st.Room, 0)), st.Committed)

@@ -223,7 +223,7 @@ func flipLiveEvent(t *testing.T, path string, seq uint64) {
 		t.Fatalf("event %d/0 not found in the copy", seq)
 	}
 	off := bytes.Index(raw, v)
-	if off < 0 || bytes.Index(raw[off+1:], v) >= 0 {
+	if off < 0 || bytes.Contains(raw[off+1:], v) {
 		t.Fatalf("event %d/0 not found once in the file (at %d)", seq, off)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -27,16 +26,14 @@ const (
 // config at the next start.
 const configHashFile = "config.sha256"
 
-// configHash is the SHA-256 of the effective config (defaults applied) as JSON: a new
+// configHash is the SHA-256 of the effective config (defaults applied) as YAML: a new
 // comment or reordered keys do not change it, a changed value does. Secrets in it (the
 // uplink password) are hashed, never stored or shown.
 func configHash(c *Config) string {
 	cc := *c
 	// central's section is not the appliance's, and as a yaml.Node it carries line numbers.
 	cc.Receive = yaml.Node{}
-	// A ready-made TLS config (tests set one; a file cannot) is not a value of the file.
-	cc.Uplink.Config.TLS = nil
-	b, err := json.Marshal(&cc)
+	b, err := yaml.Marshal(&cc)
 	if err != nil {
 		return "unknown: " + err.Error()
 	}

@@ -60,7 +60,19 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 	})
 	stopSending := sync.OnceFunc(func() { close(stop); wg.Wait() })
 	defer stopSending()
-	d.waitMetric(t, others+1000, "edgeaudit_syslog_received_total", "transport", "tcp")
+	eventually(t, waitTimeout, func() (bool, string) {
+		n := d.metrics(t).sum("edgeaudit_syslog_received_total", "transport", "tcp")
+		return n >= others+1000, fmt.Sprintf("%v received", n)
+	})
+	filtered := func(args ...string) []event {
+		t.Helper()
+		return exportEvents(t, d.dataDir, false, args...)
+	}
+	// Sealed within batch.max_age of their commit: then the export holds them all.
+	eventually(t, waitTimeout, func() (bool, string) {
+		n := len(filtered("-source", "other-host"))
+		return n == others, fmt.Sprintf("%d of %d other-host events sealed", n, others)
+	})
 
 	// Whole chain, through the daemon, while it commits.
 	wire := filepath.Join(t.TempDir(), "live.eab")
@@ -69,8 +81,8 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 		t.Fatalf("export while running: want exit 0, the daemon named and the record\n%s", res)
 	}
 	v, vres := verify(t, "-key", d.pubKey(), wire)
-	if vres.code != 0 || !v.OK || v.Events < others+1000 {
-		t.Fatalf("verify of the live export: ok=%v events=%d, want ok and at least %d\n%s", v.OK, v.Events, others+1000, vres)
+	if vres.code != 0 || !v.OK || v.Events < others || uint64(v.Batches) != v.LastSeq {
+		t.Fatalf("verify of the live export: ok=%v events=%d batches=%d last=%d, want ok, seq 1..last, at least %d events\n%s", v.OK, v.Events, v.Batches, v.LastSeq, others, vres)
 	}
 	dv, dres := verify(t, "-data", d.dataDir)
 	if dres.code != 0 || !dv.OK || !strings.Contains(dres.stderr, "through the running daemon") || dv.LastSeq < v.LastSeq {
@@ -78,10 +90,6 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 	}
 
 	// Filters, on events.
-	filtered := func(args ...string) []event {
-		t.Helper()
-		return exportEvents(t, d.dataDir, false, args...)
-	}
 	if got := filtered("-source", "other-host"); len(got) != others || got[0].Source.Host != "other-host" {
 		t.Fatalf("-source other-host: %d events (first %+v), want %d from other-host", len(got), first(got), others)
 	}
@@ -126,8 +134,20 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 	if len(exports) < 6 {
 		t.Fatalf("%d audit.export events in the chain, want one per export (at least 6)", len(exports))
 	}
-	if e := exports[0]; e.Detail["via"] != "daemon" || e.Detail["result"] != "complete" || e.Detail["format"] != "batches" {
-		t.Fatalf("first export event %+v, want via daemon, complete, batches", e)
+	var whole, bySource int
+	for _, e := range exports {
+		if e.Detail["via"] != "daemon" || e.Detail["result"] != "complete" {
+			t.Fatalf("export event %+v, want via daemon, complete", e)
+		}
+		switch {
+		case e.Detail["format"] == "batches" && !hasFilter(e.Detail):
+			whole++
+		case e.Detail["filter.source"] == "other-host" && e.Count > 0:
+			bySource++
+		}
+	}
+	if whole != 1 || bySource == 0 {
+		t.Fatalf("export events %+v: want one whole-chain export and the -source other-host ones", exports)
 	}
 	if got := selfEvents(self, "audit.verify_failed"); len(got) != 1 || got[0].Detail["reason"] != "key" {
 		t.Fatalf("verify_failed events %+v, want one with reason key", got)
@@ -172,6 +192,15 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 	if _, res := verify(t, "-key", d.pubKey(), cut); res.code != 1 || !strings.Contains(res.stderr, "at byte offset") || !strings.Contains(res.stderr, "cut short") || !strings.Contains(res.stderr, "after seq") {
 		t.Fatalf("verify of a cut file: want exit 1 naming the offset and the seq\n%s", res)
 	}
+}
+
+func hasFilter(detail map[string]string) bool {
+	for k := range detail {
+		if strings.HasPrefix(k, "filter.") {
+			return true
+		}
+	}
+	return false
 }
 
 func first(evs []event) event {

@@ -7,7 +7,9 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/edgeaudit/edgeaudit/ledger"
 )
 
 // TestExportVerifyWhileRunning drives export and verify against a running daemon while
@@ -246,4 +250,26 @@ func writeOtherKey(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// readWireFrom decodes an export file that may start after seq 1.
+func readWireFrom(t testing.TB, file string) []*ledger.Batch {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := ledger.NewReader(f)
+	var bs []*ledger.Batch
+	for {
+		b, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return bs
+		}
+		if err != nil {
+			t.Fatalf("read %s: %v", file, err)
+		}
+		bs = append(bs, b)
+	}
 }

@@ -60,7 +60,7 @@ type receiptResult struct {
 // Run implements the command.
 func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("edgeaudit verify", flag.ContinueOnError)
-	dataDir := fs.String("data", "", "data folder of a stopped daemon")
+	dataDir := fs.String("data", "", "data folder (through the running daemon, else its spool)")
 	configPath := fs.String("config", "", "with -data: config file, for the keys of an encrypted spool (default: the defaults)")
 	var keys keyList
 	fs.Var(&keys, "key", "trusted public key PEM file (repeatable)")
@@ -373,27 +373,40 @@ and why (signature, root, prev, gap, order, count, key, chain) otherwise.
 Usage:
 
 	edgeaudit verify -data DIR [arguments]
+	edgeaudit verify -config FILE [arguments]
 	edgeaudit verify -key PEM [arguments] FILE...
 	edgeaudit verify [-json] EVIDENCE-DIR
 
 Arguments:
 
 	-data DIR
-	    The data folder of a stopped daemon (spool.db is locked while it runs).
-	    Trusts DIR/keys/signing.pub, and the keys it replaced (DIR/keys/signing-*.pub,
-	    kept by a key recovery), unless -key is given.
+	    The appliance's data folder. While the daemon runs, the chain is read through
+	    its admin endpoint (found at the address in DIR/admin.addr, else the config's
+	    admin:; the secret in DIR/keys/admin.token), up to the head when the read
+	    starts, and checked here against the public keys; with the daemon stopped,
+	    spool.db is read directly. Standard error says which. Trusts
+	    DIR/keys/signing.pub, and the keys it replaced (DIR/keys/signing-*.pub, kept
+	    by a key recovery), unless -key is given. A failure is recorded in the chain
+	    (audit.verify_failed): by the daemon, or in the stopped spool when it opens
+	    (a damaged spool is never moved aside by verify).
 
 	-config FILE
-	    With -data: the daemon's config file, for its keys: section. Events in
-	    spool.db are encrypted under the data key (spool.encrypt); the roots cover
-	    them in clear, so the data key is opened as the daemon opens it. Defaults to
-	    the built-in defaults.
+	    The daemon's config file: its admin: address, data_dir (without -data) and
+	    keys: section. Events in spool.db are encrypted under the data key
+	    (spool.encrypt); the roots cover them in clear, so with the daemon stopped the
+	    data key is opened as the daemon opens it. Defaults to the built-in defaults.
 
 	-key PEM
 	    A trusted public key (PEM); repeatable. Required for FILEs.
 
 	-partial
-	    Accept a chain whose first batch is not seq 1 (an export of a pruned spool).
+	    Accept a chain whose first batch is not seq 1 (an export of a pruned spool,
+	    or export -from N).
+
+	-gaps
+	    Accept missing seqs anywhere (an export with filters keeps only the batches
+	    that hold a match): each batch's signature, count and root are checked, prev
+	    only where seqs are adjacent. Implies -partial.
 
 	-receipts FILE|DIR
 	    Central's receipts: a receipts file (edgeaudit receive import), one .receipt,

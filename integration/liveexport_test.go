@@ -133,7 +133,7 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 	}
 
 	stopSending()
-	self := exportEvents(t, d.dataDir, true, "-source", "self")
+	self := exportAllEvents(t, d.dataDir, true, "-source", "self")
 	exports := selfEvents(self, "audit.export")
 	if len(exports) < 6 {
 		t.Fatalf("%d audit.export events in the chain, want one per export (at least 6)", len(exports))
@@ -172,7 +172,7 @@ func TestExportVerifyWhileRunning(t *testing.T) {
 	if sv, sres := verify(t, "-data", d.dataDir); sres.code != 0 || !sv.OK || !strings.Contains(sres.stderr, "the stopped spool") {
 		t.Fatalf("verify -data of the stopped spool (the offline export record must keep it intact)\n%s", sres)
 	}
-	evs := exportEvents(t, d.dataDir, true, "-action", "audit.export")
+	evs := exportAllEvents(t, d.dataDir, true, "-action", "audit.export")
 	if got := evs[len(evs)-1]; got.Detail["via"] != "spool" { // exportEvents' own is recorded after its read
 		t.Fatalf("offline export event %+v, want via spool", got)
 	}

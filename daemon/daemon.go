@@ -285,7 +285,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		mux.Handle("POST /v1/token/reveal", revealHandler(priv, sp, adminToken))
 		mux.Handle("POST /v1/receipts", d.receiptsHandler(src, sp, adminToken))
 		mux.Handle("POST /v1/keys/attest", attestHandler(keys, adminToken))
-		mux.Handle("GET /v1/export", exportHandler(sp, sp, adminToken, d.log.With("component", "export")))
+		mux.Handle("GET /v1/export", exportHandler(ctx, sp, sp, adminToken, d.log.With("component", "export")))
 		mux.Handle("POST /v1/verify/failed", verifyFailedHandler(sp, adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		// On an early return the deferred wg.Wait must not wait for a server nobody

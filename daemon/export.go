@@ -165,6 +165,9 @@ type ExportResult struct {
 // ran (they were acknowledged and past retention): the export would have a gap.
 var ErrPrunedDuringExport = errors.New("batches pruned during the export")
 
+// errDaemonStopping ends an export that runs when the daemon stops.
+var errDaemonStopping = errors.New("the daemon is stopping")
+
 // errStop ends a Batches walk at the export's last seq.
 var errStop = errors.New("stop")
 
@@ -172,9 +175,9 @@ var errStop = errors.New("stop")
 // selects to w, reading them through batches (spool.Spool.Batches or
 // spool.Reader.Batches: one short read transaction per batch), then with req.Open the
 // events after last that openEvents returns. progress, when not nil, is called after
-// each batch read. The daemon's export endpoint and the CLI's export of a stopped spool
-// both write through it.
-func WriteExport(w io.Writer, batches func(from uint64, fn func(*ledger.Batch) error) error, req ExportRequest, last uint64,
+// each batch read. It stops, with ctx's cause, when ctx is done. The daemon's export
+// endpoint and the CLI's export of a stopped spool both write through it.
+func WriteExport(ctx context.Context, w io.Writer, batches func(from uint64, fn func(*ledger.Batch) error) error, req ExportRequest, last uint64,
 	openEvents func(after uint64) ([][]byte, error), progress func(ExportResult)) (ExportResult, error) {
 	var res ExportResult
 	bw := bufio.NewWriterSize(w, 256<<10)
@@ -190,6 +193,9 @@ func WriteExport(w io.Writer, batches func(from uint64, fn func(*ledger.Batch) e
 		return bw.WriteByte('\n')
 	}
 	err := batches(max(req.From, 1), func(b *ledger.Batch) error {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
 		h, err := ledger.ParseHeader(b.Header)
 		if err != nil {
 			return fmt.Errorf("batch header: %w", err)
@@ -334,7 +340,10 @@ func VerifyFailedEvent(f VerifyFailure, now time.Time) audit.Event {
 // export with ErrPrunedDuringExport. The export is recorded in the chain (ActionExport)
 // after the last byte and before the trailers; a status trailer other than "ok" tells
 // the client not to keep what it got.
-func exportHandler(sp *spool.Spool, sink collectors.Sink, adminToken string, log *slog.Logger) http.HandlerFunc {
+//
+// An export still running when the daemon stops (runCtx done) ends there, incomplete,
+// so that it does not hold the admin endpoint's shutdown for the whole budget.
+func exportHandler(runCtx context.Context, sp *spool.Spool, sink collectors.Sink, adminToken string, log *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !adminAuthorized(w, r, adminToken) {
 			return
@@ -369,9 +378,15 @@ func exportHandler(sp *spool.Spool, sink collectors.Sink, adminToken string, log
 		hd.Set("Trailer", strings.Join([]string{TrailerStatus, TrailerBatches, TrailerEvents, TrailerFirstSeq, TrailerLastSeq, TrailerEventID}, ", "))
 		w.WriteHeader(http.StatusOK)
 		begin := time.Now()
-		res, err := WriteExport(w, sp.Batches, req, last, sp.EventsAfter, nil)
-		if err == nil {
-			err = r.Context().Err() // the client went away: what it got is not an export
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		defer context.AfterFunc(runCtx, func() { cancel(errDaemonStopping) })()
+		if runCtx.Err() != nil {
+			cancel(errDaemonStopping) // AfterFunc runs in its own goroutine, maybe later
+		}
+		res, err := WriteExport(ctx, w, sp.Batches, req, last, sp.EventsAfter, nil)
+		if err == nil && ctx.Err() != nil {
+			err = context.Cause(ctx) // the client went away: what it got is not an export
 		}
 		status := "ok"
 		if err != nil {

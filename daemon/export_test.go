@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -80,7 +81,7 @@ func getExport(t testing.TB, srv *httptest.Server, q url.Values) *http.Response 
 func exportServer(t testing.TB, sp *spool.Spool, sink collectors.Sink) *httptest.Server {
 	t.Helper()
 	mux := http.NewServeMux()
-	mux.Handle("GET /v1/export", exportHandler(sp, sink, testAdminToken, slog.New(slog.DiscardHandler)))
+	mux.Handle("GET /v1/export", exportHandler(t.Context(), sp, sink, testAdminToken, slog.New(slog.DiscardHandler)))
 	mux.Handle("POST /v1/verify/failed", verifyFailedHandler(sink, testAdminToken))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -90,7 +91,7 @@ func exportServer(t testing.TB, sp *spool.Spool, sink collectors.Sink) *httptest
 func TestExportRefusedWithoutAdminToken(t *testing.T) {
 	sp, _ := openExportSpool(t)
 	sink := &recordingSink{}
-	h := exportHandler(sp, sink, testAdminToken, slog.New(slog.DiscardHandler))
+	h := exportHandler(t.Context(), sp, sink, testAdminToken, slog.New(slog.DiscardHandler))
 	tests := []struct {
 		name, auth, query string
 		want              int
@@ -424,5 +425,38 @@ func TestPublishAdminAddr(t *testing.T) {
 	remove()
 	if got := ReadAdminAddr(dir); got != "" {
 		t.Fatalf("admin addr %q after stop, want none", got)
+	}
+}
+
+// An export running when the daemon stops ends there, incomplete, and says so in its
+// status trailer; it is still recorded.
+func TestExportEndsWhenTheDaemonStops(t *testing.T) {
+	sp, _ := openExportSpool(t)
+	ctx := t.Context()
+	for i := range 12 {
+		e := exportTestEvent("pacs1", audit.ActionPHIView, "", time.Now())
+		if err := collectors.AppendSync(ctx, sp, &e); err != nil {
+			t.Fatal(err)
+		}
+		if i%5 == 4 {
+			if err := sp.Seal(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	stop()
+	sink := &recordingSink{}
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/export", exportHandler(runCtx, sp, sink, testAdminToken, slog.New(slog.DiscardHandler)))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	resp := getExport(t, srv, nil)
+	io.Copy(io.Discard, resp.Body)
+	if got, want := resp.Trailer.Get(TrailerStatus), "error: "+errDaemonStopping.Error(); got != want {
+		t.Fatalf("status %q, want %q", got, want)
+	}
+	if got, want := len(sink.events), 1; got != want || !strings.Contains(sink.events[0], `"result":"incomplete"`) {
+		t.Fatalf("records %v, want one incomplete export", sink.events)
 	}
 }

@@ -216,7 +216,7 @@ func exportOffline(ctx context.Context, cfg *daemon.Config, configPath string, r
 	}
 	prog.total = last
 	open := func(uint64) ([][]byte, error) { return r.OpenEvents() }
-	res, err := daemon.WriteExport(w, r.Batches, req, last, open, prog.batch)
+	res, err := daemon.WriteExport(ctx, w, r.Batches, req, last, open, prog.batch)
 	r.Close()
 	if err != nil {
 		return sum, err

@@ -150,7 +150,7 @@ func exportOnline(ctx context.Context, cfg *daemon.Config, req daemon.ExportRequ
 	defer resp.Body.Close()
 	head, _ := strconv.ParseUint(resp.Header.Get(daemon.HeaderHeadSeq), 10, 64)
 	sum.from = fmt.Sprintf("through the running daemon at %s (chain as of seq %d)", addr, head)
-	prog.total = head
+	prog.total.Store(int64(head))
 	cw := &countWriter{w: w, prog: prog}
 	if _, err := io.Copy(cw, resp.Body); err != nil {
 		return sum, fmt.Errorf("read the daemon's export stream after %d bytes: %w", cw.n, err)
@@ -214,7 +214,7 @@ func exportOffline(ctx context.Context, cfg *daemon.Config, configPath string, r
 	if req.To > 0 {
 		last = min(last, req.To)
 	}
-	prog.total = last
+	prog.total.Store(int64(last))
 	open := func(uint64) ([][]byte, error) { return r.OpenEvents() }
 	res, err := daemon.WriteExport(ctx, w, r.Batches, req, last, open, prog.batch)
 	r.Close()
@@ -300,10 +300,9 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 type progress struct {
 	name  string
 	on    bool
-	total uint64 // the last seq of the run, when known
 	begin time.Time
 
-	seq, events, bytes atomic.Int64
+	total, seq, events, bytes atomic.Int64 // total: the last seq of the run, when known
 	done               chan struct{}
 	drawn              atomic.Bool
 }
@@ -327,8 +326,8 @@ func (p *progress) loop() {
 			line := fmt.Sprintf("%s: %s", p.name, byteSize(p.bytes.Load()))
 			if s := p.seq.Load(); s > 0 {
 				line += fmt.Sprintf(", seq %d", s)
-				if p.total > 0 {
-					line += fmt.Sprintf(" of %d", p.total)
+				if n := p.total.Load(); n > 0 {
+					line += fmt.Sprintf(" of %d", n)
 				}
 			}
 			if n := p.events.Load(); n > 0 {

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -72,11 +73,46 @@ func (f *Filter) MatchJSON(b []byte) bool {
 	if f.IsZero() {
 		return true
 	}
+	if !f.mayMatch(b) {
+		return false
+	}
 	var m matchFields
 	if err := json.Unmarshal(b, &m); err != nil {
 		return false
 	}
 	return f.Match(&Event{Time: m.Time, Action: m.Action, Patient: m.Patient, Source: m.Source})
+}
+
+// mayMatch is a quick test on the bytes before they are decoded: a patient, action or
+// source that the filter needs must appear in them verbatim. It is only applied to
+// values that JSON writes unescaped (letters, digits and ._:-), so it never rejects an
+// event that matches.
+func (f *Filter) mayMatch(b []byte) bool {
+	if f.Patient != "" && verbatim(f.Patient) && !bytes.Contains(b, []byte(f.Patient)) {
+		return false
+	}
+	anyIn := func(vals []string, trim bool) bool {
+		for _, v := range vals {
+			if trim {
+				v = strings.TrimSuffix(v, "*")
+			}
+			if !verbatim(v) || bytes.Contains(b, []byte(v)) {
+				return true
+			}
+		}
+		return false
+	}
+	return (len(f.Actions) == 0 || anyIn(f.Actions, true)) && (len(f.Sources) == 0 || anyIn(f.Sources, false))
+}
+
+// verbatim reports whether JSON encodes s as it is.
+func verbatim(s string) bool {
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func actionMatches(pattern, action string) bool {

@@ -91,3 +91,30 @@ func TestParseFilter(t *testing.T) {
 		})
 	}
 }
+
+// The quick test on the bytes never rejects an event that matches, whatever the values
+// hold (JSON escapes some characters).
+func TestFilterMayMatchNeverRejectsAMatch(t *testing.T) {
+	tests := []struct {
+		name string
+		e    Event
+		f    Filter
+	}{
+		{"plain host", Event{Source: Source{Host: "pacs1"}}, Filter{Sources: []string{"pacs1"}}},
+		{"host with a quote", Event{Source: Source{Host: `pa"cs`}}, Filter{Sources: []string{`pa"cs`}}},
+		{"app with html", Event{Source: Source{App: "a<b>&c"}}, Filter{Sources: []string{"a<b>&c"}}},
+		{"unicode app", Event{Source: Source{App: "Röntgen"}}, Filter{Sources: []string{"Röntgen"}}},
+		{"action prefix", Event{Action: "phi.view"}, Filter{Actions: []string{"phi.*"}}},
+		{"patient", Event{Patient: "pat_0123"}, Filter{Patient: "pat_0123"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !tt.f.Match(&tt.e) {
+				t.Fatal("test case does not match by Match")
+			}
+			if !tt.f.MatchJSON(tt.e.AppendJSON(nil)) {
+				t.Fatalf("MatchJSON rejects %s", tt.e.AppendJSON(nil))
+			}
+		})
+	}
+}

@@ -303,8 +303,8 @@ type progress struct {
 	begin time.Time
 
 	total, seq, events, bytes atomic.Int64 // total: the last seq of the run, when known
-	done               chan struct{}
-	drawn              atomic.Bool
+	done                      chan struct{}
+	drawn                     atomic.Bool
 }
 
 func newProgress(name string, terminal bool) *progress {

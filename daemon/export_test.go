@@ -460,3 +460,78 @@ func TestExportEndsWhenTheDaemonStops(t *testing.T) {
 		t.Fatalf("records %v, want one incomplete export", sink.events)
 	}
 }
+
+// A client that reads slowly holds no read transaction while it waits: commits go on,
+// and the export still ends at the head it announced.
+func TestSlowExportDoesNotBlockCommits(t *testing.T) {
+	sp, newVerifier := openExportSpool(t)
+	ctx := t.Context()
+	// 16 MiB of batches: more than the socket and the handler's buffers hold, so that the
+	// handler waits on this client in the middle of the export.
+	big := strings.Repeat("x", 16<<10)
+	for range 1000 {
+		e := exportTestEvent("pacs1", audit.ActionPHIView, "", time.Now())
+		e.Message = big
+		if err := sp.Append(ctx, &e, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sp.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pos, _ := sp.Position(); pos.HeadSeq < 200 {
+		t.Fatalf("head %d after 1000 events, want 200 batches", pos.HeadSeq)
+	}
+	srv := exportServer(t, sp, sp)
+	resp := getExport(t, srv, nil)
+	head, _ := strconv.ParseUint(resp.Header.Get(HeaderHeadSeq), 10, 64)
+	r := ledger.NewReader(resp.Body)
+	v := newVerifier()
+	b, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(b); err != nil {
+		t.Fatal(err)
+	}
+	// The export is stalled on this client; the spool keeps committing, and sealing.
+	begin := time.Now()
+	for i := range 100 {
+		e := exportTestEvent("pacs2", audit.ActionPHIView, "", time.Now())
+		if err := collectors.AppendSync(ctx, sp, &e); err != nil {
+			t.Fatal(err)
+		}
+		if i%5 == 4 {
+			if err := sp.Seal(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if took := time.Since(begin); took > 5*time.Second {
+		t.Fatalf("100 commits and 20 seals took %v while an export waited on its client", took)
+	}
+	last := uint64(1)
+	for {
+		b, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := v.Verify(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = h.Seq
+	}
+	if pos, _ := sp.Position(); pos.HeadSeq < head+20 {
+		t.Fatalf("head %d, want at least %d sealed during the export", pos.HeadSeq, head+20)
+	}
+	if got, want := last, head; got != want {
+		t.Fatalf("export ended at seq %d, want its announced head %d", got, want)
+	}
+	if got, want := resp.Trailer.Get(TrailerStatus), "ok"; got != want {
+		t.Fatalf("status %q, want %q", got, want)
+	}
+}

@@ -324,11 +324,13 @@ func (p *progress) loop() {
 			return
 		case <-t.C:
 			line := fmt.Sprintf("%s: %s", p.name, byteSize(p.bytes.Load()))
-			if s := p.seq.Load(); s > 0 {
+			switch s, n := p.seq.Load(), p.total.Load(); {
+			case s > 0 && n > 0:
+				line += fmt.Sprintf(", seq %d of %d", s, n)
+			case s > 0:
 				line += fmt.Sprintf(", seq %d", s)
-				if n := p.total.Load(); n > 0 {
-					line += fmt.Sprintf(" of %d", n)
-				}
+			case n > 0:
+				line += fmt.Sprintf(" of the chain up to seq %d", n) // through the daemon: bytes only
 			}
 			if n := p.events.Load(); n > 0 {
 				line += fmt.Sprintf(", %d events (%s)", n, rate(int(n), time.Since(p.begin)))

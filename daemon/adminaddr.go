@@ -28,15 +28,36 @@ func AdminNetwork(admin string) (network, addr string) {
 // AdminClient returns an HTTP client that reaches the admin endpoint admin, and the base
 // URL of its requests.
 func AdminClient(admin string, timeout time.Duration) (*http.Client, string) {
-	network, addr := AdminNetwork(admin)
-	if network != "unix" {
-		return &http.Client{Timeout: timeout}, "http://" + addr
+	return &http.Client{Timeout: timeout, Transport: AdminTransport(admin)}, AdminBase(admin)
+}
+
+// AdminTransport is an HTTP transport to the admin endpoint admin: over TCP, or to the
+// unix socket whatever the URL's host.
+func AdminTransport(admin string) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if network, addr := AdminNetwork(admin); network == "unix" {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", addr)
+		}
 	}
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", addr)
-	}}
-	return &http.Client{Timeout: timeout, Transport: tr}, "http://edgeaudit-admin"
+	return tr
+}
+
+// AdminBase is the base URL of requests to the admin endpoint admin.
+func AdminBase(admin string) string {
+	if network, _ := AdminNetwork(admin); network == "unix" {
+		return "http://edgeaudit-admin"
+	}
+	return "http://" + admin
+}
+
+// adminSpec is how a bound admin listener is written in admin: (and in admin.addr).
+func adminSpec(a net.Addr) string {
+	if a.Network() == "unix" {
+		return adminUnixPrefix + a.String()
+	}
+	return a.String()
 }
 
 // checkAdmin is the admin: key's rule: a loopback host:port or unix:ABSOLUTE-PATH.

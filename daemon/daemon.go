@@ -292,6 +292,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		mux.Handle("POST /v1/receipts", d.receiptsHandler(src, sp, adminToken))
 		mux.Handle("POST /v1/keys/attest", attestHandler(keys, adminToken))
 		mux.Handle("POST /v1/probe", d.probeHandler(adminToken))
+		mux.Handle("GET /v1/export", exportHandler(ctx, sp, sp, adminToken, d.log.With("component", "export")))
+		mux.Handle("POST /v1/verify/failed", verifyFailedHandler(sp, adminToken))
 		adminSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		// On an early return the deferred wg.Wait must not wait for a server nobody
 		// stops; after the orderly Shutdown this is a no-op.
@@ -301,6 +303,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				d.log.Error("admin endpoint", "err", err)
 			}
 		})
+		defer publishAdminAddr(cfg.DataDir, adminLn.Addr(), d.log)()
 	}
 
 	start := self.event(ActionStart, audit.OutcomeSuccess, "")

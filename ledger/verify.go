@@ -45,6 +45,10 @@ type Verifier struct {
 	// AllowPartial accepts a first batch other than seq 1 (a chain whose beginning was
 	// pruned after central acknowledged it) without checking its prev.
 	AllowPartial bool
+	// AllowGaps accepts missing seqs anywhere (a filtered export keeps only the
+	// batches that hold a match): each batch's signature, count and root are still
+	// checked, and prev only where seqs are adjacent. It implies AllowPartial.
+	AllowGaps bool
 	// rotated counts the key rotations followed.
 	rotated int
 }
@@ -102,10 +106,13 @@ func (v *Verifier) Verify(b *Batch) (Header, error) {
 			return fail(ReasonPrev, "first batch has prev %s, want zeros", short(h.Prev))
 		}
 	case !v.started:
-		if !v.AllowPartial {
+		if !v.AllowPartial && !v.AllowGaps {
 			return fail(ReasonGap, "chain starts at seq %d, not 1 (earlier batches missing)", h.Seq)
 		}
 	case h.Seq > v.next:
+		if v.AllowGaps {
+			break
+		}
 		return fail(ReasonGap, "expected seq %d, got %d (%d missing)", v.next, h.Seq, h.Seq-v.next)
 	case h.Seq < v.next:
 		return fail(ReasonOrder, "expected seq %d, got %d", v.next, h.Seq)

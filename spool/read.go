@@ -333,12 +333,29 @@ func (r *Reader) Batches(from uint64, fn func(*ledger.Batch) error) error {
 // OpenEvents returns the committed events not yet in a signed batch: those of batches
 // that wait for their signature, then those of the open batch, in order.
 func (r *Reader) OpenEvents() ([][]byte, error) {
+	return eventsAfter(r.db, r.enc, nil)
+}
+
+// EventsAfter returns, in order and in clear, every committed event of the batches
+// after seq: with seq the head of an earlier Position, the events sealed since then and
+// those not sealed yet, read in one short transaction. It is what an export through the
+// running daemon adds to the sealed batches up to that head.
+func (s *Spool) EventsAfter(seq uint64) ([][]byte, error) {
+	return eventsAfter(s.db, s.enc, &seq)
+}
+
+// eventsAfter reads the events after seq, or after the head when seq is nil.
+func eventsAfter(db *bolt.DB, enc *eventCipher, seq *uint64) ([][]byte, error) {
 	var out [][]byte
-	err := safeView(r.db, func(tx *bolt.Tx) error {
+	err := safeView(db, func(tx *bolt.Tx) error {
 		chain := string(tx.Bucket(bucketMeta).Get(keyChain))
+		after := getU64(tx.Bucket(bucketMeta), keyHeadSeq)
+		if seq != nil {
+			after = *seq
+		}
 		c := tx.Bucket(bucketEvents).Cursor()
-		for k, v := c.Seek(seqKey(position(tx).HeadSeq + 1)); k != nil; k, v = c.Next() {
-			e, err := openEvent(r.enc, chain, k, v)
+		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
+			e, err := openEvent(enc, chain, k, v)
 			if err != nil {
 				return fmt.Errorf("open event: %w", err)
 			}

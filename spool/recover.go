@@ -77,7 +77,7 @@ func (s *Spool) recover() ([]audit.Event, error) {
 		// A wrong or missing data key is not damage: the file is fine, and quarantining
 		// it would make its events unreachable for nothing. Only when keys recover has
 		// replaced a lost data key can it never be read again.
-		if !isDamage(err) && !(isKeyError(err) && s.opts.KeyReplaced) {
+		if s.opts.NoQuarantine || !isDamage(err) && !(isKeyError(err) && s.opts.KeyReplaced) {
 			if s.db != nil {
 				s.db.Close()
 			}

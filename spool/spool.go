@@ -78,6 +78,12 @@ type Options struct {
 	// and a new one made: a spool encrypted under the old key can then never be read
 	// again, so it is quarantined (kept, and named in the new chain) instead of refused.
 	KeyReplaced bool
+	// NoQuarantine makes Open return damage (a broken chain tail, a rolled-back or
+	// unreadable file) as an *OpenError instead of moving the file aside and starting a
+	// new chain: for tools that add one event to a stopped daemon's spool (an export,
+	// a failed verify) and must leave a damaged spool as they found it. The daemon's
+	// next start quarantines it and records why.
+	NoQuarantine bool
 }
 
 // bbolt layout. Event keys are seq|index so that a batch's events are one cursor range

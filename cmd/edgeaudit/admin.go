@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/daemon"
+	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/spool"
 )
 
@@ -26,7 +27,34 @@ var errDaemonDown = errors.New("daemon not running")
 // the admin token from the data folder. It returns the body of a 200 answer; any other
 // status is an error carrying the daemon's message.
 func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string, body []byte) ([]byte, error) {
-	if cfg.Admin == "" {
+	req, err := adminRequest(ctx, cfg, http.MethodPost, path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := adminDo(req, &http.Client{Timeout: 30 * time.Second, Transport: daemon.AdminTransport(adminAddr(cfg))})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+}
+
+// adminAddr is where the daemon that runs on cfg.DataDir answers: the address it
+// published in the data folder (daemon.AdminAddrFile), else the config's admin.
+func adminAddr(cfg *daemon.Config) string {
+	if a := daemon.ReadAdminAddr(cfg.DataDir); a != "" {
+		return a
+	}
+	return cfg.Admin
+}
+
+// adminRequest builds a privileged request to the daemon that runs on cfg.DataDir,
+// with the admin token from the data folder; errDaemonDown when there is no address or
+// no token (a daemon that never ran there).
+func adminRequest(ctx context.Context, cfg *daemon.Config, method, path string, body io.Reader) (*http.Request, error) {
+	addr := adminAddr(cfg)
+	if addr == "" {
 		return nil, errDaemonDown
 	}
 	secret, err := os.ReadFile(cfg.AdminTokenPath())
@@ -36,14 +64,22 @@ func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string
 	if err != nil {
 		return nil, fmt.Errorf("read admin token (run as root or the service user): %w", err)
 	}
-	client, base := daemon.AdminClient(cfg.Admin, 30*time.Second)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, daemon.AdminBase(addr)+path, body)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(secret)))
-	req.Header.Set("Content-Type", contentType)
-	req.Header.Set("X-Edgeaudit-User", whoami())
+	req.Header.Set(daemon.UserHeader, whoami())
+	return req, nil
+}
+
+// adminDo sends req and returns the response of a 200 answer. It is errDaemonDown when
+// nothing listens there, and when what answers refuses this data folder's admin token:
+// that is not the daemon of this data folder (one killed before it removed admin.addr,
+// its port since taken, or another daemon on the default admin port); the command then
+// works on the spool, which says "stop the daemon first" if the daemon does run. Any
+// other status is an error carrying the daemon's message.
+func adminDo(req *http.Request, client *http.Client) (*http.Response, error) {
 	resp, err := client.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -52,12 +88,15 @@ func adminPost(ctx context.Context, cfg *daemon.Config, path, contentType string
 		}
 		return nil, err
 	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return b, fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, errDaemonDown
 	}
-	return b, nil
+	return nil, fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
 }
 
 // applianceConfig loads the appliance's config file (the defaults without one), with
@@ -117,5 +156,45 @@ func withOfflineSpool(ctx context.Context, cfg *daemon.Config, fn func(*spool.Sp
 		return err
 	}
 	defer keys.Close()
-	return daemon.WithSpool(ctx, cfg, cfg.SpoolOptions(keys), fn)
+	opts := cfg.SpoolOptions(keys)
+	if err := chainNames(cfg, &opts); err != nil {
+		return err
+	}
+	return daemon.WithSpool(ctx, cfg, opts, fn)
+}
+
+// chainNames sets the site and device of opts to those the spool's chain already has:
+// a command given only -data DIR knows no config, and a batch it sealed under the
+// default names would break the chain (verify: reason chain).
+func chainNames(cfg *daemon.Config, opts *spool.Options) error {
+	r, err := spool.OpenReader(cfg.SpoolPath())
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	pos, err := r.Position()
+	if err != nil || pos.HeadSeq == 0 {
+		return err
+	}
+	hb, err := r.Header(pos.HeadSeq)
+	if errors.Is(err, spool.ErrNotFound) {
+		return nil // pruned up to the head: nothing to continue from but the config
+	}
+	if err != nil {
+		return err
+	}
+	h, err := ledger.ParseHeader(hb)
+	if err != nil {
+		return fmt.Errorf("read the chain's head: %w", err)
+	}
+	if h.Site != opts.Site || h.Device != opts.Device {
+		def := daemon.DefaultConfig()
+		def.SetDefaults()
+		if cfg.Site != def.Site || cfg.Device != def.Device {
+			// A config that names other ones is the wrong config for this spool.
+			return fmt.Errorf("the chain in %s is site %q device %q, the config says %q %q: give the daemon's config", cfg.SpoolPath(), h.Site, h.Device, cfg.Site, cfg.Device)
+		}
+		opts.Site, opts.Device = h.Site, h.Device
+	}
+	return nil
 }

@@ -49,15 +49,17 @@ func (c *HealthCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Admin == "" {
+	// The address the daemon of this data folder published, else the config's.
+	admin := adminAddr(&cfg)
+	if admin == "" {
 		return &exitCodeError{healthFailure, "health: the config has no admin endpoint (admin:), so the daemon cannot be asked"}
 	}
-	body, status, err := getHealth(ctx, cfg.Admin)
+	body, status, err := getHealth(ctx, admin)
 	if err != nil {
 		pid := daemon.RunningPID(&cfg)
 		what := "the daemon is not running: nothing is being collected. Start it (systemctl start edgeaudit, or edgeaudit run -config FILE) and check its log"
 		if pid != 0 {
-			what = fmt.Sprintf("the daemon runs (pid %d) but its admin endpoint %s does not answer (%v): it may be starting or stuck; see its log", pid, cfg.Admin, err)
+			what = fmt.Sprintf("the daemon runs (pid %d) but its admin endpoint %s does not answer (%v): it may be starting or stuck; see its log", pid, admin, err)
 		}
 		return &exitCodeError{healthFailure, "health: " + what}
 	}

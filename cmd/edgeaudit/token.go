@@ -120,8 +120,9 @@ written into the audit chain as an audit.token_reveal event naming the token, wh
 (the login name) and why, before anything is printed.
 
 With the daemon running, the request goes to its admin endpoint with the secret in
-keys/admin.token; with the daemon stopped, the command records the event in the spool
-itself.
+keys/admin.token: the daemon is found at the address it writes to DIR/admin.addr (so
+-data DIR alone is enough), else at the config's admin:. With the daemon stopped, the
+command records the event in the spool itself.
 
 Usage:
 

@@ -10,8 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/edgeaudit/edgeaudit/attest"
+	"github.com/edgeaudit/edgeaudit/daemon"
 	"github.com/edgeaudit/edgeaudit/evidence"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/spool"
@@ -56,11 +60,12 @@ type receiptResult struct {
 // Run implements the command.
 func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("edgeaudit verify", flag.ContinueOnError)
-	dataDir := fs.String("data", "", "data folder of a stopped daemon")
+	dataDir := fs.String("data", "", "data folder (through the running daemon, else its spool)")
 	configPath := fs.String("config", "", "with -data: config file, for the keys of an encrypted spool (default: the defaults)")
 	var keys keyList
 	fs.Var(&keys, "key", "trusted public key PEM file (repeatable)")
 	partial := fs.Bool("partial", false, "accept a chain that starts after seq 1")
+	gaps := fs.Bool("gaps", false, "accept missing seqs anywhere (a filtered export); implies -partial")
 	receiptsPath := fs.String("receipts", "", "central's receipts: a receipts file or a .receipt (default with -data: DIR/receipts)")
 	centralKey := fs.String("central-key", "", "central's public key PEM, to check receipts (default with -data: DIR/keys/central.pub or uplink's)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
@@ -72,8 +77,16 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	if *dataDir == "" && len(files) == 1 && len(keys) == 0 && evidence.IsPackage(files[0]) {
 		return verifyEvidence(files[0], *asJSON) // an evidence package carries its keys
 	}
+	if *dataDir == "" && *configPath != "" && len(files) == 0 {
+		// -config alone: the chain of the appliance it configures.
+		cfg, err := applianceConfig(*configPath, "")
+		if err != nil {
+			return err
+		}
+		*dataDir = cfg.DataDir
+	}
 	if (*dataDir == "") == (len(files) == 0) {
-		return &usageError{"verify: give either -data DIR or one or more FILEs"}
+		return &usageError{"verify: give either -data DIR (or -config FILE) or one or more FILEs"}
 	}
 	if *dataDir != "" {
 		// Name the folder, not a key file inside it, when the folder is the problem.
@@ -106,7 +119,7 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	v.AllowPartial = *partial
+	v.AllowPartial, v.AllowGaps = *partial, *gaps
 	// A receipt that does not verify is a finding like a bad batch (reported after the
 	// chain's own check, in the same output); anything else here stops at once.
 	rcpts, receiptErr := loadReceipts(*dataDir, *receiptsPath, *centralKey)
@@ -129,11 +142,33 @@ func (c *VerifyCommand) Run(ctx context.Context, args []string) error {
 		res.LastSeq = h.Seq
 		return nil
 	}
-	var pos spool.Position
+	var (
+		pos spool.Position
+		cfg daemon.Config
+		via string
+	)
 	if *dataDir != "" {
-		pos, err = verifySpool(*configPath, *dataDir, v, check)
+		if cfg, err = applianceConfig(*configPath, *dataDir); err != nil {
+			return err
+		}
+		var from string
+		pos, from, err = verifyOnline(ctx, &cfg, v, check)
+		via = viaDaemon
+		if errors.Is(err, errDaemonDown) {
+			pos, err = verifySpool(*configPath, *dataDir, v, check)
+			via, from = viaSpool, "the stopped spool "+cfg.SpoolPath()
+		}
+		fmt.Fprintf(os.Stderr, "verify: read %s\n", from)
 	} else {
 		err = verifyFiles(files, check)
+	}
+	var gve *ledger.VerifyError
+	if errors.As(err, &gve) && gve.Reason == ledger.ReasonGap && res.Batches == 0 && !*partial && !*gaps {
+		// The first batch is not seq 1: an export -from N, or of a pruned spool.
+		gve.Detail += "; a file that starts later (export -from N) verifies with -partial, a filtered export with -gaps"
+	}
+	if gve != nil && via != "" {
+		recordVerifyFailure(ctx, &cfg, via, gve)
 	}
 	switch {
 	case err == nil && receiptErr != nil:
@@ -201,24 +236,131 @@ func verifyFiles(files []string, check func(*ledger.Batch) error) error {
 		if err != nil {
 			return err
 		}
-		r := ledger.NewReader(f)
-		for {
-			b, err := r.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				f.Close()
+		err = verifyStream(f, check)
+		f.Close()
+		if err != nil {
+			var ce *cutError
+			if errors.As(err, &ce) {
 				return fmt.Errorf("%s: %w", name, err)
 			}
-			if err := check(b); err != nil {
-				f.Close()
-				return err
-			}
+			return err
 		}
-		f.Close()
 	}
 	return nil
+}
+
+// verifyStream checks each batch of a wire-format stream with check. A stream that
+// breaks off or holds bytes that are not a batch is a *cutError naming the byte offset
+// and the last whole batch.
+func verifyStream(r io.Reader, check func(*ledger.Batch) error) error {
+	lr := ledger.NewReader(r)
+	var offset int64
+	var lastSeq uint64
+	for {
+		b, err := lr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return &cutError{Offset: offset, LastSeq: lastSeq, Err: err}
+		}
+		if err := check(b); err != nil {
+			return err
+		}
+		offset += wireSize(b)
+		if h, err := ledger.ParseHeader(b.Header); err == nil {
+			lastSeq = h.Seq
+		}
+	}
+}
+
+// cutError is a wire stream that ends inside a batch, or holds bytes that are not one.
+type cutError struct {
+	Offset  int64  // where the broken batch starts
+	LastSeq uint64 // the last whole batch before it; 0: none
+	Err     error
+}
+
+func (e *cutError) Error() string {
+	where := "the first batch"
+	if e.LastSeq > 0 {
+		where = fmt.Sprintf("the batch after seq %d", e.LastSeq)
+	}
+	what := "is broken"
+	if errors.Is(e.Err, io.ErrUnexpectedEOF) || strings.Contains(e.Err.Error(), io.ErrUnexpectedEOF.Error()) {
+		what = "is cut short (the file is truncated)"
+	}
+	return fmt.Sprintf("%s, at byte offset %d, %s: %v", where, e.Offset, what, e.Err)
+}
+
+func (e *cutError) Unwrap() error { return e.Err }
+
+// wireSize is the length of b in the wire format (ledger.Batch.AppendWire).
+func wireSize(b *ledger.Batch) int64 {
+	n := int64(4 + 4 + len(b.Header) + 2 + len(b.Signature) + 4)
+	for _, e := range b.Events {
+		n += 4 + int64(len(e))
+	}
+	return n
+}
+
+// verifyOnline reads the chain through the running daemon (GET /v1/export, purpose
+// verify: the whole chain up to the head when the read starts) and checks each batch
+// here, against the public keys: better evidence than the daemon vouching for its own
+// spool. It returns errDaemonDown when no daemon answers for cfg.DataDir.
+func verifyOnline(ctx context.Context, cfg *daemon.Config, v *ledger.Verifier, check func(*ledger.Batch) error) (spool.Position, string, error) {
+	var pos spool.Position
+	resp, addr, err := adminStream(ctx, cfg, daemon.ExportRequest{Purpose: daemon.PurposeVerify})
+	if err != nil {
+		return pos, "", err
+	}
+	defer resp.Body.Close()
+	h := resp.Header
+	u := func(k string) uint64 { n, _ := strconv.ParseUint(h.Get(k), 10, 64); return n }
+	pos = spool.Position{Chain: h.Get(daemon.HeaderChain), HeadSeq: u(daemon.HeaderHeadSeq), HeadHash: h.Get(daemon.HeaderHeadHash),
+		AckedSeq: u(daemon.HeaderAckedSeq), PrunedSeq: u(daemon.HeaderPrunedSeq), PrunedHash: h.Get(daemon.HeaderPrunedHash)}
+	from := fmt.Sprintf("through the running daemon at %s (chain as of seq %d)", addr, pos.HeadSeq)
+	if pos.PrunedSeq > 0 {
+		v.Anchor(pos.PrunedSeq, pos.PrunedHash)
+	}
+	if err := verifyStream(resp.Body, check); err != nil {
+		var ce *cutError
+		if errors.As(err, &ce) {
+			if serr := streamStatus(resp); serr != nil {
+				return pos, from, serr
+			}
+			return pos, from, fmt.Errorf("the daemon's stream: %w", err)
+		}
+		return pos, from, err
+	}
+	if err := streamStatus(resp); err != nil {
+		return pos, from, err
+	}
+	if last := v.Next(); pos.HeadSeq > 0 && last != pos.HeadSeq+1 {
+		return pos, from, &ledger.VerifyError{Seq: max(last, 1), Reason: ledger.ReasonGap,
+			Detail: fmt.Sprintf("the daemon's head was seq %d but the chain it sent ends before seq %d", pos.HeadSeq, max(last, 1))}
+	}
+	return pos, from, nil
+}
+
+// recordVerifyFailure records a failed verify of this appliance's chain: through the
+// daemon when it runs, else in the stopped spool (never quarantining it). A failure to
+// record is said on stderr; the verify's own result stands.
+func recordVerifyFailure(ctx context.Context, cfg *daemon.Config, via string, ve *ledger.VerifyError) {
+	f := daemon.VerifyFailure{By: whoami(), Seq: ve.Seq, Reason: ve.Reason, Detail: ve.Detail, Via: via}
+	var err error
+	if via == viaDaemon {
+		body, _ := json.Marshal(f)
+		_, err = adminPost(ctx, cfg, "/v1/verify/failed", "application/json", body)
+	} else {
+		ev := daemon.VerifyFailedEvent(f, time.Now())
+		err = recordOffline(ctx, cfg, &ev)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "verify: the failure is not recorded in the chain (the daemon records damage it finds when it next starts): %v\n", err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "verify: the failure is recorded in the chain (%s)\n", daemon.ActionVerifyFailed)
 }
 
 // Usage prints the man page.
@@ -231,27 +373,40 @@ and why (signature, root, prev, gap, order, count, key, chain) otherwise.
 Usage:
 
 	edgeaudit verify -data DIR [arguments]
+	edgeaudit verify -config FILE [arguments]
 	edgeaudit verify -key PEM [arguments] FILE...
 	edgeaudit verify [-json] EVIDENCE-DIR
 
 Arguments:
 
 	-data DIR
-	    The data folder of a stopped daemon (spool.db is locked while it runs).
-	    Trusts DIR/keys/signing.pub, and the keys it replaced (DIR/keys/signing-*.pub,
-	    kept by a key recovery), unless -key is given.
+	    The appliance's data folder. While the daemon runs, the chain is read through
+	    its admin endpoint (found at the address in DIR/admin.addr, else the config's
+	    admin:; the secret in DIR/keys/admin.token), up to the head when the read
+	    starts, and checked here against the public keys; with the daemon stopped,
+	    spool.db is read directly. Standard error says which. Trusts
+	    DIR/keys/signing.pub, and the keys it replaced (DIR/keys/signing-*.pub, kept
+	    by a key recovery), unless -key is given. A failure is recorded in the chain
+	    (audit.verify_failed): by the daemon, or in the stopped spool when it opens
+	    (a damaged spool is never moved aside by verify).
 
 	-config FILE
-	    With -data: the daemon's config file, for its keys: section. Events in
-	    spool.db are encrypted under the data key (spool.encrypt); the roots cover
-	    them in clear, so the data key is opened as the daemon opens it. Defaults to
-	    the built-in defaults.
+	    The daemon's config file: its admin: address, data_dir (without -data) and
+	    keys: section. Events in spool.db are encrypted under the data key
+	    (spool.encrypt); the roots cover them in clear, so with the daemon stopped the
+	    data key is opened as the daemon opens it. Defaults to the built-in defaults.
 
 	-key PEM
 	    A trusted public key (PEM); repeatable. Required for FILEs.
 
 	-partial
-	    Accept a chain whose first batch is not seq 1 (an export of a pruned spool).
+	    Accept a chain whose first batch is not seq 1 (an export of a pruned spool,
+	    or export -from N).
+
+	-gaps
+	    Accept missing seqs anywhere (an export with filters keeps only the batches
+	    that hold a match): each batch's signature, count and root are checked, prev
+	    only where seqs are adjacent. Implies -partial.
 
 	-receipts FILE|DIR
 	    Central's receipts: a receipts file (edgeaudit receive import), one .receipt,

@@ -52,6 +52,11 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if runAsService() {
+		// Started by the Windows Service Control Manager: it talks to the process
+		// through service.Run, not signals.
+		return runUnderSCM(d, cfg.ShutdownTimeout, log)
+	}
 	// After the first signal the handler is released: a second SIGTERM ends the process
 	// at once instead of waiting out the orderly stop.
 	go func() {

@@ -238,7 +238,7 @@ StateDirectoryMode=0700
 RuntimeDirectory=edgeaudit
 RuntimeDirectoryMode=0700
 ConfigurationDirectory=edgeaudit
-ConfigurationDirectoryMode=0750
+ConfigurationDirectoryMode=0755
 @READ_WRITE@
 AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE

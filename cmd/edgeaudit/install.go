@@ -40,6 +40,11 @@ func (c *InstallCommand) Run(ctx context.Context, args []string) error {
 	if *userName != "" && platform == "unix-systemv" {
 		return &usageError{"install: -user is not supported with SysV init scripts (they start the daemon as root); install the package, or run under systemd"}
 	}
+	if *userName != "" && runtime.GOOS != "windows" {
+		if _, err := user.Lookup(*userName); err != nil {
+			return fmt.Errorf("install: -user %s: %w (create it first: useradd --system --home-dir /var/lib/edgeaudit --shell /usr/sbin/nologin %s)", *userName, err, *userName)
+		}
+	}
 	abs, err := filepath.Abs(*configPath)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
@@ -63,7 +68,9 @@ func (c *InstallCommand) Run(ctx context.Context, args []string) error {
 	if err := prepareDataDir(dataDir, *userName); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	s := &serviceSettings{configPath: abs, user: *userName, dataDir: dataDir, stopTimeout: stopTimeoutFor(cfg.ShutdownTimeout)}
+	_, gerr := user.LookupGroup("tss")
+	s := &serviceSettings{configPath: abs, user: *userName, dataDir: dataDir,
+		stopTimeout: stopTimeoutFor(cfg.ShutdownTimeout), tssGroup: gerr == nil}
 	svc, err := newService(sf, noProgram{}, s)
 	if err != nil {
 		return err

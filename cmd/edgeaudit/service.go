@@ -69,6 +69,7 @@ type serviceSettings struct {
 	user        string        // "" = root (LocalSystem on Windows)
 	dataDir     string        // absolute; writable for the service
 	stopTimeout time.Duration // TimeoutStopSec
+	tssGroup    bool          // the tss group (of /dev/tpmrm0) exists
 }
 
 // newService builds the kardianos service for prog. s is nil for the commands that
@@ -196,8 +197,19 @@ func systemdUnit(s *serviceSettings) string {
 		"@DATA_DIR@", s.dataDir,
 		"@STOP_TIMEOUT@", strconv.Itoa(int(s.stopTimeout/time.Second))+"s",
 		"@READ_WRITE@", readWritePaths(s.dataDir),
+		"@SUPPLEMENTARY@", supplementaryGroups(s.tssGroup),
 	)
 	return r.Replace(systemdTemplate)
+}
+
+// supplementaryGroups gives the daemon the tss group for /dev/tpmrm0. A unit naming a
+// group that does not exist fails to start (status 216/GROUP), so it is left out on
+// hosts without one (no tpm-udev, no TPM); the package creates it instead.
+func supplementaryGroups(tss bool) string {
+	if !tss {
+		return ""
+	}
+	return "SupplementaryGroups=tss\n"
 }
 
 // readWritePaths opens a data folder outside /var/lib/edgeaudit (StateDirectory) to
@@ -224,8 +236,7 @@ Type=simple
 ExecStart={{Path | cmdEscape}}{{range Arguments}} {{. | cmd}}{{end}}
 EnvironmentFile=-/etc/default/edgeaudit
 {{if UserName}}User={{UserName}}
-{{end}}SupplementaryGroups=tss
-WorkingDirectory=@DATA_DIR@
+{{end}}@SUPPLEMENTARY@WorkingDirectory=@DATA_DIR@
 Restart=on-failure
 RestartSec=5s
 TimeoutStopSec=@STOP_TIMEOUT@

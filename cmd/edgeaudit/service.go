@@ -228,15 +228,16 @@ Description={{Description}}
 Documentation=man:edgeaudit(8)
 ConditionFileIsExecutable={{Path | cmdEscape}}
 {{range Dependencies}}{{.}}
-{{end}}StartLimitIntervalSec=10min
+{{end}}
+StartLimitIntervalSec=10min
 StartLimitBurst=5
 
 [Service]
 Type=simple
 ExecStart={{Path | cmdEscape}}{{range Arguments}} {{. | cmd}}{{end}}
 EnvironmentFile=-/etc/default/edgeaudit
-{{if UserName}}User={{UserName}}
-{{end}}@SUPPLEMENTARY@WorkingDirectory=@DATA_DIR@
+{{if UserName}}User={{UserName}}{{end}}
+@SUPPLEMENTARY@WorkingDirectory=@DATA_DIR@
 Restart=on-failure
 RestartSec=5s
 TimeoutStopSec=@STOP_TIMEOUT@

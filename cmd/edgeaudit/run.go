@@ -73,7 +73,9 @@ func (c *RunCommand) Usage() {
 	fmt.Fprintf(os.Stderr, `The run command runs the daemon in the foreground until SIGINT or SIGTERM.
 
 On SIGTERM it stops the collectors, seals the open batch and closes the spool within
-shutdown_timeout; a second signal exits at once. With no flags it runs without root:
+shutdown_timeout; a second signal exits at once. systemd and SysV init run it this way
+(edgeaudit install, or the package); started by the Windows Service Control Manager it
+answers the SCM instead, and the SCM's stop request stops it in the same order. With no flags it runs without root:
 syslog on %s (UDP) and %s (TCP), admin on %s, data in ./%s, and a software signing key.
 
 Usage:

@@ -452,3 +452,86 @@ func splitSteps(out string) []stepResult {
 	}
 	return steps
 }
+
+// TestPackageWithoutSystemd: the .deb installs, upgrades, removes and purges where
+// systemd is not running (an image build, a container, CI): the root runs under
+// systemd-nspawn without --boot, so PID 1 is the shell and /run/systemd/system is
+// absent. The unit is enabled for the next boot, nothing is started, nothing fails.
+func TestPackageWithoutSystemd(t *testing.T) {
+	root := nspawnRoot(t)
+	nspawn := peer(t, "systemd-nspawn", "")
+	v1 := defaultRelease(t)
+	v2 := releaseBuild(t, "0.1.1", "0.1.1", nil, "linux/amd64")
+	share := t.TempDir()
+	for _, f := range []string{v1.deb(), v2.deb()} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(share, filepath.Base(f)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := fmt.Sprintf(`set -ex
+test ! -d /run/systemd/system
+dpkg -i /mnt/share/%s
+getent passwd edgeaudit
+test -L /etc/systemd/system/multi-user.target.wants/edgeaudit.service
+edgeaudit config -check /etc/edgeaudit/config.yaml
+dpkg -i /mnt/share/%s
+dpkg -r edgeaudit
+test -f /etc/edgeaudit/config.yaml
+dpkg -P edgeaudit
+test ! -e /etc/edgeaudit
+test ! -e /etc/systemd/system/multi-user.target.wants/edgeaudit.service
+echo all-ok
+`, filepath.Base(v1.deb()), filepath.Base(v2.deb()))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, nspawn, "-D", root, "--volatile=overlay", "--register=no", "--keep-unit", "--private-network",
+		"--bind-ro="+share+":/mnt/share", "-M", fmt.Sprintf("edgeaudit-nosd-%d", os.Getpid()), "--quiet", "sh", "-c", script)
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s (%s)", out, time.Since(start).Round(time.Millisecond))
+	if err != nil || !bytes.Contains(out, []byte("all-ok")) {
+		t.Fatalf("dpkg without a running systemd: %v", err)
+	}
+}
+
+// TestPackageRPM: the .rpm holds the binary, the unit in /usr/lib/systemd/system and
+// the config as %config(noreplace), with scriptlets that parse. (No rpm-based system
+// boots here; the scriptlets' systemd calls are those of the .deb's fallback.)
+func TestPackageRPM(t *testing.T) {
+	rpm := peer(t, "rpm", "")
+	r := defaultRelease(t)
+	pkg := filepath.Join(r.dir, "edgeaudit-"+r.version+"-1.x86_64.rpm")
+	list, err := exec.Command(rpm, "-qpl", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rpm -qpl: %v\n%s", err, list)
+	}
+	for _, want := range []string{"/usr/bin/edgeaudit", "/usr/lib/systemd/system/edgeaudit.service", "/etc/edgeaudit/config.yaml",
+		"/usr/share/doc/edgeaudit/copyright", "/usr/share/man/man8/edgeaudit.8.gz"} {
+		if !bytes.Contains(list, []byte(want+"\n")) {
+			t.Errorf("the .rpm lacks %s:\n%s", want, list)
+		}
+	}
+	conf, err := exec.Command(rpm, "-qp", "--configfiles", pkg).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.TrimSpace(string(conf)), "/etc/edgeaudit/config.yaml"; got != want {
+		t.Errorf("config files=%q, want %q", got, want)
+	}
+	flags, err := exec.Command(rpm, "-qp", "--queryformat", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", pkg).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(flags, []byte("/etc/edgeaudit/config.yaml cn")) {
+		t.Errorf("config.yaml is not %%config(noreplace):\n%s", flags)
+	}
+	for _, s := range []string{"rpm-post", "rpm-preun", "rpm-postun"} {
+		if out, err := exec.Command("sh", "-n", filepath.Join(repoRoot(t), "packaging", "scripts", s)).CombinedOutput(); err != nil {
+			t.Errorf("sh -n %s: %v\n%s", s, err, out)
+		}
+	}
+}

@@ -9,9 +9,9 @@
 #      chrony + faketime (NTP time-sync evidence against a real, and a skewed, server),
 #      and for the packaging tests (integration/build_test.go, package_test.go) systemd
 #      (systemd-analyze verify), systemd-container (systemd-nspawn), debootstrap (the
-#      container's root, built once per machine into $EDGEAUDIT_PKGCACHE/nspawn-root)
-#      and lintian, with apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
-#      folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
+#      container's root, built once per machine into $EDGEAUDIT_PKGCACHE/nspawn-root),
+#      lintian and rpm (to read the .rpm), with apt-get; syslog-ng's loggen by
+#      unpacking the syslog-ng-core package into a cache folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
 #      started. Whatever is already there is kept, so a second run installs nothing.
 #   2. gofmt, go vet, staticcheck (from the Go module proxy; skipped with a note if it
 #      cannot be fetched).
@@ -35,7 +35,7 @@ STATICCHECK_VERSION=v0.8.2 # honnef.co/go/tools; 2026.2.2, knows Go 1.26
 GO_TEST_TIMEOUT=${GO_TEST_TIMEOUT:-20m}
 PEER_PKGS=(rsyslog rsyslog-gnutls rsyslog-relp openssl bsdutils util-linux ca-certificates curl strace mosquitto postgresql swtpm swtpm-tools tpm2-tools chrony faketime)
 # The packaging tests: systemd-analyze, systemd-nspawn, the nspawn root, lintian on the .deb.
-PACKAGING_PKGS=(systemd systemd-container debootstrap lintian git gzip)
+PACKAGING_PKGS=(systemd systemd-container debootstrap lintian rpm git gzip)
 
 # rsyslogd lives in /usr/sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

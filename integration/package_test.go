@@ -320,6 +320,8 @@ func TestPackageCycle(t *testing.T) {
 		c.sh(0, "dpkg -i "+deb1)
 		c.sh(0, "systemctl is-active edgeaudit && systemctl is-enabled edgeaudit")
 		c.sh(0, "systemd-analyze verify --man=no /lib/systemd/system/edgeaudit.service")
+		// The hardening as systemd scores it: 1.8 ("OK") when written; fail above 2.5.
+		c.sh(0, "systemd-analyze security --no-pager --threshold=25 edgeaudit.service >/tmp/security; rc=$?; tail -1 /tmp/security; exit $rc")
 		health := c.waitHealthy()
 		if !strings.Contains(health, "edgeaudit 0.1.0") {
 			t.Errorf("health names another version:\n%s", health)

@@ -48,6 +48,15 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	override(&cfg.Admin, *admin)
 	cfg.SetDefaults()
 	log := newLogger(cfg.LogLevel)
+	if runAsService() {
+		// Under the Windows SCM stderr goes nowhere: log to DATA_DIR/edgeaudit.log.
+		l, closeLog, err := serviceLogger(cfg.DataDir, cfg.LogLevel)
+		if err != nil {
+			return err
+		}
+		defer closeLog()
+		log = l
+	}
 	d, err := daemon.New(cfg, buildVersion(), log)
 	if err != nil {
 		return err

@@ -172,6 +172,23 @@ func runAsService() bool {
 	return runtime.GOOS == "windows" && !service.Interactive()
 }
 
+// serviceLogger is the logger of a daemon the Windows SCM started: text, as on
+// stderr, appended to dataDir/edgeaudit.log (the folder made 0700 if missing).
+func serviceLogger(dataDir, level string) (*slog.Logger, func(), error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("service log: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dataDir, "edgeaudit.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("service log: %w", err)
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: l})), func() { f.Close() }, nil
+}
+
 // runUnderSCM runs d until the SCM stops the service.
 func runUnderSCM(d *daemon.Daemon, timeout time.Duration, log *slog.Logger) error {
 	p := &program{run: d.Run, timeout: timeout + 2*time.Second, log: log}

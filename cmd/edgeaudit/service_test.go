@@ -121,3 +121,26 @@ func TestServiceSystemFlag(t *testing.T) {
 		t.Fatalf("status -system nonesuch: %v, want a usage error", err)
 	}
 }
+
+// A daemon under the Windows SCM logs to DATA_DIR/edgeaudit.log, private, appended.
+func TestServiceLogger(t *testing.T) {
+	dir := t.TempDir() + "/data"
+	for i := range 2 {
+		l, closeLog, err := serviceLogger(dir, "info")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Info("hello", "n", i)
+		closeLog()
+	}
+	b, err := os.ReadFile(dir + "/edgeaudit.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Count(string(b), "msg=hello"), 2; got != want {
+		t.Fatalf("%d lines, want %d:\n%s", got, want, b)
+	}
+	if fi, _ := os.Stat(dir + "/edgeaudit.log"); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+}

@@ -54,6 +54,7 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	defer cleanupReleases() // build_test.go
 	if binPath, err = buildBinary(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1

@@ -2,13 +2,12 @@ package receiver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/edgeaudit/edgeaudit/internal/filelock"
 )
 
 // Locker is a Store that can keep other writers, in this process or another, away from
@@ -26,7 +25,7 @@ var _ Locker = FolderStore{}
 // lockPoll bounds how long a waiting Lock sleeps between tries.
 const lockPoll = 20 * time.Millisecond
 
-// Lock implements Locker with flock(2) on <Dir>/<site>/<device>/.lock (created 0600,
+// Lock implements Locker with flock(2) (LockFileEx on Windows) on <Dir>/<site>/<device>/.lock (created 0600,
 // folders 0700). flock locks belong to the open file, so two lockers in one process
 // exclude each other as two processes do, and the kernel drops the lock of a process
 // that dies. It polls with LOCK_NB so that ctx can end the wait.
@@ -44,13 +43,13 @@ func (f FolderStore) Lock(ctx context.Context, site, device string) (func(), err
 	}
 	wait := time.Millisecond
 	for {
-		err := unix.Flock(int(fh.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+		ok, err := filelock.TryLock(fh)
+		if err != nil {
 			fh.Close()
 			return nil, fmt.Errorf("lock %s/%s: %w", site, device, err)
+		}
+		if ok {
+			break
 		}
 		t := time.NewTimer(wait)
 		select {

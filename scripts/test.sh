@@ -7,8 +7,11 @@
 #      real broker), postgresql (the receiver's PostgreSQL store, run as a throwaway
 #      cluster by internal/testpg), swtpm + swtpm-tools + tpm2-tools (the TPM-bound keys),
 #      chrony + faketime (NTP time-sync evidence against a real, and a skewed, server),
-#      with apt-get; syslog-ng's loggen by unpacking the syslog-ng-core package into a cache
-#      folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
+#      and for the packaging tests (integration/build_test.go, package_test.go) systemd
+#      (systemd-analyze verify), systemd-container (systemd-nspawn), debootstrap (the
+#      container's root, built once per machine into $EDGEAUDIT_PKGCACHE/nspawn-root),
+#      lintian and rpm (to read the .rpm), with apt-get; syslog-ng's loggen by
+#      unpacking the syslog-ng-core package into a cache folder, because syslog-ng-core and rsyslog cannot both be installed. No service is
 #      started. Whatever is already there is kept, so a second run installs nothing.
 #   2. gofmt, go vet, staticcheck (from the Go module proxy; skipped with a note if it
 #      cannot be fetched).
@@ -18,9 +21,10 @@
 # Every step runs even if an earlier check failed; the exit status is 1 if any failed.
 #
 # Env:
-#   EDGEAUDIT_PKGCACHE  where loggen and staticcheck are kept (default /var/cache/edgeaudit-test,
+#   EDGEAUDIT_PKGCACHE  where loggen, staticcheck and the nspawn root are kept (default /var/cache/edgeaudit-test,
 #                       or ~/.cache/edgeaudit-test for a user who can't install)
-#   GO_TEST_TIMEOUT     go test -timeout (default 15m)
+#   GO_TEST_TIMEOUT     go test -timeout (default 20m: on a fresh machine the integration
+#                       package also compiles the release build cold, about 6 minutes)
 #   GO_TEST_FLAGS       extra go test flags, e.g. "-run TestLogger -v"
 #   SKIP_INSTALL=1      use the peers as they are (tests skip what is missing unless CI=true)
 set -euo pipefail
@@ -28,8 +32,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION=v0.8.2 # honnef.co/go/tools; 2026.2.2, knows Go 1.26
-GO_TEST_TIMEOUT=${GO_TEST_TIMEOUT:-15m}
+GO_TEST_TIMEOUT=${GO_TEST_TIMEOUT:-20m}
 PEER_PKGS=(rsyslog rsyslog-gnutls rsyslog-relp openssl bsdutils util-linux ca-certificates curl strace mosquitto postgresql swtpm swtpm-tools tpm2-tools chrony faketime)
+# The packaging tests: systemd-analyze, systemd-nspawn, the nspawn root, lintian on the .deb.
+PACKAGING_PKGS=(systemd systemd-container debootstrap lintian rpm git gzip)
 
 # rsyslogd lives in /usr/sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -51,6 +57,8 @@ if [ "$can_install" = 1 ]; then
 else
   PKGCACHE=${EDGEAUDIT_PKGCACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgeaudit-test}
 fi
+# The integration tests keep the nspawn root here too.
+export EDGEAUDIT_PKGCACHE=$PKGCACHE
 apt_updated=0
 apt_update_once() {
   if [ "$apt_updated" = 0 ]; then
@@ -68,9 +76,9 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 install_peers() {
   local missing=() p
-  for p in "${PEER_PKGS[@]}"; do installed "$p" || missing+=("$p"); done
+  for p in "${PEER_PKGS[@]}" "${PACKAGING_PKGS[@]}"; do installed "$p" || missing+=("$p"); done
   if [ ${#missing[@]} -eq 0 ]; then
-    note "already installed: ${PEER_PKGS[*]}"
+    note "already installed: ${PEER_PKGS[*]} ${PACKAGING_PKGS[*]}"
   else
     note "installing: ${missing[*]}"
     # Debian's policy-rc.d (where present) keeps rsyslog's service from starting; the

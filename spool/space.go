@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -111,14 +110,9 @@ func (s *Spool) usedBytes() int64 {
 	return size - int64(st.FreePageN+st.PendingPageN)*s.pageSize
 }
 
-// freeBytes is what the spool's file system has free for an unprivileged writer.
-func (s *Spool) freeBytes() (int64, bool) {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(filepath.Dir(s.path), &fs); err != nil {
-		return 0, false
-	}
-	return int64(fs.Bavail) * fs.Bsize, true
-}
+// freeBytes is what the spool's file system has free for an unprivileged writer
+// (statfs_unix.go, statfs_windows.go).
+func (s *Spool) freeBytes() (int64, bool) { return freeBytesAt(filepath.Dir(s.path)) }
 
 // commitNeed estimates what the next commit writes: the items, the pages on the path to
 // them, the meta page and the freelist.

@@ -24,7 +24,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -146,15 +145,6 @@ func (s *bench) measure(b *testing.B, n int, send func()) {
 	if after["edgeaudit_spool_refused_full_total"] != before["edgeaudit_spool_refused_full_total"] {
 		b.Error("spool refused events (full): the numbers include backpressure")
 	}
-}
-
-// cpuTime is the user+system CPU time of this process so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // split divides n events among k senders as evenly as possible.

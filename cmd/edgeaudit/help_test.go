@@ -11,7 +11,8 @@ import (
 // to version are a usage error.
 func TestHelpIsNotAnError(t *testing.T) {
 	for _, args := range []string{"token -h", "keys -h", "keys --help", "receipts -h", "devices -h", "version -h", "health -h",
-		"verify -h", "export -h", "query -h", "demo -h", "receive -h"} {
+		"verify -h", "export -h", "query -h", "demo -h", "receive -h",
+		"install -h", "uninstall -h", "start -h", "stop -h", "status -h", "version -json -h"} {
 		t.Run(args, func(t *testing.T) {
 			err := run(t.Context(), strings.Fields(args), func() {})
 			if !errors.Is(err, flag.ErrHelp) {

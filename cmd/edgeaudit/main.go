@@ -10,12 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 )
-
-// version is set with -ldflags "-X main.version=..."; otherwise the module version.
-var version = ""
 
 // Exit codes.
 const (
@@ -97,15 +93,17 @@ func run(ctx context.Context, args []string, stop func()) error {
 	case "devices":
 		return (&DevicesCommand{}).Run(ctx, rest)
 	case "version":
-		if len(rest) > 0 {
-			if isHelp(rest[0]) {
-				fmt.Fprintln(os.Stderr, "Usage: edgeaudit version\n\nPrints the version of this binary.")
-				return flag.ErrHelp
-			}
-			return &usageError{"version takes no arguments"}
-		}
-		fmt.Println("edgeaudit", buildVersion())
-		return nil
+		return (&VersionCommand{}).Run(ctx, rest)
+	case "install":
+		return (&InstallCommand{}).Run(ctx, rest)
+	case "uninstall":
+		return (&UninstallCommand{}).Run(ctx, rest)
+	case "start":
+		return (&StartCommand{}).Run(ctx, rest)
+	case "stop":
+		return (&StopCommand{}).Run(ctx, rest)
+	case "status":
+		return (&StatusCommand{}).Run(ctx, rest)
 	case "help", "-h", "--help":
 		usage()
 		return nil
@@ -161,20 +159,15 @@ The commands are:
 	token     reveal the identifier behind a patient token (audited)
 	receive   central: receive, verify and store batches, answer with receipts
 	devices   central: enrol, list and remove device keys
-	version   print the version
+	install   register the daemon as a system service (systemd, SysV, Windows)
+	uninstall remove the service that install registered
+	start     start the installed service
+	stop      stop the service (orderly: seal, close)
+	status    say whether the service runs: exit 0 running, 3 stopped, 4 not installed
+	version   print the release, commit, build time, Go version and FIPS state
 
 Use "edgeaudit <command> -h" for more information about a command.
 `)
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }
 
 // newLogger builds the root logger: text to stderr, which journald captures.

@@ -62,10 +62,24 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	log := newLogger(cfg.LogLevel)
+	if runAsService() {
+		// Under the Windows SCM stderr goes nowhere: log to DATA_DIR/edgeaudit.log.
+		l, closeLog, err := serviceLogger(cfg.DataDir, cfg.LogLevel)
+		if err != nil {
+			return err
+		}
+		defer closeLog()
+		log = l
+	}
 	startLog(log, *configPath, &cfg, deviceFromHost)
 	d, err := daemon.New(cfg, buildVersion(), log)
 	if err != nil {
 		return err
+	}
+	if runAsService() {
+		// Started by the Windows Service Control Manager: it talks to the process
+		// through service.Run, not signals.
+		return runUnderSCM(d, cfg.ShutdownTimeout, log)
 	}
 	// After the first signal the handler is released: a second SIGTERM ends the process
 	// at once instead of waiting out the orderly stop.
@@ -120,6 +134,9 @@ func (c *RunCommand) Usage() {
 On SIGTERM it stops the collectors, seals the open batch and closes the spool within
 shutdown_timeout; a second signal exits at once. Before it opens anything it checks the
 whole config, as "edgeaudit config -check" does, and binds every listener once.
+systemd and SysV init run it this way (edgeaudit install, or the package); started by
+the Windows Service Control Manager it answers the SCM instead, and the SCM's stop
+request stops it in the same order.
 
 With no flags it runs without root: site %q, device the host name (the start log
 says both), data in ./%s, a software signing key where no TPM answers, an

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
+	"github.com/edgeaudit/edgeaudit/internal/filelock"
 )
 
 // ErrStoreBusy: another process (a running `edgeaudit receive`, or an import) holds
@@ -16,7 +16,7 @@ var ErrStoreBusy = errors.New("the store folder is in use by another edgeaudit r
 // lockFile is the process lock of a folder store: one receiver process owns a folder.
 const lockFile = ".receive.lock"
 
-// lockStore takes the folder store's process lock (flock on <store>/.receive.lock,
+// lockStore takes the folder store's process lock (flock, or LockFileEx on Windows, on <store>/.receive.lock,
 // without waiting) and returns its release.
 func lockStore(dir string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -27,12 +27,14 @@ func lockStore(dir string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock store: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	ok, err := filelock.TryLock(f)
+	if err != nil {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("lock store %s: %w; stop it first (the PostgreSQL store allows several)", path, ErrStoreBusy)
-		}
 		return nil, fmt.Errorf("lock store %s: %w", path, err)
+	}
+	if !ok {
+		f.Close()
+		return nil, fmt.Errorf("lock store %s: %w; stop it first (the PostgreSQL store allows several)", path, ErrStoreBusy)
 	}
 	return func() { f.Close() }, nil
 }

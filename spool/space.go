@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgeaudit/edgeaudit/audit"
 	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
+	"github.com/edgeaudit/edgeaudit/internal/diskspace"
 )
 
 // Space accounting. Append admits an event only if what is already queued plus the event
@@ -111,8 +112,14 @@ func (s *Spool) usedBytes() int64 {
 }
 
 // freeBytes is what the spool's file system has free for an unprivileged writer
-// (statfs_unix.go, statfs_windows.go).
-func (s *Spool) freeBytes() (int64, bool) { return freeBytesAt(filepath.Dir(s.path)) }
+// (statfs(2)'s f_bavail; on Windows what GetDiskFreeSpaceEx leaves the caller).
+func (s *Spool) freeBytes() (int64, bool) {
+	u, err := diskspace.Of(filepath.Dir(s.path))
+	if err != nil {
+		return 0, false
+	}
+	return u.Free, true
+}
 
 // commitNeed estimates what the next commit writes: the items, the pages on the path to
 // them, the meta page and the freelist.

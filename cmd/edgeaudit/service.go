@@ -265,7 +265,7 @@ UMask=0077
 StateDirectory=edgeaudit
 StateDirectoryMode=0700
 RuntimeDirectory=edgeaudit
-RuntimeDirectoryMode=0700
+RuntimeDirectoryMode=0750
 ConfigurationDirectory=edgeaudit
 ConfigurationDirectoryMode=0755
 @READ_WRITE@

@@ -16,7 +16,10 @@
 #   2. gofmt, go vet, staticcheck (from the Go module proxy; skipped with a note if it
 #      cannot be fetched).
 #   3. go test -race -count=1 ./... (the integration tests run the real peers), then
-#      every benchmark once under -race with a tiny -benchtime.
+#      every package but integration once more under GODEBUG=fips140=only (Go refuses
+#      any algorithm off the FIPS 140-3 approved list; integration's
+#      TestFIPSOnlyWholeFlow covers the processes), then every benchmark once under
+#      -race with a tiny -benchtime.
 #
 # Every step runs even if an earlier check failed; the exit status is 1 if any failed.
 #
@@ -188,6 +191,10 @@ step "go test -race -count=1 -timeout $GO_TEST_TIMEOUT ./..."
 if [ ! -d ../shared/corpus ]; then note "note: ../shared/corpus not found; corpus tests skip (fail under CI=true)"; fi
 # shellcheck disable=SC2086
 go test -race -count=1 -timeout "$GO_TEST_TIMEOUT" ${GO_TEST_FLAGS:-} ./... || failed+=(test)
+
+step "go test under GODEBUG=fips140=only (every package but integration)"
+# shellcheck disable=SC2046
+GODEBUG=fips140=only go test -count=1 -timeout "$GO_TEST_TIMEOUT" $(go list ./... | grep -v /integration) >/tmp/edgeaudit-fips-only.txt 2>&1 || { grep -v '^ok' /tmp/edgeaudit-fips-only.txt | tail -40; failed+=(fips-only); }
 
 step "benchmarks once under -race (-benchtime 5x): they must run, not be fast"
 # shellcheck disable=SC2086

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/edgeaudit/edgeaudit/internal/atomicfile"
 )
 
 // adminUnixPrefix marks an admin endpoint on a unix socket: admin: unix:/run/edgeaudit/admin.sock.
@@ -98,4 +100,30 @@ func listenAdmin(admin string) (net.Listener, error) {
 	}
 	// Close of a unix listener removes the socket file (net.UnixListener unlinks it).
 	return ln, nil
+}
+
+// RunErrorFile in the data folder says why the last run of the daemon ended with an
+// error (written by `edgeaudit run`, removed once a run is ready), for health.
+const RunErrorFile = "run.error"
+
+// RecordRunError keeps err as the reason the last run ended. It is best effort: the
+// error is also on stderr, which journald keeps.
+func RecordRunError(dataDir string, err error) {
+	if os.MkdirAll(dataDir, 0o700) != nil {
+		return
+	}
+	msg := time.Now().UTC().Format(time.RFC3339) + " " + strings.ReplaceAll(err.Error(), "\n", "; ") + "\n"
+	atomicfile.WriteFile(filepath.Join(dataDir, RunErrorFile), []byte(msg), 0o600)
+}
+
+// ClearRunError removes the reason of an earlier failed run.
+func ClearRunError(dataDir string) { os.Remove(filepath.Join(dataDir, RunErrorFile)) }
+
+// LastRunError returns when and why the last run ended with an error, or "".
+func LastRunError(dataDir string) string {
+	b, err := os.ReadFile(filepath.Join(dataDir, RunErrorFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

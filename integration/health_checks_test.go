@@ -331,3 +331,27 @@ func TestAdminUnixSocket(t *testing.T) {
 	start()
 	d.stop(t)
 }
+
+// A listener that cannot be bound keeps the daemon from running at all: health then
+// says the daemon is not running and why its last run ended (the port and the key), and
+// forgets it once a run starts.
+func TestHealthListenerDown(t *testing.T) {
+	d := startDaemon(t, daemonConfig{})
+	d.stop(t)
+	ln, err := net.Listen("tcp", d.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.process = startProcess(t, "edgeaudit-port-taken", d.dir, exec.Command(binPath, "run", "-config", d.config))
+	<-d.exited
+	res := runCLI(t, "health", "-config", d.config)
+	if res.code != 2 || !strings.Contains(res.stderr, "not running") || !strings.Contains(res.stderr, "syslog.tcp: "+d.tcp+": address already in use") {
+		t.Fatalf("health with syslog.tcp taken: want exit 2, not running, and the port named\n%s", res)
+	}
+	ln.Close()
+	d.restart(t)
+	healthWant(t, d, 0, "ok   listener.syslog.tcp")
+	if _, err := os.Stat(filepath.Join(d.dataDir, "run.error")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("run.error left after a good start: %v", err)
+	}
+}

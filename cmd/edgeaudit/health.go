@@ -60,6 +60,8 @@ func (c *HealthCommand) Run(ctx context.Context, args []string) error {
 		what := "the daemon is not running: nothing is being collected. Start it (systemctl start edgeaudit, or edgeaudit run -config FILE) and check its log"
 		if pid != 0 {
 			what = fmt.Sprintf("the daemon runs (pid %d) but its admin endpoint %s does not answer (%v): it may be starting or stuck; see its log", pid, admin, err)
+		} else if last := daemon.LastRunError(cfg.DataDir); last != "" {
+			what += ". Its last run ended at " + last
 		}
 		return &exitCodeError{healthFailure, "health: " + what}
 	}

@@ -18,7 +18,7 @@ type RunCommand struct {
 }
 
 // Run parses flags, loads and validates the config, and runs until SIGINT or SIGTERM.
-func (c *RunCommand) Run(ctx context.Context, args []string) error {
+func (c *RunCommand) Run(ctx context.Context, args []string) (err error) {
 	fs := flag.NewFlagSet("edgeaudit run", flag.ContinueOnError)
 	configPath := fs.String("config", "", "config file")
 	dataDir := fs.String("data", "", "data folder (overrides data_dir)")
@@ -52,6 +52,13 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	override(&cfg.Admin, *admin)
 	deviceFromHost := cfg.Device == ""
 	cfg.SetDefaults()
+	// Why the last run ended, for `edgeaudit health` to tell a field tech when the
+	// daemon is not running (a port taken, a config refused, a listener failing).
+	defer func() {
+		if err != nil {
+			daemon.RecordRunError(cfg.DataDir, err)
+		}
+	}()
 	// Everything the config names is checked, and every problem reported, before
 	// anything is opened: the same checks as `edgeaudit config -check`.
 	if err := daemon.Preflight(&cfg); err != nil {
@@ -87,6 +94,13 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 		<-ctx.Done()
 		if c.stopSignals != nil {
 			c.stopSignals()
+		}
+	}()
+	go func() {
+		select {
+		case <-d.Ready():
+			daemon.ClearRunError(cfg.DataDir)
+		case <-ctx.Done():
 		}
 	}()
 	return d.Run(ctx)

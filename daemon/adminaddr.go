@@ -106,10 +106,11 @@ func listenAdmin(admin string) (net.Listener, error) {
 // error (written by `edgeaudit run`, removed once a run is ready), for health.
 const RunErrorFile = "run.error"
 
-// RecordRunError keeps err as the reason the last run ended. It is best effort: the
-// error is also on stderr, which journald keeps.
+// RecordRunError keeps err as the reason the last run ended, in a data folder that
+// exists (a refused start makes none). It is best effort: the error is also on stderr,
+// which journald keeps.
 func RecordRunError(dataDir string, err error) {
-	if os.MkdirAll(dataDir, 0o700) != nil {
+	if fi, serr := os.Stat(dataDir); serr != nil || !fi.IsDir() {
 		return
 	}
 	msg := time.Now().UTC().Format(time.RFC3339) + " " + strings.ReplaceAll(err.Error(), "\n", "; ") + "\n"

@@ -324,7 +324,7 @@ type serverTLS struct {
 // daemon is one running `edgeaudit run`.
 type daemon struct {
 	*process
-	dir, config, dataDir string
+	dir, config, dataDir       string
 	tcp, udp, tls, relp, admin string // bound addresses; "" when off
 }
 

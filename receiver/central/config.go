@@ -7,18 +7,17 @@ package central
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/edgeaudit/edgeaudit/internal/configerr"
+	"github.com/edgeaudit/edgeaudit/internal/yamlcfg"
 	"github.com/edgeaudit/edgeaudit/ledger"
 	"github.com/edgeaudit/edgeaudit/receiver"
 )
@@ -123,12 +122,6 @@ type Config struct {
 
 // file is the config file: the receive: section strictly, the rest ignored (an
 // appliance's config may hold both).
-type file struct {
-	Receive Config         `yaml:"receive"`
-	Rest    map[string]any `yaml:",inline"`
-}
-
-var unknownRE = regexp.MustCompile(`line (\d+): field (\S+) not found in type central\.Config`)
 
 // LoadConfig reads the receive: section of the YAML file at path ("" gives the
 // defaults). Other top-level keys are ignored; unknown keys inside receive: are errors.
@@ -142,25 +135,29 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("load config: %w", err)
 	}
-	var f file
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) { // an empty file is all defaults
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			var errs []error
-			for _, m := range te.Errors {
-				if s := unknownRE.FindStringSubmatch(m); s != nil {
-					errs = append(errs, &configerr.Error{Field: "receive." + s[2], Err: fmt.Errorf("unknown key (line %s); see docs/central.md", s[1])})
-				} else {
-					errs = append(errs, errors.New(m))
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return Config{}, fmt.Errorf("load config %s: %w", path, yamlcfg.SyntaxError(b, err))
+	}
+	// The receive: section, read as the appliance's sections are: every problem at
+	// once, each with its line, the key path, and what is accepted; unknown keys with a
+	// "did you mean".
+	var c Config
+	doc := &root
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		doc = doc.Content[0]
+	}
+	if doc.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(doc.Content); i += 2 {
+			if doc.Content[i].Value == "receive" && !yamlcfg.IsNull(doc.Content[i+1]) {
+				d := yamlcfg.New()
+				d.Decode(doc.Content[i+1], &c, "receive")
+				if len(d.Problems) > 0 {
+					return Config{}, fmt.Errorf("load config %s: %w", path, errors.Join(yamlcfg.Sort(d.Problems)...))
 				}
 			}
-			return Config{}, fmt.Errorf("load config %s: %w", path, errors.Join(errs...))
 		}
-		return Config{}, fmt.Errorf("load config %s: %w", path, err)
 	}
-	c := f.Receive
 	base := filepath.Dir(path)
 	for _, p := range []*string{&c.DataDir, &c.TLSCA, &c.TLSCert, &c.TLSKey, &c.Devices, &c.Quarantine, &c.Key,
 		&c.EmbeddedBrokerTLSCert, &c.EmbeddedBrokerTLSKey, &c.EmbeddedBrokerTLSClientCA, &c.EmbeddedBrokerPasswords} {

@@ -74,14 +74,19 @@ receive:
 
 func TestLoadConfigErrors(t *testing.T) {
 	for _, tt := range []struct{ name, text, want string }{
-		{"unknown key inside receive", "receive:\n  brokr: tcp://127.0.0.1:1883\n", "receive.brokr: unknown key (line 2)"},
-		{"wrong type", "receive:\n  trust_on_first_use: maybe\n", "cannot unmarshal"},
-		{"not YAML", "receive: [\n", "load config"},
+		{"unknown key inside receive", "receive:\n  brokr: tcp://127.0.0.1:1883\n", `line 2: receive.brokr: unknown key; did you mean "broker"?`},
+		{"wrong type", "receive:\n  trust_on_first_use: maybe\n", `line 2: receive.trust_on_first_use: "maybe" is not true or false`},
+		{"every problem at once", "receive:\n  brokr: x\n  window: 5x\n  trust_on_first_use: maybe\n", `line 4: receive.trust_on_first_use`},
+		{"not YAML", "receive: [\n", "not valid YAML"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := LoadConfig(writeConfig(t, tt.text))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err %v, want it to contain %q", err, tt.want)
+			}
+			// Never a Go type.
+			if strings.Contains(err.Error(), "central.Config") || strings.Contains(err.Error(), "unmarshal") {
+				t.Fatalf("err %v names Go types", err)
 			}
 		})
 	}

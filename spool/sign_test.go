@@ -61,6 +61,10 @@ func TestSignerOutageKeepsCommitting(t *testing.T) {
 	if got != n || failed != 1 || recovered != 1 {
 		t.Fatalf("chain holds %d events, %d signing_failed, %d signing_recovered; want %d, 1, 1", got, failed, recovered, n)
 	}
+	// A batch the last Seal closed may still be with the signer: wait for it (bounded).
+	for deadline := time.Now().Add(10 * time.Second); s.Stats().Unsigned != 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if st := s.Stats(); st.SignFailing || st.Unsigned != 0 {
 		t.Fatalf("stats after recovery %+v", st)
 	}

@@ -21,11 +21,25 @@ type Sink interface {
 	Append(ctx context.Context, e *audit.Event, done func(error)) error
 }
 
+// UrgentSink is a Sink that can commit an event ahead of the bulk queued before it, for
+// a sender that waits for each acknowledgement. The spool implements it.
+type UrgentSink interface {
+	// AppendUrgent is Append, but the event goes to the next commit ahead of events
+	// queued by Append: an acknowledging sender must not wait behind a syslog flood.
+	// Events of different senders have no order between them; one sender that waits
+	// for each commit keeps its own.
+	AppendUrgent(ctx context.Context, e *audit.Event, done func(error)) error
+}
+
 // AppendSync appends e and waits for its commit: the form for protocols that acknowledge
-// each message (MLLP, HTTP).
+// each message (MLLP, HTTP). Through an UrgentSink the event goes ahead of bulk ones.
 func AppendSync(ctx context.Context, s Sink, e *audit.Event) error {
 	ch := make(chan error, 1)
-	if err := s.Append(ctx, e, func(err error) { ch <- err }); err != nil {
+	appendFn := s.Append
+	if u, ok := s.(UrgentSink); ok {
+		appendFn = u.AppendUrgent
+	}
+	if err := appendFn(ctx, e, func(err error) { ch <- err }); err != nil {
 		return err
 	}
 	select {

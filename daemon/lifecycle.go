@@ -33,6 +33,8 @@ type lateSink struct {
 var (
 	_ eacollectors.AtomicSink = (*lateSink)(nil)
 	_ eacollectors.AtomicSink = (*spool.Spool)(nil)
+	_ eacollectors.UrgentSink = (*lateSink)(nil)
+	_ eacollectors.UrgentSink = (*spool.Spool)(nil)
 )
 
 func (l *lateSink) set(sp *spool.Spool) { l.sp.Store(sp) }
@@ -46,6 +48,15 @@ func (l *lateSink) Append(ctx context.Context, e *audit.Event, done func(error))
 		return errNoSpool
 	}
 	return sp.Append(ctx, e, l.watch.wrap(e, done))
+}
+
+// AppendUrgent forwards an acknowledging sender's append (collectors.AppendSync).
+func (l *lateSink) AppendUrgent(ctx context.Context, e *audit.Event, done func(error)) error {
+	sp := l.sp.Load()
+	if sp == nil {
+		return errNoSpool
+	}
+	return sp.AppendUrgent(ctx, e, l.watch.wrap(e, done))
 }
 
 // AppendAll forwards the all-or-nothing append of a FHIR transaction.

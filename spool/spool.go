@@ -164,7 +164,11 @@ type Spool struct {
 	closing atomic.Bool  // set by Close before it takes mu, for the writer's retry loop
 	raw     chan rawItem // Append → encoder
 	queue   chan item    // encoder → writer
-	done    chan struct{}
+	// urgent carries AppendUrgent's events, encoded by the caller, straight to the
+	// writer, which takes them before what queue holds: a sender waiting for its
+	// acknowledgement (HL7, FHIR) does not wait behind a bulk syslog flood.
+	urgent chan item
+	done   chan struct{}
 
 	enc *eventCipher // nil: no data key; encrypted events cannot be read
 	// encBuf and nonceBuf are the writer's buffers for encrypted events (writer.go).
@@ -320,9 +324,10 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	}
 	s := &Spool{
 		cfg: cfg, opts: opts, path: path, log: opts.Logger, enc: enc,
-		raw:   make(chan rawItem, min(rawQueueSize, cfg.QueueSize)),
-		queue: make(chan item, cfg.QueueSize),
-		done:  make(chan struct{}),
+		raw:    make(chan rawItem, min(rawQueueSize, cfg.QueueSize)),
+		queue:  make(chan item, cfg.QueueSize),
+		urgent: make(chan item, urgentQueueSize),
+		done:   make(chan struct{}),
 
 		signJobs: make(chan signJob, signPipeline),
 		signed:   make(chan signResult, signPipeline),
@@ -411,6 +416,46 @@ func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) er
 	if err := s.send(ctx, ri); err != nil {
 		s.space.release(cost)
 		return err
+	}
+	s.stats.appended.Add(1)
+	return nil
+}
+
+// urgentQueueSize bounds AppendUrgent's events waiting for the writer; a sender that
+// waits for each acknowledgement has at most one there.
+const urgentQueueSize = 256
+
+// AppendUrgent is Append for a sender that waits for the commit before it sends again
+// (collectors.AppendSync: HL7 ACKs, FHIR 201s, the appliance's own start and stop): the
+// event goes to the writer ahead of queued bulk events, so its acknowledgement waits for
+// the next commit, not for every event queued before it. It is encoded here, in the
+// caller's goroutine. Everything else is as Append.
+func (s *Spool) AppendUrgent(ctx context.Context, e *audit.Event, done func(error)) error {
+	cost := s.eventCost(e)
+	if !s.admit(cost, e.Source.Kind == audit.KindSelf) {
+		s.stats.refusedFull.Add(1)
+		return ErrFull
+	}
+	if e.ID == "" {
+		e.ID = audit.NewID(e.Received)
+	}
+	ev := copyEvent(e)
+	if s.opts.ClockSynced != nil && !s.opts.ClockSynced() {
+		ev.ClockUnsynced = true
+	}
+	it := s.encode(&ev, cost)
+	it.done = done
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		s.space.release(cost)
+		return ErrClosed
+	}
+	select {
+	case s.urgent <- it:
+	case <-ctx.Done():
+		s.space.release(cost)
+		return ctx.Err()
 	}
 	s.stats.appended.Add(1)
 	return nil

@@ -25,6 +25,16 @@ const (
 	retryMax = time.Second
 )
 
+// urgentCommitEvents caps the bulk events that share a transaction with urgent ones;
+// urgentBulkEvents caps bulk transactions for urgentWindow after one, so that the next
+// urgent event does not wait long for the commit in progress (a full 8192-event commit
+// takes some 30 ms here).
+const (
+	urgentCommitEvents = 64
+	urgentBulkEvents   = 512
+	urgentWindow       = time.Second
+)
+
 // encoder encodes queued events once, in order, for the writer; it closes the writer's
 // queue when Close has closed its own. The events of one AppendAll go out back to back,
 // the first carrying how many follow, so the writer commits them together.
@@ -73,6 +83,7 @@ func (s *Spool) writer() {
 	defer ticker.Stop()
 	s.dispatch() // headers left unsigned by the last run
 	items := make([]item, 0, s.cfg.CommitEvents)
+	var lastUrgent time.Time // when a transaction last carried an urgent event
 	for {
 		items = items[:0]
 		var sealWaiter chan error
@@ -92,17 +103,45 @@ func (s *Spool) writer() {
 				}
 			}
 		}
-		select {
-		case it, ok := <-s.queue:
-			take(it, ok)
-		case r := <-s.signed:
-			s.takeSignature(r)
-		case <-ticker.C:
+		// Urgent events (AppendUrgent) first: they have a sender waiting.
+		urgent := func() {
+			for {
+				select {
+				case it := <-s.urgent:
+					items = append(items, it)
+				default:
+					return
+				}
+			}
+		}
+		urgent()
+		// A transaction that carries urgent events takes few bulk ones: it is their
+		// acknowledgement that waits for it, and a small one commits quickly.
+		hasUrgent := len(items) > 0
+		if len(items) == 0 {
+			select {
+			case it := <-s.urgent:
+				items = append(items, it)
+			case it, ok := <-s.queue:
+				take(it, ok)
+			case r := <-s.signed:
+				s.takeSignature(r)
+			case <-ticker.C:
+			}
 		}
 		// Take what else is queued; a Seal request ends the transaction, so that it
 		// seals exactly the events appended before it.
+		// While acknowledging senders are active, bulk transactions stay short too: an
+		// urgent event arriving mid-commit waits for the commit in progress.
+		limit := s.cfg.CommitEvents
+		now := time.Now()
+		if hasUrgent {
+			limit, lastUrgent = min(limit, urgentCommitEvents), now
+		} else if now.Sub(lastUrgent) < urgentWindow {
+			limit = min(limit, urgentBulkEvents)
+		}
 	drain:
-		for !closed && sealWaiter == nil && len(items) < s.cfg.CommitEvents {
+		for !closed && sealWaiter == nil && len(items) < limit {
 			select {
 			case it, ok := <-s.queue:
 				take(it, ok)
@@ -110,6 +149,11 @@ func (s *Spool) writer() {
 				break drain
 			}
 		}
+		// An urgent event sent before a Seal or Close returned from its send before the
+		// seal or the close reached the queue: it is in s.urgent now, and goes in this
+		// transaction. (AppendUrgent sends under s.mu's read lock; Close closes raw under
+		// the write lock.)
+		urgent()
 		s.takeSignatures()
 		err := s.commitRetrying(items, sealWaiter != nil, closed)
 		for _, it := range items {

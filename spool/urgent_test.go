@@ -1,0 +1,105 @@
+package spool
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// An urgent event (AppendUrgent: a sender waiting for its acknowledgement) is
+// committed ahead of bulk events queued before it: with 20,000 bulk events queued, it
+// is acknowledged while most of them still wait.
+func TestUrgentAheadOfBulk(t *testing.T) {
+	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 1000, MaxAge: time.Hour, CommitEvents: 256}, newSigner(t))
+	defer s.Close()
+	const bulk = 20000
+	var mu sync.Mutex
+	committed := 0
+	var wg sync.WaitGroup
+	wg.Add(bulk)
+	for i := range bulk {
+		if err := s.Append(t.Context(), ev(i), func(err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			committed++
+			mu.Unlock()
+			wg.Done()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch := make(chan error, 1)
+	if err := s.AppendUrgent(t.Context(), ev(-1), func(err error) { ch <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	before := committed
+	mu.Unlock()
+	wg.Wait()
+	// Through the bulk queue it would come after all of them; a commit or two of bulk
+	// events may go first (the one in progress, and 64 that share its transaction).
+	if before > bulk-1000 {
+		t.Fatalf("the urgent event was acknowledged after %d of %d bulk events queued before it; want it ahead of most", before, bulk)
+	}
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(verifyAll(t, s)); got != bulk+1 {
+		t.Fatalf("chain holds %d events, want %d", got, bulk+1)
+	}
+}
+
+// An urgent event appended before Seal is in the batch Seal closes, and one appended
+// before Close is committed by Close: the urgent lane loses nothing at a stop.
+func TestUrgentSealAndClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spool.db")
+	cfg := Config{MaxEvents: 1000, MaxAge: time.Hour}
+	s := openSpool(t, path, cfg, newSigner(t))
+	for i := range 50 {
+		done := make(chan error, 1)
+		if err := s.AppendUrgent(t.Context(), ev(i), func(err error) { done <- err }); err != nil {
+			t.Fatal(err)
+		}
+		if i == 49 {
+			// Not waited for: Seal must still take it.
+			break
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := s.Position(); p.OpenEvents != 0 || p.HeadSeq != 1 {
+		t.Fatalf("after Seal: %+v, want one batch and nothing open", p)
+	}
+	if got := len(verifyAll(t, s)); got != 50 {
+		t.Fatalf("sealed %d events, want 50", got)
+	}
+	done := make(chan error, 1)
+	if err := s.AppendUrgent(context.Background(), ev(50), func(err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("urgent event before Close: %v", err)
+	}
+	if err := s.AppendUrgent(context.Background(), ev(51), nil); err != ErrClosed {
+		t.Fatalf("AppendUrgent after Close: %v, want ErrClosed", err)
+	}
+	s = openSpool(t, path, cfg, newSigner(t))
+	defer s.Close()
+	if p, _ := s.Position(); p.OpenEvents != 1 {
+		t.Fatalf("after reopen: %d open events, want the one appended before Close", p.OpenEvents)
+	}
+}

@@ -223,8 +223,15 @@ func testSharedGroup(t *testing.T, kill bool) {
 		}
 		stored += st.Batches
 	}
-	if stored != devices*batches {
-		t.Fatalf("receivers stored %d batches, want %d", stored, devices*batches)
+	// A receiver killed during a commit may not learn that it went through (its context
+	// ends at the commit): it does not count that batch, the other receiver finds it
+	// stored (a duplicate), and the table below holds it once. So with a kill the
+	// counts may fall short by the commits in flight at the kill; never over.
+	switch total := uint64(devices * batches); {
+	case stored > total:
+		t.Fatalf("receivers counted %d batches stored, more than the %d sent", stored, total)
+	case !kill && stored != total, kill && stored+uint64(devices) < total:
+		t.Fatalf("receivers stored %d batches, want %d", stored, total)
 	}
 	conn, err := pgx.Connect(t.Context(), dsn)
 	if err != nil {

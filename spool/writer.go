@@ -121,7 +121,7 @@ func (s *Spool) writer() {
 		if len(items) == 0 {
 			select {
 			case it := <-s.urgent:
-				items = append(items, it)
+				items, hasUrgent = append(items, it), true
 			case it, ok := <-s.queue:
 				take(it, ok)
 			case r := <-s.signed:

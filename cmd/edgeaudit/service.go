@@ -63,6 +63,39 @@ func (f *serviceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.system, "system", "", "service manager to use (linux-systemd, unix-systemv, windows-service); default: the one this host runs")
 }
 
+// openService is the start of start, stop, status and uninstall, which take only
+// -system: it parses args and returns the service and its state.
+func openService(cmd string, args []string, usage func()) (service.Service, serviceFlags, serviceState, error) {
+	fs := flag.NewFlagSet("edgeaudit "+cmd, flag.ContinueOnError)
+	var sf serviceFlags
+	sf.register(fs)
+	fs.Usage = usage
+	if err := fs.Parse(args); err != nil {
+		return nil, sf, 0, err
+	}
+	if fs.NArg() > 0 {
+		return nil, sf, 0, &usageError{fmt.Sprintf("%s: unexpected argument %q", cmd, fs.Arg(0))}
+	}
+	svc, err := newService(sf, noProgram{}, nil)
+	if err != nil {
+		return nil, sf, 0, err
+	}
+	state, err := queryState(sf, svc)
+	if err != nil {
+		return nil, sf, 0, fmt.Errorf("%s: %w", cmd, err)
+	}
+	return svc, sf, state, nil
+}
+
+// openInstalled is openService for a command that needs the service installed.
+func openInstalled(cmd string, args []string, usage func(), hint string) (service.Service, serviceFlags, serviceState, error) {
+	svc, sf, state, err := openService(cmd, args, usage)
+	if err == nil && state == stateNotInstalled {
+		err = &exitCodeError{statusNotInstalled, cmd + ": the " + serviceName + " service is not installed" + hint}
+	}
+	return svc, sf, state, err
+}
+
 // serviceSettings are what install bakes into the service definition.
 type serviceSettings struct {
 	configPath  string        // absolute

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 )
@@ -12,26 +11,9 @@ type StartCommand struct{}
 
 // Run implements the command.
 func (c *StartCommand) Run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("edgeaudit start", flag.ContinueOnError)
-	var sf serviceFlags
-	sf.register(fs)
-	fs.Usage = c.Usage
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Sprintf("start: unexpected argument %q", fs.Arg(0))}
-	}
-	svc, err := newService(sf, noProgram{}, nil)
+	svc, sf, _, err := openInstalled("start", args, c.Usage, " (edgeaudit install, or the package)")
 	if err != nil {
 		return err
-	}
-	state, err := queryState(sf, svc)
-	if err != nil {
-		return fmt.Errorf("start: %w", err)
-	}
-	if state == stateNotInstalled {
-		return &exitCodeError{statusNotInstalled, "start: the " + serviceName + " service is not installed (edgeaudit install, or the package)"}
 	}
 	if err := svc.Start(); err != nil {
 		return fmt.Errorf("start (%s): %w", platformOf(sf), err)

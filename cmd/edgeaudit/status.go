@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,27 +15,13 @@ type StatusCommand struct {
 
 // Run implements the command.
 func (c *StatusCommand) Run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("edgeaudit status", flag.ContinueOnError)
-	var sf serviceFlags
-	sf.register(fs)
-	fs.Usage = c.Usage
-	if err := fs.Parse(args); err != nil {
+	_, sf, state, err := openService("status", args, c.Usage)
+	if err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Sprintf("status: unexpected argument %q", fs.Arg(0))}
 	}
 	out := c.Out
 	if out == nil {
 		out = os.Stdout
-	}
-	svc, err := newService(sf, noProgram{}, nil)
-	if err != nil {
-		return err
-	}
-	state, err := queryState(sf, svc)
-	if err != nil {
-		return err
 	}
 	fmt.Fprintf(out, "%s service (%s): %s\n", serviceName, platformOf(sf), state)
 	switch state {

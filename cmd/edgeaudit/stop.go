@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 
@@ -14,26 +13,9 @@ type StopCommand struct{}
 
 // Run implements the command.
 func (c *StopCommand) Run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("edgeaudit stop", flag.ContinueOnError)
-	var sf serviceFlags
-	sf.register(fs)
-	fs.Usage = c.Usage
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Sprintf("stop: unexpected argument %q", fs.Arg(0))}
-	}
-	svc, err := newService(sf, noProgram{}, nil)
+	svc, sf, _, err := openInstalled("stop", args, c.Usage, "")
 	if err != nil {
 		return err
-	}
-	state, err := queryState(sf, svc)
-	if err != nil {
-		return fmt.Errorf("stop: %w", err)
-	}
-	if state == stateNotInstalled {
-		return &exitCodeError{statusNotInstalled, "stop: the " + serviceName + " service is not installed"}
 	}
 	if err := svc.Stop(); err != nil {
 		return fmt.Errorf("stop (%s): %w", platformOf(sf), err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 )
@@ -12,28 +11,11 @@ type UninstallCommand struct{}
 
 // Run implements the command.
 func (c *UninstallCommand) Run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("edgeaudit uninstall", flag.ContinueOnError)
-	var sf serviceFlags
-	sf.register(fs)
-	fs.Usage = c.Usage
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Sprintf("uninstall: unexpected argument %q", fs.Arg(0))}
-	}
-	svc, err := newService(sf, noProgram{}, nil)
+	svc, sf, state, err := openInstalled("uninstall", args, c.Usage, "")
 	if err != nil {
 		return err
 	}
 	platform := platformOf(sf)
-	state, err := queryState(sf, svc)
-	if err != nil {
-		return fmt.Errorf("uninstall: %w", err)
-	}
-	if state == stateNotInstalled {
-		return &exitCodeError{statusNotInstalled, "uninstall: the " + serviceName + " service is not installed"}
-	}
 	if platform == "linux-systemd" {
 		if _, err := os.Stat(packagedUnit); err == nil {
 			return fmt.Errorf("uninstall: %s belongs to the edgeaudit package; remove the package instead (apt remove edgeaudit)", packagedUnit)

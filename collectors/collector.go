@@ -34,11 +34,20 @@ type UrgentSink interface {
 // AppendSync appends e and waits for its commit: the form for protocols that acknowledge
 // each message (MLLP, HTTP). Through an UrgentSink the event goes ahead of bulk ones.
 func AppendSync(ctx context.Context, s Sink, e *audit.Event) error {
-	ch := make(chan error, 1)
-	appendFn := s.Append
 	if u, ok := s.(UrgentSink); ok {
-		appendFn = u.AppendUrgent
+		return appendWait(ctx, u.AppendUrgent, e)
 	}
+	return appendWait(ctx, s.Append, e)
+}
+
+// AppendInOrder appends e in the sink's ordinary queue and waits for its commit: after
+// every event appended before it (the appliance's stop event).
+func AppendInOrder(ctx context.Context, s Sink, e *audit.Event) error {
+	return appendWait(ctx, s.Append, e)
+}
+
+func appendWait(ctx context.Context, appendFn func(context.Context, *audit.Event, func(error)) error, e *audit.Event) error {
+	ch := make(chan error, 1)
 	if err := appendFn(ctx, e, func(err error) { ch <- err }); err != nil {
 		return err
 	}

@@ -132,16 +132,7 @@ func (s *selfAudit) enqueue(e audit.Event, key [3]string) {
 // through the ordinary queue, not the urgent lane: the stop event must come after every
 // event appended before it (the collectors' drain, the last summaries).
 func (s *selfAudit) record(ctx context.Context, e audit.Event) error {
-	ch := make(chan error, 1)
-	if err := s.sink.Append(ctx, &e, func(err error) { ch <- err }); err != nil {
-		return err
-	}
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return collectors.AppendInOrder(ctx, s.sink, &e)
 }
 
 // run writes queued self-audit events and the per-window summaries until ctx is done,

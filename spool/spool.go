@@ -401,19 +401,11 @@ func (e *OpenError) Unwrap() error { return e.Err }
 // It returns ErrFull when the event does not fit the room left (see space.go); the
 // appliance's own events (source kind self) may use the evidence reserve.
 func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) error {
-	cost := s.eventCost(e)
-	if !s.admit(cost, e.Source.Kind == audit.KindSelf) {
-		s.stats.refusedFull.Add(1)
-		return ErrFull
+	ev, cost, err := s.admitCopy(e)
+	if err != nil {
+		return err
 	}
-	if e.ID == "" {
-		e.ID = audit.NewID(e.Received)
-	}
-	ri := rawItem{ev: copyEvent(e), cost: cost, done: done}
-	if s.opts.ClockSynced != nil && !s.opts.ClockSynced() {
-		ri.ev.ClockUnsynced = true
-	}
-	if err := s.send(ctx, ri); err != nil {
+	if err := s.send(ctx, rawItem{ev: ev, cost: cost, done: done}); err != nil {
 		s.space.release(cost)
 		return err
 	}
@@ -421,20 +413,14 @@ func (s *Spool) Append(ctx context.Context, e *audit.Event, done func(error)) er
 	return nil
 }
 
-// urgentQueueSize bounds AppendUrgent's events waiting for the writer; a sender that
-// waits for each acknowledgement has at most one there.
-const urgentQueueSize = 256
-
-// AppendUrgent is Append for a sender that waits for the commit before it sends again
-// (collectors.AppendSync: HL7 ACKs, FHIR 201s, the appliance's own start and stop): the
-// event goes to the writer ahead of queued bulk events, so its acknowledgement waits for
-// the next commit, not for every event queued before it. It is encoded here, in the
-// caller's goroutine. Everything else is as Append.
-func (s *Spool) AppendUrgent(ctx context.Context, e *audit.Event, done func(error)) error {
+// admitCopy is what Append and AppendUrgent do first: take room for e (ErrFull when it
+// does not fit), give it an ID, and return the copy to queue, marked when the clock is
+// not known right.
+func (s *Spool) admitCopy(e *audit.Event) (audit.Event, int64, error) {
 	cost := s.eventCost(e)
 	if !s.admit(cost, e.Source.Kind == audit.KindSelf) {
 		s.stats.refusedFull.Add(1)
-		return ErrFull
+		return audit.Event{}, 0, ErrFull
 	}
 	if e.ID == "" {
 		e.ID = audit.NewID(e.Received)
@@ -442,6 +428,23 @@ func (s *Spool) AppendUrgent(ctx context.Context, e *audit.Event, done func(erro
 	ev := copyEvent(e)
 	if s.opts.ClockSynced != nil && !s.opts.ClockSynced() {
 		ev.ClockUnsynced = true
+	}
+	return ev, cost, nil
+}
+
+// urgentQueueSize bounds AppendUrgent's events waiting for the writer; a sender that
+// waits for each acknowledgement has at most one there.
+const urgentQueueSize = 256
+
+// AppendUrgent is Append for a sender that waits for the commit before it sends again
+// (collectors.AppendSync: HL7 ACKs, FHIR 201s, a token reveal): the
+// event goes to the writer ahead of queued bulk events, so its acknowledgement waits for
+// the next commit, not for every event queued before it. It is encoded here, in the
+// caller's goroutine. Everything else is as Append.
+func (s *Spool) AppendUrgent(ctx context.Context, e *audit.Event, done func(error)) error {
+	ev, cost, err := s.admitCopy(e)
+	if err != nil {
+		return err
 	}
 	it := s.encode(&ev, cost)
 	it.done = done

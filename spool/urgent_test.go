@@ -103,3 +103,40 @@ func TestUrgentSealAndClose(t *testing.T) {
 		t.Fatalf("after reopen: %d open events, want the one appended before Close", p.OpenEvents)
 	}
 }
+
+// The writer's gather waits for as many urgent events as its last urgent commit
+// carried, no more; a wait that ends short lowers the count, and with one sender (or a
+// commit time not yet known) it does not wait at all.
+func TestGatherWait(t *testing.T) {
+	tests := []struct {
+		name     string
+		want     int // urgent events in the last commit
+		commit   time.Duration
+		have     int // urgent events already in the transaction
+		arriving int // urgent events sent to the channel before wait
+		got      int
+	}{
+		{"first commit", 0, 0, 1, 5, 0},
+		{"one sender", 1, time.Millisecond, 1, 5, 0},
+		{"all senders back", 16, time.Millisecond, 1, 15, 15},
+		{"more than last time", 4, time.Millisecond, 1, 10, 3},
+		{"some gone quiet", 16, time.Millisecond, 1, 4, 4},
+		{"commit time unknown", 16, 0, 1, 15, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ch := make(chan item, 64)
+			for range tt.arriving {
+				ch <- item{}
+			}
+			g := gather{want: tt.want, commit: tt.commit}
+			if got := len(g.wait(ch, tt.have)); got != tt.got {
+				t.Fatalf("wait took %d urgent events, want %d", got, tt.got)
+			}
+			g.committed(tt.have+tt.got, tt.commit)
+			if g.want != tt.have+tt.got {
+				t.Fatalf("next want %d, want %d", g.want, tt.have+tt.got)
+			}
+		})
+	}
+}

@@ -35,6 +35,16 @@ const (
 	urgentWindow       = time.Second
 )
 
+// gatherMax bounds how long a transaction with urgent events waits for more of them.
+// Senders that wait for their acknowledgement send their next event when the commit
+// that holds the last one returns, so they arrive a round trip after it: without a
+// wait the first of them gets a commit of its own and the rest queue for the next, and
+// 16 senders share two commits where one would do (half the acknowledgements per fsync).
+// The writer waits for as many urgent events as the last such commit carried, and for
+// at most half the time a commit takes, up to gatherMax: never longer than the commit
+// it saves.
+const gatherMax = 5 * time.Millisecond
+
 // encoder encodes queued events once, in order, for the writer; it closes the writer's
 // queue when Close has closed its own. The events of one AppendAll go out back to back,
 // the first carrying how many follow, so the writer commits them together.
@@ -84,6 +94,7 @@ func (s *Spool) writer() {
 	s.dispatch() // headers left unsigned by the last run
 	items := make([]item, 0, s.cfg.CommitEvents)
 	var lastUrgent time.Time // when a transaction last carried an urgent event
+	var g gather
 	for {
 		items = items[:0]
 		var sealWaiter chan error
@@ -104,24 +115,24 @@ func (s *Spool) writer() {
 			}
 		}
 		// Urgent events (AppendUrgent) first: they have a sender waiting.
+		nUrgent := 0
 		urgent := func() {
 			for {
 				select {
 				case it := <-s.urgent:
 					items = append(items, it)
+					nUrgent++
 				default:
 					return
 				}
 			}
 		}
 		urgent()
-		// A transaction that carries urgent events takes few bulk ones: it is their
-		// acknowledgement that waits for it, and a small one commits quickly.
-		hasUrgent := len(items) > 0
 		if len(items) == 0 {
 			select {
 			case it := <-s.urgent:
-				items, hasUrgent = append(items, it), true
+				items = append(items, it)
+				nUrgent++
 			case it, ok := <-s.queue:
 				take(it, ok)
 			case r := <-s.signed:
@@ -129,17 +140,24 @@ func (s *Spool) writer() {
 			case <-ticker.C:
 			}
 		}
-		// Take what else is queued; a Seal request ends the transaction, so that it
-		// seals exactly the events appended before it.
-		// While acknowledging senders are active, bulk transactions stay short too: an
-		// urgent event arriving mid-commit waits for the commit in progress.
+		// A transaction that carries urgent events takes few bulk ones: it is their
+		// acknowledgement that waits for it, and a small one commits quickly. While
+		// acknowledging senders are active, bulk transactions stay short too: an urgent
+		// event arriving mid-commit waits for the commit in progress.
+		hasUrgent := nUrgent > 0
 		limit := s.cfg.CommitEvents
 		now := time.Now()
 		if hasUrgent {
 			limit, lastUrgent = min(limit, urgentCommitEvents), now
+			for _, it := range g.wait(s.urgent, nUrgent) {
+				items = append(items, it)
+				nUrgent++
+			}
 		} else if now.Sub(lastUrgent) < urgentWindow {
 			limit = min(limit, urgentBulkEvents)
 		}
+		// Take what else is queued; a Seal request ends the transaction, so that it
+		// seals exactly the events appended before it.
 	drain:
 		for !closed && sealWaiter == nil && len(items) < limit {
 			select {
@@ -155,7 +173,11 @@ func (s *Spool) writer() {
 		// the write lock.)
 		urgent()
 		s.takeSignatures()
+		began := time.Now()
 		err := s.commitRetrying(items, sealWaiter != nil, closed)
+		if nUrgent > 0 {
+			g.committed(nUrgent, time.Since(began))
+		}
 		for _, it := range items {
 			if it.done != nil {
 				it.done(err)
@@ -531,4 +553,48 @@ func (s *Spool) seal(tx *bolt.Tx, now time.Time) error {
 	st.leaves, st.bytes = st.leaves[:0], 0
 	st.first, st.last, st.lastSeal = time.Time{}, time.Time{}, now
 	return nil
+}
+
+// gather is the writer's memory of its last commit with urgent events: how many it
+// carried and how long commits take, so the next can wait for as many (see gatherMax).
+type gather struct {
+	want   int           // urgent events in the last such commit
+	commit time.Duration // moving average of their commit time
+	buf    []item
+}
+
+// wait collects urgent events until have+len(got) reaches the last commit's count or
+// half a commit's time has passed, whichever is first. It returns at once when the last
+// commit held no more than have: one sender, or senders that have gone quiet (a wait that
+// times out lowers want to what came, so the cost of a sender leaving is one wait).
+func (g *gather) wait(urgent <-chan item, have int) []item {
+	g.buf = g.buf[:0]
+	if have >= g.want {
+		return nil
+	}
+	d := min(g.commit/2, gatherMax)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for have+len(g.buf) < g.want {
+		select {
+		case it := <-urgent:
+			g.buf = append(g.buf, it)
+		case <-t.C:
+			return g.buf
+		}
+	}
+	return g.buf
+}
+
+// committed records a commit that carried n urgent events and took d.
+func (g *gather) committed(n int, d time.Duration) {
+	g.want = n
+	if g.commit == 0 {
+		g.commit = d
+	} else {
+		g.commit += (d - g.commit) / 8
+	}
 }

@@ -25,7 +25,7 @@ func adtA08(conn, seq int) []byte {
 // BenchmarkHL7MLLP sends ADT^A08 over N MLLP connections, each waiting for its CA (sent
 // after the spool's fsync'd commit) before sending the next message.
 func BenchmarkHL7MLLP(b *testing.B) {
-	for _, conns := range []int{1, 8} {
+	for _, conns := range []int{1, 8, 16} {
 		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) { benchHL7(b, conns) })
 	}
 }

@@ -289,6 +289,7 @@ func OpenReaderWithKey(path string, dataKey []byte) (r *Reader, err error) {
 		}
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
+	readAhead(db, mi.size)
 	r = &Reader{db: db, enc: enc}
 	err = safeView(db, func(tx *bolt.Tx) error {
 		if m := tx.Bucket(bucketMeta); m != nil {

@@ -126,8 +126,12 @@ func batches(db *bolt.DB, enc *eventCipher, from uint64, fn func(*ledger.Batch) 
 		var b *ledger.Batch
 		err := safeView(db, func(tx *bolt.Tx) error {
 			var err error
-			if p := position(tx); seq <= p.PrunedSeq {
-				seq = p.PrunedSeq + 1
+			// Only the prune mark: position would also count the open events, on
+			// every batch read.
+			if m := tx.Bucket(bucketMeta); m != nil {
+				if pruned := getU64(m, keyPrunedSeq); seq <= pruned {
+					seq = pruned + 1
+				}
 			}
 			b, err = readBatch(tx, seq, enc)
 			return err

@@ -126,8 +126,12 @@ func batches(db *bolt.DB, enc *eventCipher, from uint64, fn func(*ledger.Batch) 
 		var b *ledger.Batch
 		err := safeView(db, func(tx *bolt.Tx) error {
 			var err error
-			if p := position(tx); seq <= p.PrunedSeq {
-				seq = p.PrunedSeq + 1
+			// Only the prune mark: position would also count the open events, on
+			// every batch read.
+			if m := tx.Bucket(bucketMeta); m != nil {
+				if pruned := getU64(m, keyPrunedSeq); seq <= pruned {
+					seq = pruned + 1
+				}
 			}
 			b, err = readBatch(tx, seq, enc)
 			return err
@@ -262,10 +266,16 @@ func OpenReaderWithKey(path string, dataKey []byte) (r *Reader, err error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
-	if _, err := precheck(path); err != nil {
+	mi, err := precheck(path)
+	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
-	if err := checkInChild(context.Background(), path); err != nil {
+	// The full page check is skipped for a file as the daemon's clean close left it
+	// (recover.go); the record stays for the daemon's next start.
+	if _, clean := cleanSince(path, mi); !clean {
+		err = checkInChild(context.Background(), path)
+	}
+	if err != nil {
 		if errors.Is(err, ErrLocked) {
 			return nil, fmt.Errorf("open spool %s: %w (stop the daemon first)", path, ErrLocked)
 		}
@@ -283,6 +293,7 @@ func OpenReaderWithKey(path string, dataKey []byte) (r *Reader, err error) {
 		}
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
+	readAhead(db, mi.size)
 	r = &Reader{db: db, enc: enc}
 	err = safeView(db, func(tx *bolt.Tx) error {
 		if m := tx.Bucket(bucketMeta); m != nil {

@@ -567,7 +567,14 @@ func (s *Spool) Close() error {
 	s.mu.Unlock()
 	<-s.done
 	<-s.signDone
-	return errors.Join(wrapErr("close head file", s.head.close()), wrapErr("close spool", s.db.Close()))
+	herr, derr := s.head.close(), s.db.Close()
+	if derr == nil {
+		// The next Open may skip the full page check of a file left as it is now.
+		if err := recordCleanClose(s.path, time.Now()); err != nil {
+			s.log.Warn("record clean close; the next start checks every page", "err", err)
+		}
+	}
+	return errors.Join(wrapErr("close head file", herr), wrapErr("close spool", derr))
 }
 
 func wrapErr(op string, err error) error {

@@ -125,7 +125,7 @@ type item struct {
 	cost     int64 // admitted in space accounting; released at commit or loss
 	more     int   // events of the same AppendAll that follow this one
 	done     func(error)
-	seal     chan error // a Seal request instead of an event
+	seal     chan error    // a Seal request instead of an event
 	jseq     uint64        // the event's journal record (journal.go); 0: none
 	barrier  chan struct{} // a flushJournal request instead of an event
 }

@@ -125,7 +125,9 @@ type item struct {
 	cost     int64 // admitted in space accounting; released at commit or loss
 	more     int   // events of the same AppendAll that follow this one
 	done     func(error)
-	seal     chan error // a Seal request instead of an event
+	seal     chan error    // a Seal request instead of an event
+	jseq     uint64        // the event's journal record (journal.go); 0: none
+	barrier  chan struct{} // a flushJournal request instead of an event
 }
 
 // rawQueueSize bounds the events waiting for the encoder; the commit queue behind it
@@ -169,6 +171,7 @@ type Spool struct {
 	// acknowledgement (HL7, FHIR) does not wait behind a bulk syslog flood.
 	urgent chan item
 	done   chan struct{}
+	jn     *journal // AppendUrgent's events go through it (journal.go)
 
 	enc *eventCipher // nil: no data key; encrypted events cannot be read
 	// encBuf and nonceBuf are the writer's buffers for encrypted events (writer.go).
@@ -356,6 +359,19 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	s.head = hf
 	// The head file names this chain from now on, also when recovery started a new one.
 	s.writeHead()
+	jn, recs, damaged, err := openJournal(path+journalExt, journalSize, s.enc, s.opts.Encrypt)
+	if err != nil {
+		s.head.close()
+		s.db.Close()
+		return nil, &OpenError{Path: path, Err: fmt.Errorf("open journal: %w", err)}
+	}
+	s.jn = jn
+	var applied uint64
+	s.db.View(func(tx *bolt.Tx) error { applied = getU64(tx.Bucket(bucketMeta), keyJournalApplied); return nil })
+	// Seqs only grow, also past a journal that was replaced: a record of this run must
+	// never pass for one the writer committed already.
+	jn.applied.Store(applied)
+	jn.seq = max(jn.seq, applied)
 	// Start as full: collectors' events are taken only once the room is above the
 	// hysteresis band, as after any other refusal.
 	s.full.Store(true)
@@ -363,7 +379,17 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	go s.encoder()
 	go s.signLoop()
 	go s.writer()
+	go s.journalLoop()
+	if n := s.replayJournal(recs, applied); n > 0 {
+		s.log.Info("acknowledged events from the journal committed again after an unclean stop", "events", n)
+	}
 	now := s.opts.Now()
+	if damaged > 0 {
+		e := selfEvent(now, "audit.events_lost", audit.OutcomeSeriousFailure, "journal records could not be read back (damaged, or torn by a crash during their write)")
+		e.Count = damaged
+		e.Detail = map[string]string{"events": fmt.Sprint(damaged), "cause": "journal record unreadable"}
+		evidence = append(evidence, e)
+	}
 	for i := range evidence {
 		if err := s.Append(context.Background(), &evidence[i], nil); err != nil {
 			s.log.Error("record spool incident", "action", evidence[i].Action, "err", err)
@@ -455,7 +481,7 @@ func (s *Spool) AppendUrgent(ctx context.Context, e *audit.Event, done func(erro
 		return ErrClosed
 	}
 	select {
-	case s.urgent <- it:
+	case s.jn.in <- it:
 	case <-ctx.Done():
 		s.space.release(cost)
 		return ctx.Err()
@@ -528,6 +554,11 @@ func (s *Spool) send(ctx context.Context, ri rawItem) error {
 // appended before the call. It waits until that batch, and every batch closed before it,
 // is signed and committed: while the signer fails, that is until ctx ends.
 func (s *Spool) Seal(ctx context.Context) error {
+	// Urgent events sent before Seal are in the batch it closes: the journal hands them
+	// to the writer first.
+	if err := s.flushJournal(ctx); err != nil {
+		return err
+	}
 	ch := make(chan error, 1)
 	s.mu.RLock()
 	if s.closed {
@@ -563,18 +594,21 @@ func (s *Spool) Close() error {
 		return nil
 	}
 	s.closed = true
-	close(s.raw)
+	close(s.jn.in)
 	s.mu.Unlock()
+	// The journal hands its last events to the writer before the writer's queue closes.
+	<-s.jn.done
+	close(s.raw)
 	<-s.done
 	<-s.signDone
-	herr, derr := s.head.close(), s.db.Close()
+	herr, jerr, derr := s.head.close(), s.jn.close(s.enc, s.opts.Encrypt), s.db.Close()
 	if derr == nil {
 		// The next Open may skip the full page check of a file left as it is now.
 		if err := recordCleanClose(s.path, time.Now()); err != nil {
 			s.log.Warn("record clean close; the next start checks every page", "err", err)
 		}
 	}
-	return errors.Join(wrapErr("close head file", herr), wrapErr("close spool", derr))
+	return errors.Join(wrapErr("close head file", herr), wrapErr("close journal", jerr), wrapErr("close spool", derr))
 }
 
 func wrapErr(op string, err error) error {

@@ -130,7 +130,8 @@ func TestGatherWait(t *testing.T) {
 				ch <- item{}
 			}
 			g := gather{want: tt.want, commit: tt.commit}
-			if got := len(g.wait(ch, tt.have)); got != tt.got {
+			more, _ := g.wait(ch, tt.have)
+			if got := len(more); got != tt.got {
 				t.Fatalf("wait took %d urgent events, want %d", got, tt.got)
 			}
 			g.committed(tt.have+tt.got, tt.commit)

@@ -114,14 +114,21 @@ func (s *Spool) writer() {
 				}
 			}
 		}
-		// Urgent events (AppendUrgent) first: they have a sender waiting.
-		nUrgent := 0
+		// Urgent events (AppendUrgent, through the journal) first: those the journal
+		// answered already, so that it stays short, and those it could not take (a failed
+		// journal write), whose senders wait for this commit.
+		waiting := 0
+		takeUrgent := func(it item) {
+			items = append(items, it)
+			if it.done != nil {
+				waiting++
+			}
+		}
 		urgent := func() {
 			for {
 				select {
 				case it := <-s.urgent:
-					items = append(items, it)
-					nUrgent++
+					takeUrgent(it)
 				default:
 					return
 				}
@@ -131,8 +138,7 @@ func (s *Spool) writer() {
 		if len(items) == 0 {
 			select {
 			case it := <-s.urgent:
-				items = append(items, it)
-				nUrgent++
+				takeUrgent(it)
 			case it, ok := <-s.queue:
 				take(it, ok)
 			case r := <-s.signed:
@@ -140,18 +146,17 @@ func (s *Spool) writer() {
 			case <-ticker.C:
 			}
 		}
-		// A transaction that carries urgent events takes few bulk ones: it is their
-		// acknowledgement that waits for it, and a small one commits quickly. While
-		// acknowledging senders are active, bulk transactions stay short too: an urgent
-		// event arriving mid-commit waits for the commit in progress.
-		hasUrgent := nUrgent > 0
+		// A transaction that carries events whose senders wait takes few bulk ones: a
+		// small one commits quickly. While such senders are active, bulk transactions
+		// stay short too: their next event, arriving mid-commit, waits for the commit in
+		// progress. (With the journal working, no sender waits for a commit.)
 		limit := s.cfg.CommitEvents
 		now := time.Now()
-		if hasUrgent {
+		if waiting > 0 {
 			limit, lastUrgent = min(limit, urgentCommitEvents), now
-			for _, it := range g.wait(s.urgent, nUrgent) {
-				items = append(items, it)
-				nUrgent++
+			more, _ := g.wait(s.urgent, waiting)
+			for _, it := range more {
+				takeUrgent(it)
 			}
 		} else if now.Sub(lastUrgent) < urgentWindow {
 			limit = min(limit, urgentBulkEvents)
@@ -175,8 +180,8 @@ func (s *Spool) writer() {
 		s.takeSignatures()
 		began := time.Now()
 		err := s.commitRetrying(items, sealWaiter != nil, closed)
-		if nUrgent > 0 {
-			g.committed(nUrgent, time.Since(began))
+		if waiting > 0 {
+			g.committed(waiting, time.Since(began))
 		}
 		for _, it := range items {
 			if it.done != nil {
@@ -270,7 +275,16 @@ func (s *Spool) commitRetrying(items []item, forceSeal, closing bool) error {
 				"events", len(items), "err", err, "failures", failures, "suppressed", n)
 		}
 		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			s.recordLoss(items, err)
+			// Journaled events are not lost: the next Open commits them from the journal.
+			var lost []item
+			for _, it := range items {
+				if it.jseq == 0 {
+					lost = append(lost, it)
+				} else {
+					s.space.release(it.cost)
+				}
+			}
+			s.recordLoss(lost, err)
 			return fmt.Errorf("commit: %w", err)
 		}
 		wait := delay
@@ -338,6 +352,7 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 		return nil
 	}
 	sealed := 0
+	var jseq uint64 // the last journal record among items
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		if f := s.commitFault.Load(); f != nil {
 			if err := (*f)(); err != nil {
@@ -399,6 +414,7 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 			if err := ev.Put(key[:], val); err != nil {
 				return err
 			}
+			jseq = max(jseq, it.jseq)
 			if len(st.leaves) == 0 {
 				st.opened, st.first, st.last = now, it.received, it.received
 			}
@@ -419,6 +435,11 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 				sealed++
 			}
 		}
+		if jseq > 0 {
+			if err := tx.Bucket(bucketMeta).Put(keyJournalApplied, u64(jseq)); err != nil {
+				return err
+			}
+		}
 		if len(st.leaves) > 0 && (forceSeal || now.Sub(st.opened) >= s.cfg.MaxAge) ||
 			len(st.leaves) == 0 && sealed == 0 && now.Sub(st.lastSeal) >= s.cfg.Heartbeat {
 			if err := s.seal(tx, now); err != nil {
@@ -436,6 +457,9 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 		cost += it.cost
 	}
 	s.space.release(cost)
+	if jseq > 0 {
+		s.jn.applied.Store(jseq)
+	}
 	s.stats.commits.Add(1)
 	s.stats.committed.Add(uint64(len(items)))
 	if n := len(sigs); n > 0 {
@@ -566,27 +590,35 @@ type gather struct {
 // wait collects urgent events until have+len(got) reaches the last commit's count or
 // half a commit's time has passed, whichever is first. It returns at once when the last
 // commit held no more than have: one sender, or senders that have gone quiet (a wait that
-// times out lowers want to what came, so the cost of a sender leaving is one wait).
-func (g *gather) wait(urgent <-chan item, have int) []item {
+// times out lowers want to what came, so the cost of a sender leaving is one wait). It
+// also returns after a barrier (flushJournal), which it takes, and when the channel is
+// closed (open false).
+func (g *gather) wait(urgent <-chan item, have int) (got []item, open bool) {
 	g.buf = g.buf[:0]
 	if have >= g.want {
-		return nil
+		return nil, true
 	}
 	d := min(g.commit/2, gatherMax)
 	if d <= 0 {
-		return nil
+		return nil, true
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for have+len(g.buf) < g.want {
 		select {
-		case it := <-urgent:
+		case it, ok := <-urgent:
+			if !ok {
+				return g.buf, false
+			}
 			g.buf = append(g.buf, it)
+			if it.barrier != nil {
+				return g.buf, true
+			}
 		case <-t.C:
-			return g.buf
+			return g.buf, true
 		}
 	}
-	return g.buf
+	return g.buf, true
 }
 
 // committed records a commit that carried n urgent events and took d.

@@ -65,6 +65,11 @@ func childCheck(path string) int {
 		return checkIOError
 	}
 	defer db.Close()
+	// tx.Check reads every page: with bbolt's random-access advice a cold check of an
+	// 8 GB spool took 133 s, with read-ahead 53 s.
+	if st, err := os.Stat(path); err == nil {
+		readAhead(db, st.Size())
+	}
 	code := checkOK
 	db.View(func(tx *bolt.Tx) error {
 		n := 0

@@ -44,11 +44,14 @@ PKGCACHE=/tmp/anchors-pkgcache
 variant() {
   case $1 in
     default)     echo "||" ;;
+    before)      echo "|  queue_size: 32768\n  commit_events: 8192|memory_limit: -1" ;;
+    before-lim)  echo "|  queue_size: 32768\n  commit_events: 8192|" ;;
+    q4096-c2048-nolim) echo "|  queue_size: 4096\n  commit_events: 2048|memory_limit: -1" ;;
     q8192)       echo "|  queue_size: 8192|" ;;
     q4096)       echo "|  queue_size: 4096|" ;;
     q4096-c2048) echo "|  queue_size: 4096\n  commit_events: 2048|" ;;
     q2048-c1024) echo "|  queue_size: 2048\n  commit_events: 1024|" ;;
-    nolimit)     echo "|  |memory_limit: 0" ;;
+    nolimit)     echo "||memory_limit: -1" ;;
     gomemlimit48) echo "GOMEMLIMIT=48MiB||" ;;
     gogc50)      echo "GOGC=50||" ;;
     *) echo "run.sh: unknown variant $1" >&2; exit 2 ;;

@@ -46,6 +46,7 @@ variant() {
     default)     echo "||" ;;
     before)      echo "|  queue_size: 32768\n  commit_events: 8192|memory_limit: -1" ;;
     before-lim)  echo "|  queue_size: 32768\n  commit_events: 8192|" ;;
+    q4096-c4096) echo "|  queue_size: 4096\n  commit_events: 4096|" ;;
     q4096-c2048-nolim) echo "|  queue_size: 4096\n  commit_events: 2048|memory_limit: -1" ;;
     q8192)       echo "|  queue_size: 8192|" ;;
     q4096)       echo "|  queue_size: 4096|" ;;

@@ -11,15 +11,15 @@ const (
 	DefaultMaxEvents = 1000
 	// DefaultMaxBytes seals a batch once its events reach 192 KiB, so that a batch with
 	// its header and framing fits the uplink's default 256 KiB MQTT message limit.
-	DefaultMaxBytes     = 192 << 10
-	DefaultMaxAge       = 2 * time.Second
-	DefaultHeartbeat    = time.Minute
-	DefaultRetention    = 7 * 24 * time.Hour
+	DefaultMaxBytes  = 192 << 10
+	DefaultMaxAge    = 2 * time.Second
+	DefaultHeartbeat = time.Minute
+	DefaultRetention = 7 * 24 * time.Hour
 	// DefaultQueueSize and DefaultCommitEvents bound the encoded events in memory: about
 	// 700 bytes each, so 4096 queued (2.8 MiB, 20 ms of a full-speed connection) and 2048
 	// in a transaction, whose value and page buffers hold them twice more. 32768 and 8192
-	// gave a heap twice the daemon's 64 MiB RSS goal for no measurable throughput
-	// (docs/performance.md, "Memory").
+	// kept 55-61 MB live under load (116 MiB anonymous RSS) for no throughput that could
+	// be measured (docs/performance.md, "Memory").
 	DefaultQueueSize    = 4096
 	DefaultCommitEvents = 2048
 	DefaultMinFreeBytes = 256 << 20

@@ -64,7 +64,11 @@ func TestIdleMemory(t *testing.T) {
 	runtime.GC()
 	metrics.Read(s)
 	for _, x := range s {
-		t.Logf("%-45s %8.2f MiB", x.Name, float64(x.Value.Uint64())/(1<<20))
+		if strings.HasSuffix(x.Name, ":bytes") {
+			t.Logf("%-45s %8.2f MiB", x.Name, float64(x.Value.Uint64())/(1<<20))
+		} else {
+			t.Logf("%-45s %8d", x.Name, x.Value.Uint64())
+		}
 	}
 	if st, err := os.ReadFile("/proc/self/status"); err == nil {
 		for _, l := range strings.Split(string(st), "\n") {

@@ -90,6 +90,9 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// LogLevel is debug|info|warn|error.
 	LogLevel string `yaml:"log_level"`
+	// MemoryLimit is the Go runtime's soft memory limit in bytes (DefaultMemoryLimit;
+	// -1 = none); the GOMEMLIMIT environment variable overrides it (memory.go).
+	MemoryLimit int64 `yaml:"memory_limit"`
 
 	// src is what LoadConfig kept of the file (lines of the keys, its problems); nil
 	// for a config built in code.
@@ -210,6 +213,9 @@ func (c *Config) SetDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = DefaultLogLevel
 	}
+	if c.MemoryLimit == 0 {
+		c.MemoryLimit = DefaultMemoryLimit
+	}
 	c.Syslog.SetDefaults()
 	c.HL7.SetDefaults()
 	c.FHIR.SetDefaults()
@@ -277,6 +283,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log_level", c.LogLevel, "must be debug, info, warn or error")
+	}
+	if msg := c.memoryLimitProblem(); msg != "" {
+		bad("memory_limit", c.MemoryLimit, msg)
 	}
 	errs = append(errs, c.Syslog.Validate())
 	// A collector's drain at stop, and the seal and close after it, must fit the

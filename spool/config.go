@@ -11,12 +11,17 @@ const (
 	DefaultMaxEvents = 1000
 	// DefaultMaxBytes seals a batch once its events reach 192 KiB, so that a batch with
 	// its header and framing fits the uplink's default 256 KiB MQTT message limit.
-	DefaultMaxBytes     = 192 << 10
-	DefaultMaxAge       = 2 * time.Second
-	DefaultHeartbeat    = time.Minute
-	DefaultRetention    = 7 * 24 * time.Hour
-	DefaultQueueSize    = 32768
-	DefaultCommitEvents = 8192
+	DefaultMaxBytes  = 192 << 10
+	DefaultMaxAge    = 2 * time.Second
+	DefaultHeartbeat = time.Minute
+	DefaultRetention = 7 * 24 * time.Hour
+	// DefaultQueueSize and DefaultCommitEvents bound the encoded events in memory: about
+	// 700 bytes each, so 4096 queued (2.8 MiB, 20 ms of a full-speed connection) and 2048
+	// in a transaction, whose value and page buffers hold them twice more. 32768 and 8192
+	// kept 55-61 MB live under load (116 MiB anonymous RSS) for no throughput that could
+	// be measured (docs/performance.md, "Memory").
+	DefaultQueueSize    = 4096
+	DefaultCommitEvents = 2048
 	DefaultMinFreeBytes = 256 << 20
 	DefaultOpenTimeout  = 2 * time.Second
 	// DefaultEvidenceReserve is kept for the appliance's own events when the spool is
@@ -55,9 +60,9 @@ type Config struct {
 	// Retention is how long acknowledged batches stay on the appliance (spool.retention; 7 days).
 	Retention time.Duration `yaml:"retention"`
 
-	// QueueSize is how many events may wait for the writer (spool.queue_size; 32768).
+	// QueueSize is how many events may wait for the writer (spool.queue_size; 4096).
 	QueueSize int `yaml:"queue_size"`
-	// CommitEvents caps the events of one transaction (spool.commit_events; 8192).
+	// CommitEvents caps the events of one transaction (spool.commit_events; 2048).
 	CommitEvents int `yaml:"commit_events"`
 
 	// EvidenceReserveBytes is room only the appliance's own events may use, below the

@@ -79,6 +79,9 @@ func (c *RunCommand) Run(ctx context.Context, args []string) (err error) {
 		log = l
 	}
 	startLog(log, *configPath, &cfg, deviceFromHost)
+	// The process's soft memory limit (memory_limit): set here, not in New, because it
+	// is the whole process's.
+	daemon.ApplyMemoryLimit(&cfg, log)
 	d, err := daemon.New(cfg, buildVersion(), log)
 	if err != nil {
 		return err

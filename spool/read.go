@@ -93,9 +93,24 @@ func position(tx *bolt.Tx) Position {
 		HeadHash: hex.EncodeToString(m.Get(keyHeadHash)), AckedSeq: getU64(m, keyAckedSeq),
 		PrunedSeq: getU64(m, keyPrunedSeq), PrunedHash: hex.EncodeToString(m.Get(keyPrunedHash)),
 	}
+	// Counted a batch at a time from its last key (seq | index, indexes from 0 without
+	// gaps), not event by event: /healthz and /metrics ask for it several times a
+	// second, and a walk over every open event touched all their pages in bbolt's map,
+	// which then counted in the daemon's RSS.
 	c := tx.Bucket(bucketEvents).Cursor()
-	for k, _ := c.Seek(seqKey(p.HeadSeq + 1)); k != nil; k, _ = c.Next() {
-		p.OpenEvents++
+	for k, _ := c.Seek(seqKey(p.HeadSeq + 1)); len(k) == 12; {
+		seq := binary.BigEndian.Uint64(k[:8])
+		next, _ := c.Seek(seqKey(seq + 1))
+		var last []byte
+		if next == nil {
+			last, _ = c.Last()
+		} else {
+			last, _ = c.Prev()
+		}
+		if len(last) == 12 && binary.BigEndian.Uint64(last[:8]) == seq {
+			p.OpenEvents += int(binary.BigEndian.Uint32(last[8:])) + 1
+		}
+		k, _ = c.Seek(seqKey(seq + 1))
 	}
 	if ub := tx.Bucket(bucketUnsigned); ub != nil {
 		uc := ub.Cursor()

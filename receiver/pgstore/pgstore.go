@@ -5,7 +5,6 @@ package pgstore
 import (
 	"context"
 	"embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -328,19 +327,6 @@ func shortChain(c string) string {
 
 var eventColumns = []string{"site", "device", "chain", "seq", "idx", "time", "action", "outcome", "patient", "actor_user", "study", "body"}
 
-// eventFields are the fields of an audit event (audit.Event) that get a column of their
-// own. Decoding into this small struct skips the rest of the event.
-type eventFields struct {
-	Time    string `json:"time"`
-	Action  string `json:"action"`
-	Outcome string `json:"outcome"`
-	Patient string `json:"patient"`
-	Actor   struct {
-		User string `json:"user"`
-	} `json:"actor"`
-	Study []string `json:"study"`
-}
-
 // eventRows are e's events as rows of eventColumns. An event that is not JSON (or whose
 // fields have other types) is stored with its bytes and no extracted fields: storing
 // never depends on the content, which the signature already vouches for.
@@ -348,9 +334,9 @@ func eventRows(e receiver.Entry) [][]any {
 	rows := make([][]any, len(e.Batch.Events))
 	seq := int64(e.Header.Seq)
 	for i, ev := range e.Batch.Events {
-		var f eventFields
+
 		var t, action, outcome, patient, user, study any
-		if json.Unmarshal(ev, &f) == nil {
+		if f, ok := extractFields(ev); ok {
 			if tm, err := time.Parse(time.RFC3339Nano, f.Time); err == nil {
 				t = tm
 			}

@@ -233,12 +233,26 @@ func KeyID(pub *ecdsa.PublicKey) (string, error) {
 
 // EventsRoot is the Merkle root over the batch's event bytes.
 func EventsRoot(events [][]byte) Hash {
-	leaves := make([]Hash, len(events))
-	for i, e := range events {
-		leaves[i] = LeafHash(e)
+	switch len(events) {
+	case 0:
+		return EmptyRoot
+	case 1:
+		return LeafHash(events[0])
 	}
-	return Root(leaves)
+	// One digest for every leaf (LeafHash allocates one each), and the tree reduced in
+	// place: leaves is ours.
+	leaves := make([]Hash, len(events))
+	h := sha256.New()
+	for i, e := range events {
+		h.Reset()
+		h.Write(leafPrefix[:])
+		h.Write(e)
+		h.Sum(leaves[i][:0])
+	}
+	return rootInPlace(leaves)
 }
+
+var leafPrefix = [1]byte{0}
 
 // Prepare fills in count, root, version and algorithm and encodes the header once: the
 // exact bytes that are signed and hashed. The spool prepares a batch's header when the

@@ -47,11 +47,20 @@ func Root(leaves []Hash) Hash {
 	}
 	level := make([]Hash, len(leaves))
 	copy(level, leaves)
+	return rootInPlace(level)
+}
+
+// rootInPlace is Root of level (at least two leaves), overwriting it.
+func rootInPlace(level []Hash) Hash {
+	var buf [1 + 2*sha256.Size]byte
+	buf[0] = 1
 	for n := len(level); n > 1; {
 		next := 0
 		for i := 0; i < n; i += 2 {
 			if i+1 < n {
-				level[next] = NodeHash(level[i], level[i+1])
+				copy(buf[1:], level[i][:])
+				copy(buf[1+sha256.Size:], level[i+1][:])
+				level[next] = sha256.Sum256(buf[:])
 			} else {
 				level[next] = level[i]
 			}

@@ -22,6 +22,9 @@ const ActionKeyRotated = "audit.key_rotated"
 // never matches, and the decoded event must be the appliance's own (source kind self).
 var rotationMarker = []byte(`"action":"` + ActionKeyRotated + `"`)
 
+// rotationTail is a part of rotationMarker that is rare in events, checked first.
+var rotationTail = []byte(`key_rotated"`)
+
 // ErrRotation is wrapped by a rotation event that does not name a usable key.
 var ErrRotation = errors.New("bad key rotation event")
 
@@ -30,7 +33,9 @@ var ErrRotation = errors.New("bad key rotation event")
 func FindRotation(events [][]byte) (*ecdsa.PublicKey, error) {
 	var found *ecdsa.PublicKey
 	for _, e := range events {
-		if !bytes.Contains(e, rotationMarker) {
+		// rotationTail first: a needle that starts with '"' falls back to a slow
+		// search in JSON, where quotes are everywhere; "key_rotated" is rare.
+		if !bytes.Contains(e, rotationTail) || !bytes.Contains(e, rotationMarker) {
 			continue
 		}
 		var ev struct {

@@ -29,7 +29,12 @@ func BenchmarkHandle(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			var e *env
 			round := 0
+			var cpu *cpuMeter
 			fresh := func() {
+				if cpu != nil {
+					cpu.pause()
+					defer cpu.resume()
+				}
 				var store receiver.Store = newMemStore()
 				if kind == "folder" {
 					store = receiver.FolderStore{Dir: filepath.Join(b.TempDir(), fmt.Sprint(round))}
@@ -40,6 +45,7 @@ func BenchmarkHandle(b *testing.B) {
 			}
 			fresh()
 			i := 0
+			cpu = startCPU(b)
 			for b.Loop() {
 				if i == chainLen {
 					fresh()
@@ -52,6 +58,7 @@ func BenchmarkHandle(b *testing.B) {
 				i++
 			}
 			b.ReportMetric(float64(b.N*perBatch)/b.Elapsed().Seconds(), "events/s")
+			cpu.report(b, b.N*perBatch)
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -64,6 +71,7 @@ func BenchmarkVerifyOnly(b *testing.B) {
 	a.events = 1000
 	chain := a.extend(b, nil, 1, strings.Repeat("x", 250))
 	payload := wire(chain[0])
+	cpu := startCPU(b)
 	for b.Loop() {
 		bt, err := ledger.NewReader(strings.NewReader(string(payload))).Next()
 		if err != nil {
@@ -75,4 +83,5 @@ func BenchmarkVerifyOnly(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "events/s")
+	cpu.report(b, b.N*1000)
 }

@@ -4,7 +4,6 @@
 package receiver
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
@@ -12,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -602,12 +600,13 @@ func (r *Receiver) check(ctx context.Context, site, dev string, payload []byte) 
 	if len(payload) > r.cfg.MaxBatchBytes {
 		return ref(0, ErrMalformed, "%d bytes, more than %d", len(payload), r.cfg.MaxBatchBytes)
 	}
-	rd := ledger.NewReader(bytes.NewReader(payload))
-	b, err := rd.Next()
+	// Without copying: the events are slices of payload, which nobody changes (the
+	// stores copy what they keep).
+	b, rest, err := ledger.ParseBatch(payload)
 	if err != nil {
 		return ref(0, ErrMalformed, "%v", err)
 	}
-	if _, err := rd.Next(); err != io.EOF {
+	if len(rest) > 0 {
 		return ref(0, ErrMalformed, "more than one batch in one message")
 	}
 	h, err := ledger.ParseHeader(b.Header)

@@ -3,7 +3,10 @@ package pgstore_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/edgeaudit/edgeaudit/internal/testpg"
 	"github.com/edgeaudit/edgeaudit/receiver"
@@ -26,6 +29,16 @@ func BenchmarkAppend(b *testing.B) {
 	if err := s.Migrate(b.Context()); err != nil {
 		b.Fatal(err)
 	}
+	if x := os.Getenv("PGSTORE_BENCH_SQL"); x != "" { // experiments: statements run after Migrate
+		conn, err := pgx.Connect(b.Context(), c.DSN())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := conn.Exec(b.Context(), x); err != nil {
+			b.Fatal(err)
+		}
+		conn.Close(b.Context())
+	}
 	a := newAppliance(b, "s1", "d1")
 	for seq := range chainLen {
 		a.seal(b, fillEvents(perBatch, seq))
@@ -44,6 +57,7 @@ func BenchmarkAppend(b *testing.B) {
 			round++
 			i := 0
 			device := func() string { return fmt.Sprintf("%s-%d", way.name, round) }
+			cpu := startCPU(b, c.Dir)
 			for b.Loop() {
 				if i == chainLen { // the chain is used up: the same batches as another device
 					round, i = round+1, 0
@@ -55,6 +69,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N*perBatch)/b.Elapsed().Seconds(), "events/s")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "batches/s")
+			cpu.report(b, b.N, perBatch)
 			b.ReportMetric(0, "ns/op")
 		})
 	}

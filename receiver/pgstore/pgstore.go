@@ -3,9 +3,10 @@
 package pgstore
 
 import (
+	"bytes"
 	"context"
 	"embed"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -114,7 +115,10 @@ func loadMigrations() ([]migration, error) {
 // in one transaction under an advisory lock: receivers starting at once wait for each
 // other, and the second finds everything applied. schema_migrations records each
 // version and when it was applied. A failure rolls everything back.
-func (s *Store) Migrate(ctx context.Context) error {
+func (s *Store) Migrate(ctx context.Context) error { return s.migrate(ctx, math.MaxInt) }
+
+// migrate applies the migrations up to version upTo (tests stop at an older schema).
+func (s *Store) migrate(ctx context.Context, upTo int) error {
 	ms, err := loadMigrations()
 	if err != nil {
 		return fmt.Errorf("pgstore migrate: %w", err)
@@ -168,7 +172,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 	}
 	var done []string
 	for _, m := range ms {
-		if applied[m.version] {
+		if applied[m.version] || m.version > upTo {
 			continue
 		}
 		if _, err := tx.Exec(ctx, m.sql); err != nil {
@@ -248,14 +252,7 @@ func (s *Store) Append(ctx context.Context, e receiver.Entry) error {
 	return s.append(ctx, e, copyEvents)
 }
 
-// copyEvents inserts the event rows with COPY, the faster of the two ways measured
-// (BenchmarkAppend: COPY against a pgx.Batch of INSERTs, in README.md).
-func copyEvents(ctx context.Context, tx pgx.Tx, rows [][]any) error {
-	_, err := tx.CopyFrom(ctx, pgx.Identifier{"events"}, eventColumns, pgx.CopyFromRows(rows))
-	return err
-}
-
-func (s *Store) append(ctx context.Context, e receiver.Entry, insertEvents func(context.Context, pgx.Tx, [][]any) error) error {
+func (s *Store) append(ctx context.Context, e receiver.Entry, insertEvents func(context.Context, pgx.Tx, receiver.Entry, []eventRow) error) error {
 	h := e.Header
 	if h.Seq == 0 || h.Seq > math.MaxInt64 {
 		return fmt.Errorf("pgstore append %s/%s: seq %d out of range", e.Site, e.Device, h.Seq)
@@ -302,7 +299,7 @@ func (s *Store) append(ctx context.Context, e receiver.Entry, insertEvents func(
 		return fmt.Errorf("pgstore append %s/%s seq %d: insert batch: %w", e.Site, e.Device, h.Seq, err)
 	}
 	if len(rows) > 0 {
-		if err := insertEvents(ctx, tx, rows); err != nil {
+		if err := insertEvents(ctx, tx, e, rows); err != nil {
 			return fmt.Errorf("pgstore append %s/%s seq %d: insert events: %w", e.Site, e.Device, h.Seq, err)
 		}
 	}
@@ -326,47 +323,176 @@ func shortChain(c string) string {
 	return c
 }
 
-var eventColumns = []string{"site", "device", "chain", "seq", "idx", "time", "action", "outcome", "patient", "actor_user", "study", "body"}
+// eventColumns are the columns Append fills in events. body stays NULL (rows written
+// before migration 0002 have it): an event's bytes are the slice body_off, body_len of
+// its batch's wire column, stored once (event_bodies puts them back together).
+var eventColumns = []string{"site", "device", "chain", "seq", "idx", "time", "action", "outcome", "patient", "actor_user", "study", "body_off", "body_len", "keys"}
 
-// eventFields are the fields of an audit event (audit.Event) that get a column of their
-// own. Decoding into this small struct skips the rest of the event.
-type eventFields struct {
-	Time    string `json:"time"`
-	Action  string `json:"action"`
-	Outcome string `json:"outcome"`
-	Patient string `json:"patient"`
-	Actor   struct {
-		User string `json:"user"`
-	} `json:"actor"`
-	Study []string `json:"study"`
+// eventRow is one event's row, less the batch's columns. Empty strings are NULL.
+type eventRow struct {
+	time                           time.Time
+	hasTime                        bool
+	action, outcome, patient, user string
+	study                          []string
+	off, len                       int32
+	keys                           []string // eventKeys
 }
 
-// eventRows are e's events as rows of eventColumns. An event that is not JSON (or whose
-// fields have other types) is stored with its bytes and no extracted fields: storing
-// never depends on the content, which the signature already vouches for.
-func eventRows(e receiver.Entry) [][]any {
-	rows := make([][]any, len(e.Batch.Events))
-	seq := int64(e.Header.Seq)
+// eventRows are e's events as rows. An event that is not JSON (or whose fields have
+// other types, or hold a NUL, which a text column cannot) is stored with no extracted
+// fields: storing never depends on the content, which the signature already vouches for.
+func eventRows(e receiver.Entry) []eventRow {
+	rows := make([]eventRow, len(e.Batch.Events))
+	// Where each event starts in the wire bytes (ledger.Batch.AppendWire):
+	// magic, u32 header length, header, u16 signature length, signature, u32 count,
+	// then a u32 length before each event.
+	off := len(ledger.Magic) + 4 + len(e.Batch.Header) + 2 + len(e.Batch.Signature) + 4
 	for i, ev := range e.Batch.Events {
-		var f eventFields
-		var t, action, outcome, patient, user, study any
-		if json.Unmarshal(ev, &f) == nil {
-			if tm, err := time.Parse(time.RFC3339Nano, f.Time); err == nil {
-				t = tm
-			}
-			action, outcome, patient, user = nonEmpty(f.Action), nonEmpty(f.Outcome), nonEmpty(f.Patient), nonEmpty(f.Actor.User)
-			if len(f.Study) > 0 {
-				study = f.Study
-			}
+		r := &rows[i]
+		off += 4
+		r.off, r.len = int32(off), int32(len(ev))
+		off += len(ev)
+		f, ok := extractFields(ev)
+		if !ok || hasNUL(f) {
+			continue
 		}
-		rows[i] = []any{e.Site, e.Device, e.Header.Chain, seq, int32(i), t, action, outcome, patient, user, study, ev}
+		if tm, err := time.Parse(time.RFC3339Nano, f.Time); err == nil {
+			r.time, r.hasTime = tm, true
+		}
+		r.action, r.outcome, r.patient, r.user = f.Action, f.Outcome, f.Patient, f.Actor.User
+		if len(f.Study) > 0 {
+			r.study = f.Study
+		}
+		r.keys = eventKeys(f)
 	}
 	return rows
 }
 
-func nonEmpty(s string) any {
-	if s == "" {
+// eventKeys are the keys of an event that the GIN index on keys finds (migration
+// 0002): "p:" patient, "u:" user, "a:" action and "a:" each prefix of the action that
+// ends with a dot (for "phi.*"), "s:" each study token. Empty values have none.
+func eventKeys(f eventFields) []string {
+	k := make([]string, 0, 4+len(f.Study))
+	if f.Patient != "" {
+		k = append(k, "p:"+f.Patient)
+	}
+	if f.Actor.User != "" {
+		k = append(k, "u:"+f.Actor.User)
+	}
+	if f.Action != "" {
+		k = append(k, "a:"+f.Action)
+		for i := 0; i < len(f.Action)-1; i++ {
+			if f.Action[i] == '.' {
+				k = append(k, "a:"+f.Action[:i+1])
+			}
+		}
+	}
+	for _, s := range f.Study {
+		k = append(k, "s:"+s)
+	}
+	if len(k) == 0 {
 		return nil
 	}
-	return s
+	return k
+}
+
+func hasNUL(f eventFields) bool {
+	for _, s := range append([]string{f.Time, f.Action, f.Outcome, f.Patient, f.Actor.User}, f.Study...) {
+		if strings.IndexByte(s, 0) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// copyEvents inserts the event rows with one COPY in the binary format, encoded here
+// (pgx's CopyFrom encodes each value through its type map, which was most of the
+// client's CPU per batch).
+func copyEvents(ctx context.Context, tx pgx.Tx, e receiver.Entry, rows []eventRow) error {
+	buf := appendCopyRows(make([]byte, 0, 64+len(rows)*(160+len(e.Site)+len(e.Device)+len(e.Header.Chain))), e, rows)
+	_, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(buf),
+		"COPY events ("+strings.Join(eventColumns, ", ")+") FROM STDIN (FORMAT binary)")
+	return err
+}
+
+// textArray appends a text[] value, NULL when a is empty: a one-dimensional array is
+// ndim, has-nulls, element type, length, lower bound, then each element as a length
+// and its bytes.
+func textArray(b []byte, a []string) []byte {
+	be := binary.BigEndian
+	if len(a) == 0 {
+		return be.AppendUint32(b, math.MaxUint32)
+	}
+	n := 20
+	for _, s := range a {
+		n += 4 + len(s)
+	}
+	b = be.AppendUint32(b, uint32(n))
+	b = be.AppendUint32(b, 1)
+	b = be.AppendUint32(b, 0)
+	b = be.AppendUint32(b, textOID)
+	b = be.AppendUint32(b, uint32(len(a)))
+	b = be.AppendUint32(b, 1)
+	for _, s := range a {
+		b = be.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// pgEpoch is PostgreSQL's timestamp zero, 2000-01-01 UTC, in Unix microseconds.
+const pgEpoch = 946684800 * 1000000
+
+// textOID is the type of the study array's elements.
+const textOID = 25
+
+// appendCopyRows appends the COPY binary format
+// (https://www.postgresql.org/docs/15/sql-copy.html, "Binary Format") of rows.
+func appendCopyRows(b []byte, e receiver.Entry, rows []eventRow) []byte {
+	be := binary.BigEndian
+	b = append(b, "PGCOPY\n\xff\r\n\x00"...)
+	b = be.AppendUint32(b, 0) // flags
+	b = be.AppendUint32(b, 0) // header extension length
+	text := func(b []byte, s string) []byte {
+		if s == "" {
+			return be.AppendUint32(b, math.MaxUint32) // -1: NULL
+		}
+		b = be.AppendUint32(b, uint32(len(s)))
+		return append(b, s...)
+	}
+	i32 := func(b []byte, v int32) []byte {
+		b = be.AppendUint32(b, 4)
+		return be.AppendUint32(b, uint32(v))
+	}
+	seq := int64(e.Header.Seq)
+	for i := range rows {
+		r := &rows[i]
+		b = be.AppendUint16(b, uint16(len(eventColumns)))
+		b = be.AppendUint32(b, uint32(len(e.Site)))
+		b = append(b, e.Site...)
+		b = be.AppendUint32(b, uint32(len(e.Device)))
+		b = append(b, e.Device...)
+		b = be.AppendUint32(b, uint32(len(e.Header.Chain)))
+		b = append(b, e.Header.Chain...)
+		b = be.AppendUint32(b, 8)
+		b = be.AppendUint64(b, uint64(seq))
+		b = i32(b, int32(i))
+		if r.hasTime {
+			// Microseconds, truncated as pgx does.
+			us := r.time.Unix()*1000000 + int64(r.time.Nanosecond())/1000 - pgEpoch
+			b = be.AppendUint32(b, 8)
+			b = be.AppendUint64(b, uint64(us))
+		} else {
+			b = be.AppendUint32(b, math.MaxUint32)
+		}
+		b = text(b, r.action)
+		b = text(b, r.outcome)
+		b = text(b, r.patient)
+		b = text(b, r.user)
+		b = textArray(b, r.study)
+		b = i32(b, r.off)
+		b = i32(b, r.len)
+		b = textArray(b, r.keys)
+	}
+	return be.AppendUint16(b, math.MaxUint16) // -1: the end
 }

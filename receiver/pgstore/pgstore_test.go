@@ -333,7 +333,7 @@ func TestMigrate(t *testing.T) {
 	if err := s.Migrate(t.Context()); err != nil {
 		t.Fatalf("second Migrate: %v", err)
 	}
-	if got, want := count(t, dsn, "SELECT count(*) FROM schema_migrations"), 1; got != want {
+	if got, want := count(t, dsn, "SELECT count(*) FROM schema_migrations"), 2; got != want {
 		t.Fatalf("%d rows in schema_migrations, want %d", got, want)
 	}
 
@@ -358,7 +358,7 @@ func TestMigrate(t *testing.T) {
 			t.Fatalf("concurrent Migrate %d: %v", i, err)
 		}
 	}
-	if got, want := count(t, fresh, "SELECT count(*) FROM schema_migrations"), 1; got != want {
+	if got, want := count(t, fresh, "SELECT count(*) FROM schema_migrations"), 2; got != want {
 		t.Fatalf("%d rows in schema_migrations, want %d", got, want)
 	}
 	if got, want := count(t, fresh, "SELECT count(*) FROM pg_tables WHERE tablename IN ('heads', 'batches', 'events')"), 3; got != want {
@@ -587,5 +587,73 @@ func TestHandleOverPgstore(t *testing.T) {
 	}
 	if st := r.Stats(); st.Batches != 4 || st.Duplicates != 1 || st.Refused[receiver.ReasonTampered] != 1 {
 		t.Fatalf("stats %+v, want 4 stored, 1 duplicate, 1 tampered", st)
+	}
+}
+
+// TestMigrateKeepsBodies: rows stored under 0001 (the event bytes in events.body) and
+// rows stored after 0002 (offsets into batches.wire) come back alike from Query and
+// from event_bodies, byte for byte.
+func TestMigrateKeepsBodies(t *testing.T) {
+	s, dsn := openStoreNoMigrate(t)
+	ctx := t.Context()
+	if err := pgstore.MigrateTo(s, ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	a := newAppliance(t, "s1", "d1")
+	old := a.seal(t, fillEvents(3, 0))
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	e := entry(t, "s1", "d1", old, "r1")
+	// What an Append before 0002 wrote.
+	if _, err := conn.Exec(ctx, `INSERT INTO heads (site, device, chain, seq, hash, receipt) VALUES ('s1', 'd1', $1, 1, $2, 'r1')`, e.Header.Chain, e.Hash); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO batches (site, device, chain, seq, hash, header, wire, events, receipt) VALUES ('s1', 'd1', $1, 1, $2, $3, $4, 3, 'r1')`,
+		e.Header.Chain, e.Hash, old.Header, old.AppendWire(nil)); err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range old.Events {
+		if _, err := conn.Exec(ctx, `INSERT INTO events (site, device, chain, seq, idx, action, body) VALUES ('s1', 'd1', $1, 1, $2, 'phi.view', $3)`, e.Header.Chain, i, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next := a.seal(t, fillEvents(4, 1))
+	if err := s.Append(ctx, entry(t, "s1", "d1", next, "r2")); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := count(t, dsn, "SELECT count(*) FROM events WHERE body IS NULL"), 4; got != want {
+		t.Fatalf("%d new rows without a body, want %d", got, want)
+	}
+	want := append(append([][]byte{}, old.Events...), next.Events...)
+	var got [][]byte
+	if err := s.Query(ctx, receiver.Query{Action: "phi.*"}, func(m receiver.Match) error { got = append(got, m.Event); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("Query: %d matches, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if string(got[i]) != string(want[i]) {
+			t.Fatalf("Query match %d: %q, want %q", i, got[i], want[i])
+		}
+	}
+	rows, err := conn.Query(ctx, "SELECT body FROM event_bodies ORDER BY seq, idx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if string(bodies[i]) != string(want[i]) {
+			t.Fatalf("event_bodies row %d: %q, want %q", i, bodies[i], want[i])
+		}
 	}
 }

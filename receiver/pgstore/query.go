@@ -55,24 +55,35 @@ func querySQL(q receiver.Query) (string, []any) {
 	if q.Device != "" {
 		cond("device = $?", q.Device)
 	}
+	// Each value filter is also a key (migration 0002) that the GIN on keys finds; the
+	// column conditions are exact.
+	var keys []string
 	if q.Patient != "" {
+		keys = append(keys, "p:"+q.Patient)
 		cond("patient = $?", q.Patient)
 	}
 	if q.User != "" {
+		keys = append(keys, "u:"+q.User)
 		cond("actor_user = $?", q.User)
 	}
 	if prefix, ok := strings.CutSuffix(q.Action, "*"); ok && strings.HasSuffix(prefix, ".") {
-		// "phi.*": every action under "phi." ("phi.view", "phi.export"); a btree on a
-		// COLLATE "C" column serves the LIKE.
+		// "phi.*": every action under "phi." ("phi.view", "phi.export"); keys hold each
+		// prefix of an action that ends with a dot.
+		keys = append(keys, "a:"+prefix)
 		cond(`action LIKE $? ESCAPE '\'`, likeEscape(prefix)+"%")
 	} else if q.Action != "" {
+		keys = append(keys, "a:"+q.Action)
 		cond("action = $?", q.Action)
 	}
 	if q.Outcome != "" {
 		cond("outcome = $?", q.Outcome)
 	}
 	if q.Study != "" {
+		keys = append(keys, "s:"+q.Study)
 		cond("study @> ARRAY[$?::text]", q.Study)
+	}
+	if len(keys) > 0 {
+		cond(`keys @> $?::text[] COLLATE "C" AND keys IS NOT NULL`, keys)
 	}
 	if !q.From.IsZero() {
 		cond("time >= $?", q.From)
@@ -80,7 +91,9 @@ func querySQL(q receiver.Query) (string, []any) {
 	if !q.To.IsZero() {
 		cond("time < $?", q.To)
 	}
-	sql := "SELECT site, device, chain, seq, idx, body FROM events"
+	// event_bodies (migration 0002): the events' bytes from their batch's wire column,
+	// read for the matches only.
+	sql := "SELECT site, device, chain, seq, idx, body FROM event_bodies"
 	if len(where) > 0 {
 		sql += " WHERE " + strings.Join(where, " AND ")
 	}

@@ -95,7 +95,12 @@ func (s *Spool) writer() {
 	items := make([]item, 0, s.cfg.CommitEvents)
 	var lastUrgent time.Time // when a transaction last carried an urgent event
 	var g gather
+	lastDrop := time.Now()
 	for {
+		if time.Since(lastDrop) >= dropInterval {
+			s.dropMapped()
+			lastDrop = time.Now()
+		}
 		items = items[:0]
 		var sealWaiter chan error
 		closed := false

@@ -18,7 +18,8 @@ import (
 // outcome (kill -9 keeps the page cache, so no kill -9 test can see a missing fsync):
 // the real daemon runs under strace, and for every HL7 ACK and FHIR 201 the trace must
 // show, between reading the message and writing its acknowledgement, a completed
-// fdatasync of spool.db. The same check run on a binary whose spool skips fsync
+// fdatasync of spool.db or of its journal, spool.db.journal (where AppendUrgent's events
+// are durable first: spool/journal.go). The same check run on a binary whose spool skips fsync
 // (build tag edgeaudit_unsafe_nosync) must fail: that is the test's negative control.
 func TestAckAfterFdatasync(t *testing.T) {
 	straceBin := peer(t, "strace", "STRACE")
@@ -132,7 +133,7 @@ func postMarkedAuditEvent(t *testing.T, url, marker string) {
 var (
 	// pid syscall(fd<path>, "data"... ) or <... syscall resumed> ...
 	traceCall    = regexp.MustCompile(`^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(?:\(| resumed>)`)
-	traceSpoolFd = regexp.MustCompile(`^\d+\s+(?:fdatasync\(\d+<[^>]*/spool\.db>\)\s+= 0|<\.\.\. fdatasync resumed>\)\s+= 0)`)
+	traceSpoolFd = regexp.MustCompile(`^\d+\s+(?:fdatasync\(\d+<[^>]*/spool\.db(?:\.journal)?>\)\s+= 0|<\.\.\. fdatasync resumed>\)\s+= 0)`)
 	// HL7 ACK and FHIR 201; RELP's is traceRELPAck.
 	traceAck     = regexp.MustCompile(`(MSA\|AA\||HTTP/1\.1 201 )`)
 	traceRELPAck = regexp.MustCompile(`\d+ rsp 6 200 OK\\n`)
@@ -161,7 +162,7 @@ func checkAckOrdering(t testing.TB, trace string, markers []string, ackRE *regex
 	for i, l := range lines {
 		pid, _, _ := strings.Cut(l, " ")
 		switch {
-		case strings.Contains(l, "fdatasync(") && strings.Contains(l, "spool.db>") && strings.Contains(l, "<unfinished ..."):
+		case strings.Contains(l, "fdatasync(") && (strings.Contains(l, "spool.db>") || strings.Contains(l, "spool.db.journal>")) && strings.Contains(l, "<unfinished ..."):
 			unfinished[pid] = true
 		case strings.Contains(l, "<... fdatasync resumed>") && unfinished[pid]:
 			delete(unfinished, pid)

@@ -530,8 +530,8 @@ func (m mapper) entity(r, e *node, i int, ev *audit.Event, st *eventState) {
 		if typ != "" {
 			detail[k+".type"] = clip(typ, 64)
 		}
-		if name := valueKey(d); name != "" && d.kids[name][0].val != "" {
-			v := d.kids[name][0].val
+		if name := valueKey(d); name != "" && d.get(name).val != "" {
+			v := d.get(name).val
 			if name == "valueBase64Binary" {
 				v = string(decodeQuery(v))
 			}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
@@ -256,17 +257,24 @@ func (jd *jsonDecoder) object(depth int) (*node, error) {
 	defer func() { jd.mstack = jd.mstack[:base] }()
 	var seen map[string]struct{}
 	for {
-		tok, err := jd.d.ReadToken()
+		switch jd.d.PeekKind() {
+		case '"':
+		case '}', 0: // the end, or an error PeekKind saw and ReadToken returns
+			if _, err := jd.d.ReadToken(); err != nil {
+				return nil, jsonErr(err)
+			}
+			return jd.endObject(n, base), nil
+		default:
+			// A value where a name must be is a syntax error at its first byte, as
+			// encoding/json saw it; jsontext would first read the value, and call a
+			// cut-off "{{" or "{n" truncated.
+			return nil, jd.syntaxErrorAtNext()
+		}
+		raw, err := jd.d.ReadValue()
 		if err != nil {
 			return nil, jsonErr(err)
 		}
-		if tok.Kind() == '}' {
-			break
-		}
-		if tok.Kind() != '"' {
-			return nil, &parseError{reason: ReasonBadJSON, msg: "JSON object key expected"}
-		}
-		key := tok.String()
+		key := unquote(raw, true)
 		if jd.dup(base, &seen, key) {
 			return nil, &parseError{reason: ReasonBadJSON, msg: "duplicate JSON member " + clipKey(key)}
 		}
@@ -282,6 +290,10 @@ func (jd *jsonDecoder) object(depth int) (*node, error) {
 		}
 		jd.mstack = append(jd.mstack, member{name: key, vals: vals})
 	}
+}
+
+// endObject gives n the members of mstack[base:] that have values.
+func (jd *jsonDecoder) endObject(n *node, base int) *node {
 	kept := 0
 	for _, kv := range jd.mstack[base:] {
 		if len(kv.vals) > 0 {
@@ -289,7 +301,7 @@ func (jd *jsonDecoder) object(depth int) (*node, error) {
 		}
 	}
 	if kept == 0 {
-		return n, nil
+		return n
 	}
 	if cap(jd.kids)-len(jd.kids) < kept {
 		jd.kids = make([]member, 0, max(kidsSlab, kept))
@@ -307,7 +319,18 @@ func (jd *jsonDecoder) object(depth int) (*node, error) {
 			n.idx[kv.name] = j
 		}
 	}
-	return n, nil
+	return n
+}
+
+// syntaxErrorAtNext is a syntax error at the first byte of the next token.
+func (jd *jsonDecoder) syntaxErrorAtNext() error {
+	off := jd.d.InputOffset()
+	rest := jd.d.UnreadBuffer()
+	i := 0
+	for i < len(rest) && strings.IndexByte(" \t\r\n,:", rest[i]) >= 0 {
+		i++
+	}
+	return &parseError{reason: ReasonBadJSON, msg: fmt.Sprintf("JSON syntax error at byte %d", off+int64(i))}
 }
 
 // dup reports whether key is already a member of the object whose members start at
@@ -337,11 +360,28 @@ func (jd *jsonDecoder) dup(base int, seen *map[string]struct{}, key string) bool
 
 // value reads one value; an array (when allowed) yields its elements, null none.
 func (jd *jsonDecoder) value(depth int, arrayOK bool) ([]*node, error) {
+	var val string
+	switch jd.d.PeekKind() {
+	case '"', '0':
+		raw, err := jd.d.ReadValue()
+		if err != nil {
+			return nil, jsonErr(err)
+		}
+		if raw.Kind() == '"' {
+			val = unquote(raw, false)
+		} else {
+			val = string(raw) // a number as its literal text
+		}
+		if err := jd.m.chargeNode(len(val)); err != nil {
+			return nil, err
+		}
+		return jd.list(jd.newNode(val)), nil
+	}
+	// Delimiters, literals, and whatever error PeekKind saw.
 	tok, err := jd.d.ReadToken()
 	if err != nil {
 		return nil, jsonErr(err)
 	}
-	var val string
 	switch tok.Kind() {
 	case '{':
 		c, err := jd.object(depth + 1)
@@ -373,21 +413,59 @@ func (jd *jsonDecoder) value(depth int, arrayOK bool) ([]*node, error) {
 		val = "true"
 	case 'f':
 		val = "false"
-	case '"', '0':
-		val = tok.String() // a number as its literal text
 	default:
 		return nil, &parseError{reason: ReasonBadJSON, msg: "unexpected JSON token"}
 	}
 	// A boolean is charged as a node without a value, as encoding/json's decoder did.
-	vlen := len(val)
-	if k := tok.Kind(); k == 't' || k == 'f' {
-		vlen = 0
-	}
-	if err := jd.m.chargeNode(vlen); err != nil {
+	if err := jd.m.chargeNode(0); err != nil {
 		return nil, err
 	}
 	return jd.list(jd.newNode(val)), nil
 }
+
+// unquote is the text of a JSON string jsontext has validated. A string without
+// escapes, control characters and non-ASCII bytes is its raw bytes; the others go
+// through AppendUnquote, which turns invalid UTF-8 into U+FFFD (its error says only
+// that it did). A member name that FHIR defines is the interned constant, so the
+// names of a tree cost no allocation.
+func unquote(raw jsontext.Value, name bool) string {
+	s := raw[1 : len(raw)-1]
+	for _, c := range s {
+		if c == '\\' || c >= utf8.RuneSelf {
+			b, _ := jsontext.AppendUnquote(nil, raw)
+			return string(b)
+		}
+	}
+	if name {
+		if k, ok := fhirNames[string(s)]; ok {
+			return k
+		}
+	}
+	return string(s)
+}
+
+// fhirNames interns the member names of AuditEvent, Bundle, OperationOutcome and the
+// data types they use.
+var fhirNames = func() map[string]string {
+	m := make(map[string]string)
+	for _, k := range strings.Fields(`
+		resourceType id meta versionId lastUpdated profile security tag text status div
+		language implicitRules contained extension modifierExtension url
+		valueString valueCode valueCoding valueCodeableConcept valueIdentifier valueReference
+		valueInteger valueBoolean valueOid valueUri valueBase64Binary valueDateTime valueUuid
+		type subtype action period start end recorded outcome outcomeDesc purposeOfEvent
+		category code coding system version display userSelected detail details
+		severity occurredPeriod occurredDateTime authorization basedOn patient encounter
+		agent role who identifier value assigner use reference requestor location policy
+		media network address networkString networkUri networkReference purposeOfUse altId name
+		source site observer entity what lifecycle securityLabel description query
+		resource entry fullUrl request method response search mode issue diagnostics
+		expression total link relation timestamp signature
+		`) {
+		m[k] = k
+	}
+	return m
+}()
 
 // fhirNS is the namespace of FHIR XML elements.
 const fhirNS = "http://hl7.org/fhir"

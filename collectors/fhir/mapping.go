@@ -160,7 +160,8 @@ type eventState struct {
 // The caller sets Received, Source.IP, Source.Transport and RawSHA256.
 func (m mapper) event(r *node, ev *audit.Event) {
 	ev.Source.Kind = audit.KindFHIR
-	st := &eventState{detail: make(map[string]string)}
+	// 8: one map group, which holds the details of a typical event without growing.
+	st := &eventState{detail: make(map[string]string, 8)}
 	detail := st.detail
 	r5 := isR5(r)
 	if r5 {
@@ -185,11 +186,13 @@ func (m mapper) event(r *node, ev *audit.Event) {
 	for _, c := range r.all("code") {
 		subCodes = append(subCodes, codings(c)...)
 	}
-	for _, c := range append(append([]coding(nil), evCodes...), subCodes...) {
-		if c.code == "" || len(ev.Codes) >= maxCodes {
-			continue
+	for _, list := range [2][]coding{evCodes, subCodes} {
+		for _, c := range list {
+			if c.code == "" || len(ev.Codes) >= maxCodes {
+				continue
+			}
+			ev.Codes = append(ev.Codes, audit.Code{System: shortSystem(c.system), Code: clip(c.code, maxCodeLen), Text: clip(c.display, maxTextLen)})
 		}
-		ev.Codes = append(ev.Codes, audit.Code{System: shortSystem(c.system), Code: clip(c.code, maxCodeLen), Text: clip(c.display, maxTextLen)})
 	}
 	switch a := r.str("action"); a {
 	case "C", "R", "U", "D", "E":

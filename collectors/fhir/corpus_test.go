@@ -150,7 +150,8 @@ func nodeToAny(n *node) any {
 		return n.val
 	}
 	m := make(map[string]any, len(n.kids))
-	for k, l := range n.kids {
+	for _, kv := range n.kids {
+		k, l := kv.name, kv.vals
 		if len(l) == 1 {
 			m[k] = nodeToAny(l[0])
 			continue
@@ -233,9 +234,9 @@ func phiValues(root *node) []string {
 				addV(n.str("value"))
 			}
 		}
-		for k, l := range n.kids {
-			for _, c := range l {
-				walk(k, c, inPatient)
+		for _, kv := range n.kids {
+			for _, c := range kv.vals {
+				walk(kv.name, c, inPatient)
 			}
 		}
 	}

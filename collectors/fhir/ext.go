@@ -41,7 +41,7 @@ func extName(e *node) string {
 // reference.
 func extValue(e *node) string {
 	if name := valueKey(e); name != "" {
-		v := e.kids[name][0]
+		v := e.get(name)
 		if v.val != "" {
 			return strings.TrimSpace(v.val)
 		}
@@ -55,9 +55,9 @@ func extValue(e *node) string {
 // one event; "" if none.
 func valueKey(n *node) string {
 	best := ""
-	for name, vs := range n.kids {
-		if strings.HasPrefix(name, "value") && len(vs) > 0 && (best == "" || name < best) {
-			best = name
+	for _, kv := range n.kids {
+		if strings.HasPrefix(kv.name, "value") && len(kv.vals) > 0 && (best == "" || kv.name < best) {
+			best = kv.name
 		}
 	}
 	return best

@@ -118,7 +118,9 @@ func clip(s string, n int) string {
 
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], s[:])
+	return string(h[:])
 }
 
 // mapper turns a decoded AuditEvent into a normalized event.
@@ -158,7 +160,8 @@ type eventState struct {
 // The caller sets Received, Source.IP, Source.Transport and RawSHA256.
 func (m mapper) event(r *node, ev *audit.Event) {
 	ev.Source.Kind = audit.KindFHIR
-	st := &eventState{detail: make(map[string]string)}
+	// 8: one map group, which holds the details of a typical event without growing.
+	st := &eventState{detail: make(map[string]string, 8)}
 	detail := st.detail
 	r5 := isR5(r)
 	if r5 {
@@ -183,11 +186,13 @@ func (m mapper) event(r *node, ev *audit.Event) {
 	for _, c := range r.all("code") {
 		subCodes = append(subCodes, codings(c)...)
 	}
-	for _, c := range append(append([]coding(nil), evCodes...), subCodes...) {
-		if c.code == "" || len(ev.Codes) >= maxCodes {
-			continue
+	for _, list := range [2][]coding{evCodes, subCodes} {
+		for _, c := range list {
+			if c.code == "" || len(ev.Codes) >= maxCodes {
+				continue
+			}
+			ev.Codes = append(ev.Codes, audit.Code{System: shortSystem(c.system), Code: clip(c.code, maxCodeLen), Text: clip(c.display, maxTextLen)})
 		}
-		ev.Codes = append(ev.Codes, audit.Code{System: shortSystem(c.system), Code: clip(c.code, maxCodeLen), Text: clip(c.display, maxTextLen)})
 	}
 	switch a := r.str("action"); a {
 	case "C", "R", "U", "D", "E":
@@ -530,8 +535,8 @@ func (m mapper) entity(r, e *node, i int, ev *audit.Event, st *eventState) {
 		if typ != "" {
 			detail[k+".type"] = clip(typ, 64)
 		}
-		if name := valueKey(d); name != "" && d.kids[name][0].val != "" {
-			v := d.kids[name][0].val
+		if name := valueKey(d); name != "" && d.get(name).val != "" {
+			v := d.get(name).val
 			if name == "valueBase64Binary" {
 				v = string(decodeQuery(v))
 			}
@@ -611,16 +616,8 @@ func refType(ref *node) string {
 	if ref == nil {
 		return ""
 	}
-	s := ref.str("reference")
-	if i := strings.IndexAny(s, "?#"); i >= 0 {
-		s = s[:i]
-	}
-	parts := strings.Split(s, "/")
-	if len(parts) >= 4 && parts[len(parts)-2] == "_history" {
-		parts = parts[:len(parts)-2]
-	}
-	if len(parts) >= 2 && isResourceName(parts[len(parts)-2]) {
-		return parts[len(parts)-2]
+	if typ, _, ok := refTail(ref.str("reference")); ok && isResourceName(typ) {
+		return typ
 	}
 	t := ref.str("type")
 	if i := strings.LastIndexByte(t, '/'); i >= 0 { // canonical URL of the type
@@ -631,17 +628,35 @@ func refType(ref *node) string {
 
 // refID is the logical id of a reference to a resource of type typ, or "".
 func refID(s, typ string) string {
+	if t, id, ok := refTail(s); ok && t == typ {
+		return id
+	}
+	return ""
+}
+
+// refTail splits a reference, without its query or fragment, into its last two path
+// segments ("Patient", "1"), those before "_history/<v>" when it has four or more;
+// ok is false for a single segment. (It slices s: no allocation, as strings.Split
+// would make for every reference of every event.)
+func refTail(s string) (typ, id string, ok bool) {
 	if i := strings.IndexAny(s, "?#"); i >= 0 {
 		s = s[:i]
 	}
-	parts := strings.Split(s, "/")
-	if len(parts) >= 4 && parts[len(parts)-2] == "_history" {
-		parts = parts[:len(parts)-2]
+	segs := strings.Count(s, "/") + 1
+	if segs >= 4 {
+		i := strings.LastIndexByte(s, '/')
+		j := strings.LastIndexByte(s[:i], '/')
+		if s[j+1:i] == "_history" {
+			s = s[:j]
+			segs -= 2
+		}
 	}
-	if len(parts) >= 2 && parts[len(parts)-2] == typ {
-		return parts[len(parts)-1]
+	if segs < 2 {
+		return "", "", false
 	}
-	return ""
+	i := strings.LastIndexByte(s, '/')
+	j := strings.LastIndexByte(s[:i], '/') // -1: the first segment
+	return s[j+1 : i], s[i+1:], true
 }
 
 func isResourceName(s string) bool {

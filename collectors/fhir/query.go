@@ -249,7 +249,7 @@ func isDemographic(rtype, name, val string) bool {
 
 // refTypeOf is refType for a reference string.
 func refTypeOf(s string) string {
-	return refType(&node{kids: map[string][]*node{"reference": {{val: s}}}})
+	return refType(&node{kids: []member{{name: "reference", vals: []*node{{val: s}}}}})
 }
 
 // isResourceType reports whether a path segment is a FHIR resource type name.

@@ -35,6 +35,14 @@ const (
 	urgentWindow       = time.Second
 )
 
+// journalCommitDelay and journalCommitEvents bound how long and for how many events the
+// writer holds events the journal answered already before it commits them (at most
+// about 100 such commits a second; the journal holds some 6,000).
+const (
+	journalCommitDelay  = 10 * time.Millisecond
+	journalCommitEvents = 1024
+)
+
 // gatherMax bounds how long a transaction with urgent events waits for more of them.
 // Senders that wait for their acknowledgement send their next event when the commit
 // that holds the last one returns, so they arrive a round trip after it: without a
@@ -150,6 +158,26 @@ func (s *Spool) writer() {
 				s.takeSignature(r)
 			case <-ticker.C:
 			}
+		}
+		// Events the journal answered already have no sender waiting: committing each of
+		// its groups at once would cost the disk two more flushes per group, which the
+		// journal's own fdatasyncs then wait behind. They are gathered for a moment, so
+		// that one bbolt commit takes many groups.
+		if waiting == 0 && len(items) > 0 && items[len(items)-1].jseq > 0 && !closed && sealWaiter == nil {
+			t := time.NewTimer(journalCommitDelay)
+		hold:
+			for len(items) < journalCommitEvents && waiting == 0 {
+				select {
+				case it := <-s.urgent:
+					takeUrgent(it)
+				case it, ok := <-s.queue:
+					take(it, ok) // bulk, a Seal or Close: commit now
+					break hold
+				case <-t.C:
+					break hold
+				}
+			}
+			t.Stop()
 		}
 		// A transaction that carries events whose senders wait takes few bulk ones: a
 		// small one commits quickly. While such senders are active, bulk transactions

@@ -209,6 +209,7 @@ summary() {
     if (f["rss_peak"] + 0 > rssmax[c]) rssmax[c] = f["rss_peak"] + 0
     if (f["end"] != "drained") nbacklog[c]++
     sw[c] = sw[c] "," (f["sent"] - f["written"])
+    if (f["sent"] + 0 > 0) lp[c] = lp[c] " " sprintf("%.3f", 100 * (f["sent"] - f["written"]) / f["sent"])
     if (f["kernel_drops"] != "") kd[c] = kd[c] "," f["kernel_drops"]
     if (c ~ /^custom/ && c != "custom-udp" && f["committed_total"] - 1 < f["received"]) nmismatch++
   }
@@ -227,8 +228,8 @@ summary() {
       c = cs[i]; if (rate[c] == "" || seen[c]++) continue
       m[c] = median(rate[c]); nm = (c in name) ? name[c] : c
       if (c ~ /^custom-c[0-9]+$/) nm = "edgeaudit tcp, " substr(c, 9) " connections"
-      printf "figure case=%s rate=%.0f/s cpu=%s%% cpu_us_per_event=%s rss=%.1fMiB runs=%s sent-written=%s load1=%s%s%s  # %s\n",
-        c, m[c], median(cpu[c]), median(us[c]), median(rss[c]) / 1024, substr(rate[c], 2), substr(sw[c], 2), substr(load[c], 2),
+      printf "figure case=%s rate=%.0f/s cpu=%s%% cpu_us_per_event=%s rss=%.1fMiB runs=%s sent-written=%s lost_pct=%s load1=%s%s%s  # %s\n",
+        c, m[c], median(cpu[c]), median(us[c]), median(rss[c]) / 1024, substr(rate[c], 2), substr(sw[c], 2), median(lp[c]), substr(load[c], 2),
         kd[c] != "" ? " kernel_drops=" substr(kd[c], 2) : "", nbacklog[c] ? " backlog_runs=" nbacklog[c] : "", nm
     }
     n = split(ratios, rs, " ")

@@ -113,3 +113,16 @@ func BenchmarkParse5424SD(b *testing.B) {
 func BenchmarkParse3164(b *testing.B) {
 	benchParse(b, []byte("<38>Mar 15 11:58:01 pacs01 sshd[1234]: Accepted publickey for admin from 192.0.2.9 port 52311 ssh2"))
 }
+
+// loggenMessage is one message as `loggen -i -S -P -s 256` sends it (without the
+// octet count): the load of bench/loggen.sh.
+func loggenMessage() []byte {
+	now := "2026-11-27T08:10:51"
+	msg := "<38>1 " + now + "+00:00 localhost prg00000 1234 - - \xef\xbb\xbfseq: 0000000042, thread: 0000, runid: 1795767051, stamp: " + now + " "
+	for len(msg) < 255 {
+		msg += "PADD"
+	}
+	return []byte(msg[:255] + "\n")
+}
+
+func BenchmarkParseLoggen(b *testing.B) { benchParse(b, loggenMessage()) }

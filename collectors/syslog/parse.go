@@ -94,16 +94,26 @@ func (p *parser) parse(ev *audit.Event, frame []byte, recv time.Time) bool {
 	ev.Outcome = audit.OutcomeUnknown
 
 	var (
-		m   gosyslog.Message
-		err error
+		m    gosyslog.Message
+		err  error
+		base *gosyslog.Base
+		sd   *map[string]map[string]string
+		fb   gosyslog.Base
 	)
 	if is5424(msg) {
-		m, err = p.rfc5424.Parse(msg)
+		if f, ok := parseFast5424(string(msg)); ok {
+			fb.Facility, fb.Severity, fb.Timestamp = &f.facility, &f.severity, &f.ts
+			fb.Hostname, fb.Appname, fb.ProcID, fb.MsgID = optStr(&f.host), optStr(&f.app), optStr(&f.procID), optStr(&f.msgID)
+			if f.hasMsg {
+				fb.Message = &f.msg
+			}
+			base = &fb
+		} else {
+			m, err = p.rfc5424.Parse(msg)
+		}
 	} else {
 		m, err = p.rfc3164.Parse(msg)
 	}
-	var base *gosyslog.Base
-	var sd *map[string]map[string]string
 	switch m := m.(type) {
 	case *rfc5424.SyslogMessage:
 		if m != nil {
@@ -618,6 +628,14 @@ func inferYear(ts, now time.Time, loc *time.Location) time.Time {
 		}
 	}
 	return time.Date(y, ts.Month(), ts.Day(), ts.Hour(), ts.Minute(), ts.Second(), ts.Nanosecond(), loc)
+}
+
+// optStr is s, or nil for "" (a NILVALUE field, as go-syslog gives it).
+func optStr(s *string) *string {
+	if *s == "" {
+		return nil
+	}
+	return s
 }
 
 func deref(s *string) string {

@@ -446,7 +446,7 @@ func (s *Spool) replayJournal(recs []journalRecord, applied uint64) int {
 		if r.seq <= applied {
 			continue
 		}
-		s.urgent <- item{buf: r.buf, received: r.received, jseq: r.seq}
+		s.urgent <- item{buf: r.buf, leaf: sha256.Sum256(r.buf), received: r.received, jseq: r.seq}
 		n++
 	}
 	s.jn.replayed.Add(uint64(n))

@@ -126,6 +126,7 @@ type item struct {
 	more     int   // events of the same AppendAll that follow this one
 	done     func(error)
 	seal     chan error    // a Seal request instead of an event
+	leaf     ledger.Hash   // SHA-256 of buf, the RFC 6962 leaf hash, computed by encode
 	jseq     uint64        // the event's journal record (journal.go); 0: none
 	barrier  chan struct{} // a flushJournal request instead of an event
 }

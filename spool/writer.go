@@ -84,7 +84,9 @@ func (s *Spool) encoder() {
 
 func (s *Spool) encode(e *audit.Event, cost int64) item {
 	buf := e.AppendJSON(append(make([]byte, 0, e.SizeHint()+1), 0))
-	return item{buf: buf, received: e.Received, cost: cost}
+	// The leaf hash here rather than in the writer: the writer, one goroutine for every
+	// event, is the pipeline's bottleneck under a syslog flood.
+	return item{buf: buf, leaf: sha256.Sum256(buf), received: e.Received, cost: cost}
 }
 
 // writer owns the chain head. Each round it takes what is queued, commits it in one
@@ -451,9 +453,7 @@ func (s *Spool) commit(items []item, forceSeal bool) (err error) {
 			if len(st.leaves) == 0 {
 				st.opened, st.first, st.last = now, it.received, it.received
 			}
-			// The leaf hash is computed here rather than in Append: with one busy sender
-			// connection, its goroutine is the bottleneck and the writer has CPU to spare.
-			st.leaves = append(st.leaves, sha256.Sum256(it.buf))
+			st.leaves = append(st.leaves, it.leaf)
 			st.bytes += int64(len(it.buf) - 1)
 			if it.received.Before(st.first) {
 				st.first = it.received

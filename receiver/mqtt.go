@@ -66,13 +66,15 @@ func splitBatchTopic(prefix, topic string) (site, device string, ok bool) {
 }
 
 // Run subscribes to BatchFilter(Prefix) at QoS 1 on Broker (SharedBatchFilter when
-// SharedGroup is set) and handles each batch, one at a time in the order the broker
-// delivers them, until ctx is done. It returns nil when ctx is cancelled, and only after
+// SharedGroup is set) and handles the batches in the order the broker delivers them,
+// until ctx is done. What has queued up is handled as one group (at most maxGroup
+// batches or maxGroupBytes, see handleMessages): each batch is verified, and those to
+// store are stored by one commit, after which their receipts go out. It returns nil when ctx is cancelled, and only after
 // every goroutine it started has exited.
 //
-// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after Handle
-// has stored it (or refused and quarantined it); a batch whose storing keeps failing is
-// retried with backoff and never acknowledged, and the session is persistent (clean
+// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after its
+// group is committed (or it was refused and quarantined); a batch whose storing keeps
+// failing is retried with backoff and never acknowledged, and the session is persistent (clean
 // session off), so the broker redelivers what was not acknowledged after a reconnect or
 // a restart of the receiver. Receipts are published to AckTopic at QoS 1, retained: a
 // device that connects learns central's position for it at once (docs/format.md,

@@ -183,10 +183,11 @@ type GroupStore interface {
 	AppendGroup(ctx context.Context, es []Entry) error
 }
 
-// AppendGroup implements GroupStore: every entry's batch and events files are written
-// first, then all fsynced at once, renamed, and their folders fsynced once; then each
-// device's head file is written once, naming its last entry, in the same way. A group
-// costs about as many fsync rounds as one Append, whatever its size.
+// AppendGroup implements GroupStore: every entry's batch and events files are written,
+// and each device's head file once (naming its last entry), all as temp files; they are
+// fsynced at once; the batch and events files are renamed and their folders fsynced
+// once; then the head files are renamed and the device folders fsynced. Three rounds
+// of fsyncs per group, whatever its size (an Append has four, overlapped from six).
 func (f FolderStore) AppendGroup(_ context.Context, es []Entry) error {
 	if len(es) == 0 {
 		return nil
@@ -236,10 +237,15 @@ func (f FolderStore) AppendGroup(_ context.Context, es []Entry) error {
 		}
 		heads[dir] = i
 	}
-	if err := commitFiles(files); err != nil {
-		return fmt.Errorf("store group of %d: %w", len(es), err)
-	}
-	files = files[:0]
+	var headFiles []pendingFile
+	defer func() {
+		for _, p := range headFiles {
+			if p.f != nil {
+				p.f.Close()
+				os.Remove(p.tmp)
+			}
+		}
+	}()
 	for _, dir := range order {
 		e := es[heads[dir]]
 		hb, err := json.Marshal(headFile{Chain: e.Header.Chain, Seq: e.Header.Seq, Hash: e.Hash, Receipt: string(e.Receipt)})
@@ -250,9 +256,23 @@ func (f FolderStore) AppendGroup(_ context.Context, es []Entry) error {
 		if err != nil {
 			return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
 		}
-		files = append(files, p)
+		headFiles = append(headFiles, p)
 	}
-	if err := commitFiles(files); err != nil {
+	// The head files' contents are synced with the batches' (a temp file is not
+	// visible); they are renamed only once the batches' renames are durable.
+	all := append(append([]pendingFile(nil), files...), headFiles...)
+	if err := parallel(len(all), func(i int) error {
+		if err := all[i].f.Sync(); err != nil {
+			return fmt.Errorf("write %s: %w", all[i].path, err)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("store group of %d: %w", len(es), err)
+	}
+	if err := renameAll(files); err != nil {
+		return fmt.Errorf("store group of %d: %w", len(es), err)
+	}
+	if err := renameAll(headFiles); err != nil {
 		return fmt.Errorf("store group of %d: %w", len(es), err)
 	}
 	return nil
@@ -288,18 +308,10 @@ func writeTemp(path string, data []byte) (pendingFile, error) {
 // filesystem share journal commits.
 const syncParallel = 16
 
-// commitFiles fsyncs every file (concurrently), closes and renames each over its path,
-// then fsyncs each folder once. On success the files are closed (f set to nil); on
-// error those not yet renamed are left for the caller to remove.
-func commitFiles(files []pendingFile) error {
-	if err := parallel(len(files), func(i int) error {
-		if err := files[i].f.Sync(); err != nil {
-			return fmt.Errorf("write %s: %w", files[i].path, err)
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
+// renameAll closes each synced file and renames it over its path, then fsyncs each
+// folder once. Each file renamed or failed is closed (f set to nil); on error those
+// after it are left for the caller to remove.
+func renameAll(files []pendingFile) error {
 	var dirs []string
 	seen := map[string]bool{}
 	for i := range files {

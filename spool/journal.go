@@ -123,11 +123,13 @@ func openJournal(path string, size int64, enc *eventCipher, encrypt bool) (j *jo
 			return nil, nil, 0, err
 		}
 	}
-	data := make([]byte, size)
-	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+	// Read a record at a time, not the whole file: 4 MiB read at Open stayed in the
+	// daemon's idle RSS.
+	hdr := make([]byte, journalHeaderSize)
+	if _, err := f.ReadAt(hdr, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, nil, 0, err
 	}
-	gen, salt, ok := parseJournalHeader(data[:journalHeaderSize])
+	gen, salt, ok := parseJournalHeader(hdr)
 	if !ok {
 		// A header that never was (a new file) or one torn while it was being replaced,
 		// which happens only when every record in the file is committed: nothing to replay.
@@ -140,7 +142,7 @@ func openJournal(path string, size int64, enc *eventCipher, encrypt bool) (j *jo
 	if err := j.keys(enc, encrypt); err != nil {
 		return nil, nil, 0, err
 	}
-	recs, damaged, j.off = j.scan(data)
+	recs, damaged, j.off = j.scan(f, size)
 	if len(recs) > 0 {
 		j.seq = recs[len(recs)-1].seq
 	}
@@ -158,11 +160,11 @@ func parseJournalHeader(h []byte) (gen uint64, salt [16]byte, ok bool) {
 
 // scan reads the records of the current generation; it returns them, how many were
 // damaged, and where the next record goes.
-func (j *journal) scan(data []byte) (recs []journalRecord, damaged int, end int64) {
+func (j *journal) scan(f io.ReaderAt, size int64) (recs []journalRecord, damaged int, end int64) {
 	off := int64(journalHeaderSize)
 	var want uint64 // the seq the next record must have; 0: any (the first)
 	for {
-		r, next, ok := j.record(data, off, want)
+		r, next, ok := j.record(f, size, off, want)
 		if ok {
 			recs = append(recs, r)
 			want, off = r.seq+1, next
@@ -175,7 +177,7 @@ func (j *journal) scan(data []byte) (recs []journalRecord, damaged int, end int6
 			if w2 > 0 {
 				w2++
 			}
-			if r2, next2, ok2 := j.record(data, next, w2); ok2 {
+			if r2, next2, ok2 := j.record(f, size, next, w2); ok2 {
 				damaged++
 				recs = append(recs, r2)
 				want, off = r2.seq+1, next2
@@ -188,25 +190,33 @@ func (j *journal) scan(data []byte) (recs []journalRecord, damaged int, end int6
 
 // record parses the record at off. next is where the record after it would start when
 // its length is plausible, even if the record itself does not check out.
-func (j *journal) record(data []byte, off int64, want uint64) (r journalRecord, next int64, ok bool) {
-	if off+journalRecHeader > int64(len(data)) {
+func (j *journal) record(f io.ReaderAt, size, off int64, want uint64) (r journalRecord, next int64, ok bool) {
+	if off+journalRecHeader > size {
 		return r, off, false
 	}
-	h := data[off : off+journalRecHeader]
+	var h [journalRecHeader]byte
+	if _, err := f.ReadAt(h[:], off); err != nil {
+		return r, off, false
+	}
 	n := int64(binary.BigEndian.Uint32(h[0:4]))
-	if n == 0 || off+journalRecHeader+n > int64(len(data)) {
+	if n == 0 || off+journalRecHeader+n > size {
 		return r, off, false
 	}
 	next = off + journalRecHeader + n
-	body := data[off+8 : next]
+	// body is what the crc covers: the header after the crc, then the payload.
+	body := make([]byte, journalRecHeader-8+n)
+	copy(body, h[8:])
+	if _, err := f.ReadAt(body[journalRecHeader-8:], off+journalRecHeader); err != nil {
+		return r, next, false
+	}
 	gen, seq := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint64(h[16:24])
 	if j.crc(body) != binary.BigEndian.Uint32(h[4:8]) || gen != j.gen || (want != 0 && seq != want) {
 		return r, next, false
 	}
 	r = journalRecord{seq: seq, received: time.Unix(0, int64(binary.BigEndian.Uint64(h[24:32])))}
-	payload := data[off+journalRecHeader : next]
+	payload := body[journalRecHeader-8:]
 	if j.aead == nil {
-		r.buf = append([]byte(nil), payload...)
+		r.buf = payload
 		return r, next, true
 	}
 	plain, err := j.open(payload, h[8:32])

@@ -158,9 +158,16 @@ func TestExportWhileAppending(t *testing.T) {
 		close(stop)
 		wg.Wait()
 	}()
-	// Some sealed batches first, so that each export has something to cut.
-	for appended.Load() < 50 {
-		time.Sleep(5 * time.Millisecond)
+	// Some sealed (and signed) batches first, so that each export has something to cut.
+	// An acknowledged event is durable in the journal; its bbolt commit, and the seal,
+	// follow moments later.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if pos, _ := sp.Position(); appended.Load() >= 50 && pos.HeadSeq > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no signed batch 30 s into the appends")
+		}
 	}
 	for round := range 3 {
 		resp := getExport(t, srv, nil)

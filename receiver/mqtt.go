@@ -66,15 +66,13 @@ func splitBatchTopic(prefix, topic string) (site, device string, ok bool) {
 }
 
 // Run subscribes to BatchFilter(Prefix) at QoS 1 on Broker (SharedBatchFilter when
-// SharedGroup is set) and handles the batches in the order the broker delivers them,
-// until ctx is done. What has queued up is handled as one group (at most maxGroup
-// batches or maxGroupBytes, see handleMessages): each batch is verified, and those to
-// store are stored by one commit, after which their receipts go out. It returns nil when ctx is cancelled, and only after
+// SharedGroup is set) and handles each batch, one at a time in the order the broker
+// delivers them, until ctx is done. It returns nil when ctx is cancelled, and only after
 // every goroutine it started has exited.
 //
-// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after its
-// group is committed (or it was refused and quarantined); a batch whose storing keeps
-// failing is retried with backoff and never acknowledged, and the session is persistent (clean
+// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after Handle
+// has stored it (or refused and quarantined it); a batch whose storing keeps failing is
+// retried with backoff and never acknowledged, and the session is persistent (clean
 // session off), so the broker redelivers what was not acknowledged after a reconnect or
 // a restart of the receiver. Receipts are published to AckTopic at QoS 1, retained: a
 // device that connects learns central's position for it at once (docs/format.md,
@@ -169,23 +167,10 @@ func (r *Receiver) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			// Whatever else is queued goes in the same group, up to its bounds.
-			ms, size := []mqtt.Message{m}, len(m.Payload())
-		more:
-			for len(ms) < maxGroup && size < maxGroupBytes {
-				select {
-				case m := <-msgs:
-					ms = append(ms, m)
-					size += len(m.Payload())
-				default:
-					break more
-				}
+			site, dev, o, ok := r.handleMessage(ctx, client, m, &pubs)
+			if ok && r.cfg.SharedGroup != "" {
+				st.touch(site, dev, o)
 			}
-			r.handleMessages(ctx, client, ms, &pubs, func(site, dev string, o outcome) {
-				if r.cfg.SharedGroup != "" {
-					st.touch(site, dev, o)
-				}
-			})
 		case <-st.timer.C:
 			r.settleDue(ctx, client, st, &pubs)
 		case tok := <-subs:
@@ -211,103 +196,40 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}
 }
 
-// handleMessages is the loop body of Run: handle the queued batch messages ms in order
-// as one group (group commit), acknowledge each to the broker once it is stored or
-// refused, and publish the receipts. A refused batch is acknowledged at once. The
-// batches to store are staged and stored together by one commit (the group is
-// committed early when it is full, or when a batch needs the store as it is); only
-// after that commit are their messages acknowledged and their receipts published,
-// then done is called for each (in order). If the commit fails, none of the group's
-// messages is acknowledged or receipted: they are handled again, with backoff, as
-// are the batches that failed with an error that is not a refusal. ms are all
-// handled when it returns, unless ctx is done (then the rest stay unacknowledged and
-// the broker redelivers them).
-func (r *Receiver) handleMessages(ctx context.Context, client mqtt.Client, ms []mqtt.Message, pubs *sync.WaitGroup, done func(site, dev string, o outcome)) {
+// handleMessage is the loop body of Run: handle one batch message, acknowledge it to
+// the broker once it is stored or refused, and publish the receipt. ok is false when
+// nothing was handled (another topic, or Run is stopping).
+func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt.Message, pubs *sync.WaitGroup) (site, dev string, o outcome, ok bool) {
+	site, dev, ok = splitBatchTopic(r.cfg.Prefix, m.Topic())
+	if !ok {
+		r.log.Warn("message on an unexpected topic", attrTopic, m.Topic(), attrBytes, len(m.Payload()))
+		m.Ack()
+		return "", "", outcome{}, false
+	}
 	bo := backoff.New(retryMin, r.cfg.RetryMax)
 	var limit ratelog.Limiter
 	start := time.Now()
-	moved := 0
-	type waiting struct {
-		m         mqtt.Message
-		site, dev string
-		o         outcome
-	}
-	for len(ms) > 0 {
-		var retry []mqtt.Message
-		var lastErr error
-		g := &group{}
-		var wait []waiting
-		flush := func() {
-			err := r.commit(ctx, g)
-			if err != nil {
-				lastErr = err
-				for _, w := range wait {
-					retry = append(retry, w.m)
-				}
-			} else {
-				// A device's receipts are cumulative: its last one covers the others.
-				last := map[string]int{}
-				for i, w := range wait {
-					last[w.site+"/"+w.dev] = i
-				}
-				for i, w := range wait {
-					w.m.Ack()
-					if last[w.site+"/"+w.dev] == i {
-						r.publishReceipt(ctx, client, w.site, w.dev, w.o.receipt, pubs)
-					}
-					done(w.site, w.dev, w.o)
-				}
-			}
-			g, wait = &group{}, nil
-		}
-		for _, m := range ms {
-			site, dev, ok := splitBatchTopic(r.cfg.Prefix, m.Topic())
-			if !ok {
-				r.log.Warn("message on an unexpected topic", attrTopic, m.Topic(), attrBytes, len(m.Payload()))
-				m.Ack()
-				continue
-			}
-			o, err := r.handle(ctx, g, site, dev, m.Payload())
-			if errors.Is(err, errFlush) {
-				flush()
-				o, err = r.handle(ctx, g, site, dev, m.Payload())
-			}
-			var ref *RefusedError
-			switch {
-			case errors.As(err, &ref):
-				m.Ack() // refused (and quarantined): no receipt
-			case err != nil:
-				lastErr = err
-				retry = append(retry, m)
-			default:
-				wait = append(wait, waiting{m: m, site: site, dev: dev, o: o})
-			}
-			if g.full() {
-				flush()
-			}
-		}
-		flush()
-		if len(retry) == 0 {
+	for {
+		var err error
+		o, err = r.handle(ctx, site, dev, m.Payload())
+		var ref *RefusedError
+		if err == nil || errors.As(err, &ref) {
 			if bo.Failures() > 0 {
-				r.log.Info("batches handled after failures", attrFailures, bo.Failures(), attrDuration, time.Since(start))
+				r.log.Info("batch handled after failures", attrSite, site, attrDevice, dev,
+					attrFailures, bo.Failures(), attrDuration, time.Since(start))
 			}
-			return
+			break
 		}
 		if ok, suppressed := limit.Allow("handle", time.Now()); ok {
-			r.log.Error("handle batches, will retry", "batches", len(retry), attrError, lastErr, "suppressed", suppressed)
+			r.log.Error("handle batch, will retry", attrSite, site, attrDevice, dev, attrError, err, "suppressed", suppressed)
 		}
-		ms = retry
-		if errors.Is(lastErr, ErrHeadMoved) && moved < maxAttempts {
-			// Another receiver stored a batch of a device first: decide again at once,
-			// on the heads reread.
-			r.stats.headMoved.Add(1)
-			moved++
-			continue
-		}
-		if bo.BackOff(ctx, lastErr) != nil {
-			return // shutting down: not acknowledged, the broker redelivers them
+		if bo.BackOff(ctx, err) != nil {
+			return "", "", outcome{}, false // shutting down: not acknowledged, the broker redelivers it
 		}
 	}
+	m.Ack()
+	r.publishReceipt(ctx, client, site, dev, o.receipt, pubs)
+	return site, dev, o, true
 }
 
 // publishReceipt publishes rc (if any) to the device's ack topic, retained, and waits

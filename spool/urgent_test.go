@@ -141,3 +141,44 @@ func TestGatherWait(t *testing.T) {
 		})
 	}
 }
+
+// While journaled events arrive, bulk transactions stay short (journalBulkEvents): the
+// journal's fdatasync waits for the flush of the bulk commit in progress. 8,000 bulk
+// events queued behind a stalled commit, right after a journaled one, take at least
+// 8000/journalBulkEvents commits, not the two or three that CommitEvents would allow.
+func TestJournaledEventsKeepBulkCommitsShort(t *testing.T) {
+	s := openSpool(t, filepath.Join(t.TempDir(), "spool.db"), Config{MaxEvents: 100000, MaxAge: time.Hour, CommitEvents: 4096, QueueSize: 16384}, newSigner(t))
+	defer s.Close()
+	release := make(chan struct{})
+	var once sync.Once
+	stall := func() error {
+		once.Do(func() { <-release })
+		return nil
+	}
+	s.commitFault.Store(&stall)
+	ch := make(chan error, 1)
+	if err := s.AppendUrgent(t.Context(), ev(-1), func(err error) { ch <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ch; err != nil { // the journal answered; the writer's commit of it stalls
+		t.Fatal(err)
+	}
+	const bulk = 8000
+	for i := range bulk {
+		if err := s.Append(t.Context(), ev(i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(s.queue) < bulk-rawQueueSize && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	before := s.Stats().Commits
+	close(release)
+	if err := s.Seal(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Stats().Commits - before
+	if want := uint64(bulk / journalBulkEvents); got < want {
+		t.Fatalf("%d bulk events right after a journaled one went in %d commits, want at least %d (at most %d events each)", bulk, got, want, journalBulkEvents)
+	}
+}

@@ -53,19 +53,50 @@ func (s *Spool) recover() ([]audit.Event, error) {
 	}
 	mi, err := precheck(s.path)
 	existed := mi.size > 0
+	var bg *bgCheck
 	if err == nil && existed {
-		if when, ok := unchangedSinceClose(s.path, mi); ok {
+		when, clean := unchangedSinceClose(s.path, mi)
+		recheck := recheckWanted(s.path)
+		switch {
+		case clean && !recheck:
 			// bbolt's full page check reads every page of the file through a
 			// MADV_RANDOM map: a minute per 2 GB from a cold cache. A file exactly as
 			// this spool's last clean Close left it needs none: the scrub reads every
 			// batch again in the background.
 			s.log.Info("spool file unchanged since its clean close; page check skipped", "closed", when, "bytes", mi.size)
-		} else {
+		case !recheck && backgroundCheckSupported && mi.size >= bgCheckMinBytes:
+			// After an unclean stop a large file is checked in the background
+			// (bgcheck.go).
+			if bg, err = startBackgroundCheck(s.path, 2*s.cfg.MaxEvents+64); errors.Is(err, errNoSnapshot) {
+				err = checkInChild(context.Background(), s.path)
+			} else if bg != nil {
+				s.mmapSize = mi.size + bgMmapHeadroom
+				s.log.Info("spool not closed cleanly; its page check runs in the background", "bytes", mi.size)
+			}
+		default:
 			err = checkInChild(context.Background(), s.path)
+			if recheck && (err == nil || isDamage(err)) {
+				os.Remove(recheckPath(s.path)) // checked again, as the earlier check asked
+			}
 		}
 	}
 	if err == nil {
 		err = s.openDB()
+	}
+	if bg != nil {
+		if err != nil {
+			bg.cancel()
+			<-bg.result
+		} else if err = s.beginPageCheck(bg); errors.Is(err, errSnapshotMismatch) {
+			// Something wrote between the child's snapshot and this open: check it as
+			// a whole before the start instead.
+			s.log.Warn("spool changed while its background check started; checking it now", "err", err)
+			s.db.Close()
+			s.db = nil
+			if err = checkInChild(context.Background(), s.path); err == nil {
+				err = s.openDB()
+			}
+		}
 	}
 	if err == nil {
 		err = s.load()
@@ -80,6 +111,8 @@ func (s *Spool) recover() ([]audit.Event, error) {
 		err = s.checkHead(expect)
 	}
 	if err != nil {
+		s.stopPageCheck()
+		s.pc = nil
 		if errors.Is(err, ErrLocked) {
 			return nil, fmt.Errorf("open spool %s: %w", s.path, err)
 		}
@@ -177,7 +210,8 @@ func (s *Spool) openDB() (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	// The default 4 KiB page size stays: 64 KiB pages saved pwrite calls but gave no
 	// measurable throughput and doubled peak RSS (docs/performance.md).
-	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: DefaultOpenTimeout, FreelistType: bolt.FreelistMapType, NoSync: unsafeNoSync})
+	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: DefaultOpenTimeout, FreelistType: bolt.FreelistMapType, NoSync: unsafeNoSync,
+		InitialMmapSize: int(s.mmapSize)})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return ErrLocked

@@ -200,6 +200,8 @@ type Spool struct {
 	holding     atomic.Bool // a commit is failing or waits for room; its events are kept
 	headErr     atomic.Bool // the last head file write failed
 	pageSize    int64
+	mmapSize    int64      // bbolt's initial map; room to grow during a background check
+	pc          *pageCheck // the background page check of this Open, if one runs (bgcheck.go)
 	stats       counters
 	logs        ratelog.Limiter
 
@@ -344,6 +346,7 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		return nil, err
 	}
 	if err := s.rekeyUnsigned(); err != nil {
+		s.stopPageCheck()
 		s.db.Close()
 		return nil, &OpenError{Path: path, Err: err}
 	}
@@ -354,6 +357,7 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	}
 	hf, err := openHeadFile(headPath(path))
 	if err != nil {
+		s.stopPageCheck()
 		s.db.Close()
 		return nil, &OpenError{Path: path, Err: err}
 	}
@@ -363,6 +367,7 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 	jn, recs, damaged, err := openJournal(path+journalExt, journalSize, s.enc, s.opts.Encrypt)
 	if err != nil {
 		s.head.close()
+		s.stopPageCheck()
 		s.db.Close()
 		return nil, &OpenError{Path: path, Err: fmt.Errorf("open journal: %w", err)}
 	}
@@ -400,6 +405,9 @@ func Open(path string, cfg Config, opts Options) (*Spool, error) {
 		if err := s.Append(context.Background(), &e, done); err != nil {
 			s.log.Error("record earlier loss", "err", err)
 		}
+	}
+	if s.pc != nil {
+		close(s.pc.opened)
 	}
 	return s, nil
 }
@@ -602,8 +610,11 @@ func (s *Spool) Close() error {
 	close(s.raw)
 	<-s.done
 	<-s.signDone
+	// bbolt's Close waits for every read transaction: the background check's guard
+	// first. A check stopped before it ended leaves no clean-close record.
+	s.stopPageCheck()
 	herr, jerr, derr := s.head.close(), s.jn.close(s.enc, s.opts.Encrypt), s.db.Close()
-	if derr == nil {
+	if derr == nil && !s.pageCheckPending() {
 		// The next Open may skip the full page check of a file left as it is now.
 		if err := recordCleanClose(s.path, time.Now()); err != nil {
 			s.log.Warn("record clean close; the next start checks every page", "err", err)

@@ -47,6 +47,7 @@
 #         this order; any anchors.sh case or edgeaudit variant above)
 #         RATIOS="custom/rsyslog-tcp>=0.6 custom/rsyslog-tcp-fsync>=4 custom/syslogng-tcp-fsync>=2"
 #         (A/B>=BAR: ratio of the median rates, printed when both cases ran)
+#         EXTRA_YAML="spool: {commit_events: 4096}" (appended to edgeaudit's config)
 #         UDP_RATE=100000  RELP_WINDOW=128  BIN=prebuilt edgeaudit (default: go build)
 #         OUT=FILE also writes the raw anchors.sh lines and the summary to FILE
 #         PROFILE=1 afterwards runs the in-process Go benchmark (bench/daemonbench) with
@@ -97,6 +98,7 @@ batch:
   heartbeat: 1m
 admin: "127.0.0.1:$ADMIN_PORT"
 log_level: warn
+${EXTRA_YAML:-}
 EOF
 # the variants' configs: the same with another listener on PORT (the flags turn tcp off)
 sed "s|^  tcp: .*|  relp: \"127.0.0.1:$PORT\"|" "$WORK/bench.yaml" > "$WORK/relp.yaml"

@@ -4,8 +4,10 @@
 # syslog-ng (file() fsync(yes)) on the same machine in the same run, plus edgeaudit's CPU
 # per event and peak RSS.
 #
-# It drives ../shared/bench/anchors.sh (the script behind notes/peer-baselines.md) with
-# its `custom` case for edgeaudit, so all three daemons get the identical load:
+# It drives bench/anchors.sh (the shared ../shared/bench/anchors.sh behind
+# notes/peer-baselines.md, copied into the repo and extended with the CONNS, CUSTOM_PROTO,
+# CUSTOM_TLS and LOADGEN knobs and the rsyslog-relp-fsync case) with its `custom` case
+# for edgeaudit, so all three daemons get the identical load:
 #   loggen -i -S -P -r 100000000 -s 256 -I $DUR 127.0.0.1 $PORT
 # (one TCP connection, RFC 5424 with octet-counting framing, 256-byte messages, no rate
 # limit; syslog-ng gets -F, newline framing, which its network() source expects). The
@@ -38,7 +40,7 @@
 #
 # Usage:  bench/loggen.sh                 (RUNS=3 DUR=10: 3 rounds x 3 cases x ~22 s = ~3.5 min)
 # Env:    RUNS=3  DUR=10 (s of load per case)  PORT=15514  ADMIN_PORT=19780
-#         ANCHORS=path/to/anchors.sh (default: ../shared/bench/anchors.sh beside the repo)
+#         ANCHORS=path/to/anchors.sh (default: bench/anchors.sh in this repo)
 #         IDLE_WAIT=5 (s at most to wait, before each case, until the machine is less
 #         than IDLE_BUSY=15 % busy over 1 s; it has 2 cores, and other work on it skews
 #         the comparison; 0 disables; the busy % seen is printed as busy_before=, the
@@ -71,7 +73,7 @@ RATIOS=${RATIOS:-custom/rsyslog-tcp>=0.6 custom/rsyslog-tcp-fsync>=4 custom/sysl
 UDP_RATE=${UDP_RATE:-100000}
 RELP_WINDOW=${RELP_WINDOW:-128}
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-ANCHORS=${ANCHORS:-$ROOT/../shared/bench/anchors.sh}
+ANCHORS=${ANCHORS:-$ROOT/bench/anchors.sh}
 [ -f "$ANCHORS" ] || { echo "loggen.sh: $ANCHORS not found (set ANCHORS=)" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/edgeaudit-loggen.XXXXXX)
@@ -171,7 +173,7 @@ run_one() {
     custom-c[0-9]*) acase=custom; env+=(CONNS="${c#custom-c}") ;;
     custom-tls) acase=custom; env+=(EA_CONFIG="$WORK/tls.yaml" EA_FLAGS="--syslog-tcp off --syslog-udp off" CUSTOM_TLS=1) ;;
     custom-udp) acase=custom; env+=(EA_FLAGS="--syslog-tcp off --syslog-udp 127.0.0.1:$PORT" CUSTOM_PROTO=udp UDP_RATE="$UDP_RATE") ;;
-    custom-relp) acase=custom; env+=(EA_CONFIG="$WORK/relp.yaml" EA_FLAGS="--syslog-tcp off --syslog-udp off" LOADGEN="$WORK/relpload -w $RELP_WINDOW") ;;
+    custom-relp) acase=custom; env+=(EA_CONFIG="$WORK/relp.yaml" EA_FLAGS="--syslog-tcp off --syslog-udp off" CUSTOM_PROTO=relp LOADGEN="$WORK/relpload -w $RELP_WINDOW") ;;
     rsyslog-relp*) env+=(LOADGEN="$WORK/relpload -w $RELP_WINDOW") ;;
   esac
   line=$(env "${env[@]}" RUNS=1 DUR="$DUR" PORT="$PORT" bash "$ANCHORS" "$acase" | tail -1)

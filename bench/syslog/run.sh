@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/syslog/run.sh - the syslog targets of issue 11, each a ratio measured in one
-# interleaved run of bench/loggen.sh (which drives ../shared/bench/anchors.sh, so every
+# interleaved run of bench/loggen.sh (which drives bench/anchors.sh, so every
 # daemon gets the identical loggen or relpload load on 127.0.0.1, rounds alternate the
 # cases, and the page cache is flushed with `sync` before each case):
 #

@@ -24,7 +24,7 @@
 #           commit_events 8192, no memory limit), default = this build's defaults
 #         GOENV_ALL="" extra environment for every daemon (e.g. GOMEMLIMIT=48MiB)
 #         KEEP=DIR keeps each load's samples (time anon file shmem hwm committed) there
-# Needs:  go, bash; loggen from syslog-ng-core, unpacked as ../shared/bench/anchors.sh
+# Needs:  go, bash; loggen from syslog-ng-core, unpacked as bench/anchors.sh
 #         does (/tmp/anchors-pkgcache; fetched with apt-get download if missing).
 # Prints: one line per figure: what=idle|load variant= run= rss_anon= rss_file=
 #         rss_shmem= vm_hwm= (KiB; for load, the peak of each over the samples, which

@@ -1,5 +1,5 @@
 // Command relpload is a RELP load generator with loggen's command line, so that
-// ../../shared/bench/anchors.sh can drive RELP receivers (edgeaudit's syslog.relp and
+// bench/anchors.sh (a copy of ../shared/bench/anchors.sh, extended) can drive RELP receivers (edgeaudit's syslog.relp and
 // rsyslog's imrelp) with LOADGEN=relpload exactly as it drives TCP ones with loggen.
 //
 // Each connection opens a RELP session, sends RFC 5424 messages shaped like

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/edgeaudit/edgeaudit/audit"
+	"github.com/edgeaudit/edgeaudit/collectors"
 	"github.com/edgeaudit/edgeaudit/internal/connset"
 	"github.com/edgeaudit/edgeaudit/internal/listenaddr"
 )
@@ -654,7 +655,15 @@ var errRELPFull = errors.New("relp: sink refused the event for relp_full_wait")
 // session ended unanswered, which is what a full spool needs (invariant 2).
 func (sess *relpSession) appendRELP(ctx context.Context, ev *audit.Event, done func(error)) error {
 	c := sess.s.c
-	err := c.sink.Append(ctx, ev, done)
+	// Each frame is answered after its commit, and the sender stops at its window
+	// (omrelp's default: 128 frames): a RELP sender waits for acknowledgements as an
+	// HL7 one does, so its events take the urgent lane (the journal's one fdatasync)
+	// rather than wait for a bulk commit.
+	appendFn := c.sink.Append
+	if u, ok := c.sink.(collectors.UrgentSink); ok {
+		appendFn = u.AppendUrgent
+	}
+	err := appendFn(ctx, ev, done)
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
@@ -675,7 +684,7 @@ func (sess *relpSession) appendRELP(ctx context.Context, ev *audit.Event, done f
 		if !sleep(ctx, delay) {
 			return ctx.Err()
 		}
-		if err = c.sink.Append(ctx, ev, done); err == nil {
+		if err = appendFn(ctx, ev, done); err == nil {
 			if ok, _ := c.limit.Allow("relp backpressure end", time.Now()); ok {
 				c.log.Info("sink accepts events again", attrTransport, sess.name, attrCount, tries, attrDuration, time.Since(start))
 			}

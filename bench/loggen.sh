@@ -19,9 +19,12 @@
 #   custom        syslog.tcp, one loggen connection (the headline case)
 #   custom-cN     syslog.tcp, N loggen connections (--active-connections=N), e.g. custom-c8
 #   custom-tls    syslog.tls (self-signed P-256 certificate made with openssl), loggen -U
-#   custom-udp    syslog.udp (udp_read_buffer default), loggen -D at UDP_RATE (default
-#                 100000 msg/s); written = edgeaudit_syslog_received_total{transport="udp"},
-#                 and the line gets kernel_drops= (edgeaudit_input_lost_total, kernel_drop)
+#   custom-udp    syslog.udp (udp_read_buffer default) at UDP_RATE (default 100000 msg/s),
+#                 from relpload -D, paced evenly (UDP_LOAD=loggen: loggen -D, which starts
+#                 with a burst of several times the rate); written =
+#                 edgeaudit_syslog_received_total{transport="udp"}, and the line gets
+#                 kernel_drops= (edgeaudit_input_lost_total, kernel_drop). anchors.sh's
+#                 rsyslog-udp and rsyslog-udp-4m get the same load.
 #   custom-relp   syslog.relp, load from bench/syslog/relpload (a RELP client with loggen's
 #                 command line and message shape; window RELP_WINDOW=128, omrelp's default)
 # and anchors.sh's rsyslog-relp-fsync (imrelp -> omfile sync="on") gets the same relpload.
@@ -50,7 +53,7 @@
 #         RATIOS="custom/rsyslog-tcp>=0.6 custom/rsyslog-tcp-fsync>=4 custom/syslogng-tcp-fsync>=2"
 #         (A/B>=BAR: ratio of the median rates, printed when both cases ran)
 #         EXTRA_YAML="spool: {commit_events: 4096}" (appended to edgeaudit's config)
-#         UDP_RATE=100000  RELP_WINDOW=128  BIN=prebuilt edgeaudit (default: go build)
+#         UDP_RATE=100000  UDP_LOAD=paced|loggen  RELP_WINDOW=128  BIN=prebuilt edgeaudit (default: go build)
 #         OUT=FILE also writes the raw anchors.sh lines and the summary to FILE
 #         PROFILE=1 afterwards runs the in-process Go benchmark (bench/daemonbench) with
 #         -cpuprofile and prints `go tool pprof -top` of it (RUNS=0 PROFILE=1: only that;
@@ -84,9 +87,12 @@ if [ -z "${BIN:-}" ]; then
   (cd "$ROOT" && go build -o "$WORK/edgeaudit" ./cmd/edgeaudit)
   BIN=$WORK/edgeaudit
 fi
-case " $CASES " in *relp*)
+UDP_LOAD=${UDP_LOAD:-paced}
+case " $CASES " in *relp*|*udp*)
   (cd "$ROOT" && go build -o "$WORK/relpload" ./bench/syslog/relpload) ;;
 esac
+udp_loadgen=""
+if [ "$UDP_LOAD" = paced ]; then udp_loadgen="$WORK/relpload"; fi
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 log "edgeaudit at $REV; $(nproc) cores; $(go version | cut -d' ' -f3)"
 cat > "$WORK/bench.yaml" <<EOF
@@ -172,7 +178,8 @@ run_one() {
   case $c in
     custom-c[0-9]*) acase=custom; env+=(CONNS="${c#custom-c}") ;;
     custom-tls) acase=custom; env+=(EA_CONFIG="$WORK/tls.yaml" EA_FLAGS="--syslog-tcp off --syslog-udp off" CUSTOM_TLS=1) ;;
-    custom-udp) acase=custom; env+=(EA_FLAGS="--syslog-tcp off --syslog-udp 127.0.0.1:$PORT" CUSTOM_PROTO=udp UDP_RATE="$UDP_RATE") ;;
+    custom-udp) acase=custom; env+=(EA_FLAGS="--syslog-tcp off --syslog-udp 127.0.0.1:$PORT" CUSTOM_PROTO=udp UDP_RATE="$UDP_RATE" LOADGEN="$udp_loadgen") ;;
+    rsyslog-udp*) env+=(UDP_RATE="$UDP_RATE" LOADGEN="$udp_loadgen") ;;
     custom-relp) acase=custom; env+=(EA_CONFIG="$WORK/relp.yaml" EA_FLAGS="--syslog-tcp off --syslog-udp off" CUSTOM_PROTO=relp LOADGEN="$WORK/relpload -w $RELP_WINDOW") ;;
     rsyslog-relp*) env+=(LOADGEN="$WORK/relpload -w $RELP_WINDOW") ;;
   esac

@@ -8,8 +8,10 @@
 #         batches signed and hash-chained) next to rsyslog omfile without sync, rsyslog
 #         omfile sync="on", syslog-ng file() fsync(yes); the same edgeaudit with 8 loggen
 #         connections (--active-connections=8), and over TLS (loggen -U)
-#   udp   edgeaudit over UDP at UDP_RATE msg/s (loggen -D -r): sent vs received, and the
-#         kernel drops the daemon counted (SO_RXQ_OVFL; edgeaudit_input_lost_total)
+#   udp   edgeaudit over UDP at UDP_RATE msg/s, paced evenly (relpload -D; UDP_LOAD=loggen
+#         for loggen -D -r, which bursts at its start): sent vs received, and the kernel
+#         drops the daemon counted (SO_RXQ_OVFL; edgeaudit_input_lost_total); rsyslog
+#         imudp with a 4 MiB buffer on the same load
 #   relp  edgeaudit's syslog.relp next to rsyslog imrelp -> omfile sync="on", both loaded by
 #         bench/syslog/relpload (window RELP_WINDOW, omrelp's default 128)
 #
@@ -19,7 +21,7 @@
 # named at the end).
 #
 # Usage:  bench/syslog/run.sh [tcp] [udp] [relp]     (default: all three)
-# Env:    RUNS=3 DUR=8 (about 7 min in all: tcp 18 cases, udp 3, relp 6)
+# Env:    RUNS=3 DUR=8 (about 7 min in all: tcp 18 cases, udp 6, relp 6)
 #         UDP_RATE=100000  RELP_WINDOW=128  IDLE_WAIT=3 (see bench/loggen.sh)
 #         PORT=25514 ADMIN_PORT=29780 (not loggen.sh's defaults, so that a run of it by
 #         someone else on the machine does not collide)
@@ -56,7 +58,7 @@ for g in $GROUPS_; do
         "custom/rsyslog-tcp>=0.6 custom/rsyslog-tcp-fsync>=4 custom/syslogng-tcp-fsync>=2 custom-c8/custom>=1.5 custom-tls/custom>=0.8" ;;
     udp)
       echo "figure group=udp sysctl net.core.rmem_max=$(cat /proc/sys/net/core/rmem_max) net.core.rmem_default=$(cat /proc/sys/net/core/rmem_default) udp_read_buffer=default(4194304; the kernel caps SO_RCVBUF at rmem_max without CAP_NET_ADMIN, and SO_RCVBUFFORCE is tried first)"
-      group udp "custom-udp" "" ;;
+      group udp "custom-udp rsyslog-udp-4m" "" ;;
     relp)
       group relp "custom-relp rsyslog-relp-fsync" "custom-relp/rsyslog-relp-fsync>=2" ;;
     *) echo "run.sh: unknown group $g (tcp, udp, relp)" >&2; exit 2 ;;

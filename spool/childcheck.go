@@ -56,32 +56,50 @@ func init() {
 
 // childCheck is the child's side: it prints the reason and returns the exit code.
 func childCheck(path string) int {
+	db, tx, _, code := openSnapshot(path)
+	if db == nil {
+		return code
+	}
+	defer db.Close()
+	defer tx.Rollback()
+	return checkPages(db, tx, path)
+}
+
+// openSnapshot is the children's start: the precheck, bbolt opened read-only and a read
+// transaction. It returns the open file too (for the background child to unlock), or a
+// nil db and the exit code, the reason printed.
+func openSnapshot(path string) (*bolt.DB, *bolt.Tx, *os.File, int) {
 	if _, err := precheck(path); err != nil {
 		fmt.Println(err)
 		if errors.Is(err, ErrDamaged) {
-			return checkDamaged
+			return nil, nil, nil, checkDamaged
 		}
-		return checkIOError
+		return nil, nil, nil, checkIOError
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: DefaultOpenTimeout})
+	var file *os.File
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: DefaultOpenTimeout,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			file = f
+			return f, err
+		}})
 	if err != nil {
 		fmt.Println(err)
 		if errors.Is(err, berrors.ErrTimeout) {
-			return checkLocked
+			return nil, nil, nil, checkLocked
 		}
 		if isDamage(err) {
-			return checkDamaged
+			return nil, nil, nil, checkDamaged
 		}
-		return checkIOError
+		return nil, nil, nil, checkIOError
 	}
-	defer db.Close()
 	tx, err := db.Begin(false)
 	if err != nil {
 		fmt.Println(err)
-		return checkIOError
+		db.Close()
+		return nil, nil, nil, checkIOError
 	}
-	defer tx.Rollback()
-	return checkPages(db, tx, path)
+	return db, tx, file, checkOK
 }
 
 // checkPages runs bbolt's full page check of tx and prints the first problems found.
@@ -109,36 +127,11 @@ func checkPages(db *bolt.DB, tx *bolt.Tx, path string) int {
 // parent keeps a read transaction of the same snapshot open until this child exits,
 // so bbolt never reuses a page the snapshot reaches.
 func childCheckBackground(path string) int {
-	if _, err := precheck(path); err != nil {
-		fmt.Println(err)
-		if errors.Is(err, ErrDamaged) {
-			return checkDamaged
-		}
-		return checkIOError
-	}
-	var file *os.File
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: DefaultOpenTimeout,
-		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
-			f, err := os.OpenFile(name, flag, perm)
-			file = f
-			return f, err
-		}})
-	if err != nil {
-		fmt.Println(err)
-		if errors.Is(err, berrors.ErrTimeout) {
-			return checkLocked
-		}
-		if isDamage(err) {
-			return checkDamaged
-		}
-		return checkIOError
+	db, tx, file, code := openSnapshot(path)
+	if db == nil {
+		return code
 	}
 	defer db.Close()
-	tx, err := db.Begin(false)
-	if err != nil {
-		fmt.Println(err)
-		return checkIOError
-	}
 	defer tx.Rollback()
 	if file == nil {
 		fmt.Println("check spool: bbolt opened no file")
@@ -149,7 +142,7 @@ func childCheckBackground(path string) int {
 	// those paths here first, where a page tree that loops or faults kills this child
 	// rather than hangs the daemon. Only then does the caller skip the check.
 	stopWatch := watchLoop()
-	err = tailWalk(tx, tailKeys())
+	err := tailWalk(tx, tailKeys())
 	stopWatch()
 	if err != nil {
 		fmt.Println(err)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,7 +65,8 @@ func (s *Spool) recover() ([]audit.Event, error) {
 			// this spool's last clean Close left it needs none: the scrub reads every
 			// batch again in the background.
 			s.log.Info("spool file unchanged since its clean close; page check skipped", "closed", when, "bytes", mi.size)
-		case !recheck && backgroundCheckSupported && mi.size >= bgCheckMinBytes:
+		case !recheck && backgroundCheckSupported && strconv.IntSize == 64 && mi.size >= bgCheckMinBytes:
+			// (64-bit only: the map gets bgMmapHeadroom of address space.)
 			// After an unclean stop a large file is checked in the background
 			// (bgcheck.go).
 			if bg, err = startBackgroundCheck(s.path, 2*s.cfg.MaxEvents+64); errors.Is(err, errNoSnapshot) {

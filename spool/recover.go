@@ -66,9 +66,9 @@ func (s *Spool) recover() ([]audit.Event, error) {
 			// batch again in the background.
 			s.log.Info("spool file unchanged since its clean close; page check skipped", "closed", when, "bytes", mi.size)
 		case !recheck && backgroundCheckSupported && strconv.IntSize == 64 && mi.size >= bgCheckMinBytes:
-			// (64-bit only: the map gets bgMmapHeadroom of address space.)
 			// After an unclean stop a large file is checked in the background
-			// (bgcheck.go).
+			// (bgcheck.go); on 64-bit systems only, since the map gets bgMmapHeadroom
+			// of address space more.
 			if bg, err = startBackgroundCheck(s.path, 2*s.cfg.MaxEvents+64); errors.Is(err, errNoSnapshot) {
 				err = checkInChild(context.Background(), s.path)
 			} else if bg != nil {

@@ -655,7 +655,7 @@ var errRELPFull = errors.New("relp: sink refused the event for relp_full_wait")
 // session ended unanswered, which is what a full spool needs (invariant 2).
 func (sess *relpSession) appendRELP(ctx context.Context, ev *audit.Event, done func(error)) error {
 	c := sess.s.c
-	// Each frame is answered after its commit, and the sender stops at its window
+	// Each frame is answered once it is durable, and the sender stops at its window
 	// (omrelp's default: 128 frames): a RELP sender waits for acknowledgements as an
 	// HL7 one does, so its events take the urgent lane (the journal's one fdatasync)
 	// rather than wait for a bulk commit.

@@ -490,6 +490,9 @@ var (
 	mHolding     = prometheus.NewDesc("edgeaudit_spool_holding", "1 while commits fail or wait for room and their events are held in memory.", nil, nil)
 	mLost        = prometheus.NewDesc("edgeaudit_spool_events_lost_total", "Accepted events that could not be committed before close (each loss is recorded in the chain).", nil, nil)
 	mHeadErrs    = prometheus.NewDesc("edgeaudit_spool_head_file_errors_total", "Failed writes of the head file kept outside bbolt.", nil, nil)
+	mJournalW    = prometheus.NewDesc("edgeaudit_spool_journal_written_total", "Acknowledged events (HL7, FHIR, RELP) made durable in the spool's journal before their bbolt commit.", nil, nil)
+	mJournalR    = prometheus.NewDesc("edgeaudit_spool_journal_replayed_total", "Journaled events a start committed after an unclean stop.", nil, nil)
+	mJournalE    = prometheus.NewDesc("edgeaudit_spool_journal_write_errors_total", "Failed journal writes; their senders were answered after the bbolt commit instead.", nil, nil)
 	mScrubbed    = prometheus.NewDesc("edgeaudit_spool_scrubbed_batches_total", "Batches verified by the background scrub.", nil, nil)
 	mScrubBad    = prometheus.NewDesc("edgeaudit_spool_scrub_damaged_total", "Damaged batches found by the background scrub.", nil, nil)
 	mUnsigned    = prometheus.NewDesc("edgeaudit_spool_unsigned_batches", "Closed batches waiting for their signature.", nil, nil)
@@ -524,7 +527,7 @@ func registerMetrics(reg *prometheus.Registry, d *Daemon, sp *spool.Spool, sl *s
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
+	for _, d := range []*prometheus.Desc{mJournalW, mJournalR, mJournalE, mCommitted, mCommits, mSealed, mRefused, mCommitErrs, mPruned, mHead, mAcked, mFull,
 		mHolding, mLost, mHeadErrs, mScrubbed, mScrubBad, mUnsigned, mSignErrs,
 		mReceived, mMalformed, mConnsOpen, mConnsRefuse, mWaits, mHL7Received, mHL7StoreErr, mHL7Conns, mHL7NoAck, mFHIREvents, mFHIRUnavail,
 		mFHIRConns, mFHIRInfl, mFHIROver, mEvicted, mDrained, mUnreadFr, mUnreadBy, mRELPRefused, mRELPUnacked} {
@@ -558,6 +561,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	g(mHolding, holding)
 	c(mLost, st.Lost)
 	c(mHeadErrs, st.HeadFileErrors)
+	c(mJournalW, st.JournalWritten)
+	c(mJournalR, st.JournalReplayed)
+	c(mJournalE, st.JournalWriteErrors)
 	c(mScrubbed, st.Scrubbed)
 	c(mScrubBad, st.ScrubDamaged)
 	g(mUnsigned, float64(st.Unsigned))

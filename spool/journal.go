@@ -83,6 +83,7 @@ type journal struct {
 	applied atomic.Uint64 // last seq the writer committed
 	done    chan struct{}
 
+	written   atomic.Uint64 // events answered after the journal's fdatasync
 	replayed  atomic.Uint64
 	writeErrs atomic.Uint64
 }
@@ -389,6 +390,9 @@ func (s *Spool) journalLoop() {
 			began := time.Now()
 			err := s.journalWrite(group)
 			g.committed(len(group), time.Since(began))
+			if err == nil {
+				j.written.Add(uint64(len(group)))
+			}
 			for i := range group {
 				if err == nil && group[i].done != nil {
 					group[i].done(nil)

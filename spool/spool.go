@@ -231,6 +231,11 @@ type Stats struct {
 	Lost uint64
 	// HeadFileErrors counts failed writes of the head file.
 	HeadFileErrors uint64
+	// JournalWritten counts acknowledged events made durable in the journal first,
+	// JournalReplayed those a start committed from it after an unclean stop, and
+	// JournalWriteErrors the failed journal writes (their senders then waited for the
+	// bbolt commit).
+	JournalWritten, JournalReplayed, JournalWriteErrors uint64
 	// Scrubbed and ScrubDamaged count batches the background scrub verified and found bad.
 	Scrubbed, ScrubDamaged uint64
 	// Unsigned is how many closed batches wait for their signature; SignErrors counts
@@ -645,7 +650,7 @@ func (s *Spool) Stats() Stats {
 		free = -1
 	}
 	c := &s.stats
-	return Stats{
+	st := Stats{
 		UsedBytes: s.usedBytes(), FileBytes: size, FreeBytes: free, Room: s.space.room.Load(), LastScrub: s.lastScrub.Load(),
 		Appended: c.appended.Load(), Committed: c.committed.Load(), Commits: c.commits.Load(),
 		Sealed: c.sealed.Load(), RefusedFull: c.refusedFull.Load(), CommitErrors: c.commitErrors.Load(),
@@ -654,6 +659,10 @@ func (s *Spool) Stats() Stats {
 		HeadSeq: head, AckedSeq: acked, Full: s.full.Load(), Holding: s.holding.Load(),
 		Unsigned: uint64(max(s.unsignedN.Load(), 0)), SignErrors: c.signErrors.Load(), SignFailing: s.signFailing.Load(),
 	}
+	if s.jn != nil {
+		st.JournalWritten, st.JournalReplayed, st.JournalWriteErrors = s.jn.written.Load(), s.jn.replayed.Load(), s.jn.writeErrs.Load()
+	}
+	return st
 }
 
 func seqKey(seq uint64) []byte { return u64(seq) }

@@ -230,24 +230,34 @@ const snapshotLine = "snapshot txid "
 // It returns nil for a sound file, ErrDamaged for damage, and other errors for I/O
 // trouble or a check that could not run.
 func checkInChild(ctx context.Context, path string) error {
+	cmd, ctx, cancel, limit, err := checkCommand(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err = cmd.Run()
+	return childResult(ctx, limit, err, firstLine(out.String()))
+}
+
+// checkCommand is the check child of path, not started, under a context bounded by the
+// time a sound file's check may take (limit), with extra environment.
+func checkCommand(parent context.Context, path string, env ...string) (*exec.Cmd, context.Context, context.CancelFunc, time.Duration, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("check spool: %w", err)
+		return nil, nil, nil, 0, fmt.Errorf("check spool: %w", err)
 	}
 	limit := checkBase
 	if fi, err := os.Stat(path); err == nil {
 		limit += time.Duration(fi.Size()) * checkPerByte
 	}
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(parent, limit)
 	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), checkEnv+"="+path)
-	cmd.Stdout = &out
-	cmd.Stderr = &out
+	cmd.Env = append(append(os.Environ(), checkEnv+"="+path), env...)
 	cmd.SysProcAttr = childAttr() // the child dies with us: a looping check must not outlive the daemon
-	err = cmd.Run()
-	return childResult(ctx, limit, err, firstLine(out.String()))
+	return cmd, ctx, cancel, limit, nil
 }
 
 // errCheckStopped: the background check was stopped (Close, or an Open that failed)
@@ -302,19 +312,13 @@ type bgCheck struct {
 // (a damaged meta page, the file locked), that outcome is returned as the error, as
 // checkInChild would return it.
 func startBackgroundCheck(path string, tail int) (*bgCheck, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("check spool: %w", err)
-	}
-	limit := checkBase
-	if fi, err := os.Stat(path); err == nil {
-		limit += time.Duration(fi.Size()) * checkPerByte
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), checkEnv+"="+path, checkModeEnv+"=background", tailKeysEnv+"="+strconv.Itoa(tail))
+	env := []string{checkModeEnv + "=background", tailKeysEnv + "=" + strconv.Itoa(tail)}
 	if checkDelay > 0 {
-		cmd.Env = append(cmd.Env, checkDelayEnv+"="+checkDelay.String())
+		env = append(env, checkDelayEnv+"="+checkDelay.String())
+	}
+	cmd, ctx, cancel, limit, err := checkCommand(context.Background(), path, env...)
+	if err != nil {
+		return nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -323,7 +327,6 @@ func startBackgroundCheck(path string, tail int) (*bgCheck, error) {
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		cancel()
 		return nil, fmt.Errorf("check spool: %w", err)
@@ -343,11 +346,13 @@ func startBackgroundCheck(path string, tail int) (*bgCheck, error) {
 		cancel()
 		line = <-first
 	}
-	finish := func() error {
+	// finish waits for the child's end and maps it, with verdict (its first line when it
+	// took no snapshot) ahead of the rest of what it printed.
+	finish := func(verdict string) error {
 		rest, _ := io.ReadAll(br)
 		err := cmd.Wait()
 		defer cancel() // after childResult: a cancel of ours means stopped, not a loop
-		msg := firstLine(string(rest))
+		msg := firstLine(verdict + string(rest))
 		if msg == "" {
 			msg = firstLine(stderr.String())
 		}
@@ -355,20 +360,17 @@ func startBackgroundCheck(path string, tail int) (*bgCheck, error) {
 	}
 	txid, perr := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(line, snapshotLine)), 10, 64)
 	if !strings.HasPrefix(line, snapshotLine) || perr != nil {
-		// No snapshot: the child's first line is its verdict.
-		rest, _ := io.ReadAll(br)
-		err := cmd.Wait()
-		defer cancel()
-		if timedOut {
+		err := finish(line)
+		switch {
+		case timedOut:
 			return nil, errNoSnapshot
+		case err == nil:
+			return nil, fmt.Errorf("check spool: the background check ended without a snapshot: %s", firstLine(line))
 		}
-		if err == nil {
-			return nil, fmt.Errorf("check spool: the background check ended without a snapshot: %s", firstLine(line+string(rest)))
-		}
-		return nil, childResult(ctx, limit, err, firstLine(line+string(rest)+stderr.String()))
+		return nil, err
 	}
 	bg := &bgCheck{txid: txid, cancel: cancel, result: make(chan error, 1)}
-	go func() { bg.result <- finish() }()
+	go func() { bg.result <- finish("") }()
 	return bg, nil
 }
 

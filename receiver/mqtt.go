@@ -26,12 +26,13 @@ const retryMin = 100 * time.Millisecond
 // connectTimeout bounds one connection attempt.
 const connectTimeout = 10 * time.Second
 
-// settleDelay is how long after a device's activity a receiver in a shared group
-// rechecks the device (settle) for a newer receipt to publish. While batches of the
-// device are held, the first recheck comes after heldRetry, and the delay doubles up to
-// settleMax: the broker hands consecutive batches to different receivers, so the gap
-// is usually filled by the other one within milliseconds, while the appliance resends
-// an unreceipted batch only after its ack timeout (30 s by default).
+// settleDelay is how long after a device's activity, and after the PUBACK of each
+// receipt it published, a receiver in a shared group rechecks the device (settle) for a
+// newer receipt to publish. While batches of the device are held, the first recheck
+// comes after heldRetry, and the delay doubles up to settleMax: the broker hands
+// consecutive batches to different receivers, so the gap is usually filled by the other
+// one within milliseconds, while the appliance resends an unreceipted batch only after
+// its ack timeout (30 s by default).
 const (
 	settleDelay = 200 * time.Millisecond
 	heldRetry   = 5 * time.Millisecond
@@ -66,22 +67,28 @@ func splitBatchTopic(prefix, topic string) (site, device string, ok bool) {
 }
 
 // Run subscribes to BatchFilter(Prefix) at QoS 1 on Broker (SharedBatchFilter when
-// SharedGroup is set) and handles each batch, one at a time in the order the broker
-// delivers them, until ctx is done. It returns nil when ctx is cancelled, and only after
+// SharedGroup is set) and handles the batches in the order the broker delivers them,
+// until ctx is done. What has queued up is handled as one group (at most maxGroup
+// batches or maxGroupBytes, see handleMessages): each batch is verified, and those to
+// store are stored by one commit, after which their receipts go out. It returns nil when ctx is cancelled, and only after
 // every goroutine it started has exited.
 //
-// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after Handle
-// has stored it (or refused and quarantined it); a batch whose storing keeps failing is
-// retried with backoff and never acknowledged, and the session is persistent (clean
+// Delivery: auto-ack is off, so the broker gets the PUBACK of a batch only after its
+// group is committed (or it was refused and quarantined); a batch whose storing keeps
+// failing is retried with backoff and never acknowledged, and the session is persistent (clean
 // session off), so the broker redelivers what was not acknowledged after a reconnect or
 // a restart of the receiver. Receipts are published to AckTopic at QoS 1, retained: a
 // device that connects learns central's position for it at once (docs/format.md,
 // "Receipts").
 //
 // In a shared group, two receivers may publish receipts of one device out of order (the
-// retained one could be the older): each receiver rechecks a device settleDelay after
-// its activity and publishes the stored head's receipt when it is newer than the last
-// one it published, and stores held batches whose gap another receiver filled.
+// retained one could be the older). So each receiver rechecks a device after its
+// activity and after the broker's PUBACK of every receipt it published for it, and
+// publishes the stored head's receipt when it is newer than the last one it published;
+// it also stores held batches whose gap another receiver filled. That makes the
+// retained receipt end at the stored head: whichever receipt the broker took last, its
+// publisher rereads the store after the PUBACK, when every batch whose receipt reached
+// the broker before is committed (receipts go out only after their commit).
 func (r *Receiver) Run(ctx context.Context) error {
 	if r.cfg.Broker == "" {
 		return errors.New("receiver run: no broker configured")
@@ -128,7 +135,11 @@ func (r *Receiver) Run(ctx context.Context) error {
 		opts.SetTLSConfig(r.cfg.TLS)
 	}
 	client := mqtt.NewClient(opts)
-	var pubs sync.WaitGroup
+	pub := &publisher{client: client}
+	if r.cfg.SharedGroup != "" {
+		pub.acked = make(chan pubAck, 64)
+	}
+	pubs := &pub.wg
 	defer func() {
 		cancel()
 		client.Disconnect(250)
@@ -167,12 +178,27 @@ func (r *Receiver) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			site, dev, o, ok := r.handleMessage(ctx, client, m, &pubs)
-			if ok && r.cfg.SharedGroup != "" {
-				st.touch(site, dev, o)
+			// Whatever else is queued goes in the same group, up to its bounds.
+			ms, size := []mqtt.Message{m}, len(m.Payload())
+		more:
+			for len(ms) < maxGroup && size < maxGroupBytes {
+				select {
+				case m := <-msgs:
+					ms = append(ms, m)
+					size += len(m.Payload())
+				default:
+					break more
+				}
 			}
+			r.handleMessages(ctx, pub, ms, func(site, dev string, o outcome) {
+				if r.cfg.SharedGroup != "" {
+					st.touch(site, dev, o)
+				}
+			})
+		case a := <-pub.acked:
+			st.acked(a)
 		case <-st.timer.C:
-			r.settleDue(ctx, client, st, &pubs)
+			r.settleDue(ctx, pub, st)
 		case tok := <-subs:
 			pubs.Add(1)
 			go func() {
@@ -196,60 +222,147 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}
 }
 
-// handleMessage is the loop body of Run: handle one batch message, acknowledge it to
-// the broker once it is stored or refused, and publish the receipt. ok is false when
-// nothing was handled (another topic, or Run is stopping).
-func (r *Receiver) handleMessage(ctx context.Context, client mqtt.Client, m mqtt.Message, pubs *sync.WaitGroup) (site, dev string, o outcome, ok bool) {
-	site, dev, ok = splitBatchTopic(r.cfg.Prefix, m.Topic())
-	if !ok {
-		r.log.Warn("message on an unexpected topic", attrTopic, m.Topic(), attrBytes, len(m.Payload()))
-		m.Ack()
-		return "", "", outcome{}, false
-	}
+// handleMessages is the loop body of Run: handle the queued batch messages ms in order
+// as one group (group commit), acknowledge each to the broker once it is stored or
+// refused, and publish the receipts. A refused batch is acknowledged at once. The
+// batches to store are staged and stored together by one commit (the group is
+// committed early when it is full, or when a batch needs the store as it is); only
+// after that commit are their messages acknowledged and their receipts published,
+// then done is called for each (in order). If the commit fails, none of the group's
+// messages is acknowledged or receipted: they are handled again, with backoff, as
+// are the batches that failed with an error that is not a refusal. ms are all
+// handled when it returns, unless ctx is done (then the rest stay unacknowledged and
+// the broker redelivers them).
+func (r *Receiver) handleMessages(ctx context.Context, pub *publisher, ms []mqtt.Message, done func(site, dev string, o outcome)) {
 	bo := backoff.New(retryMin, r.cfg.RetryMax)
 	var limit ratelog.Limiter
 	start := time.Now()
-	for {
-		var err error
-		o, err = r.handle(ctx, site, dev, m.Payload())
-		var ref *RefusedError
-		if err == nil || errors.As(err, &ref) {
-			if bo.Failures() > 0 {
-				r.log.Info("batch handled after failures", attrSite, site, attrDevice, dev,
-					attrFailures, bo.Failures(), attrDuration, time.Since(start))
+	moved := 0
+	type waiting struct {
+		m         mqtt.Message
+		site, dev string
+		o         outcome
+	}
+	for len(ms) > 0 {
+		var retry []mqtt.Message
+		var lastErr error
+		g := &group{}
+		var wait []waiting
+		flush := func() {
+			err := r.commit(ctx, g)
+			if err != nil {
+				lastErr = err
+				for _, w := range wait {
+					retry = append(retry, w.m)
+				}
+			} else {
+				// A device's receipts are cumulative: its last one covers the others.
+				last := map[string]int{}
+				for i, w := range wait {
+					last[w.site+"/"+w.dev] = i
+				}
+				for i, w := range wait {
+					w.m.Ack()
+					if last[w.site+"/"+w.dev] == i {
+						r.publishReceipt(ctx, pub, w.site, w.dev, w.o)
+					}
+					done(w.site, w.dev, w.o)
+				}
 			}
-			break
+			g, wait = &group{}, nil
+		}
+		for _, m := range ms {
+			site, dev, ok := splitBatchTopic(r.cfg.Prefix, m.Topic())
+			if !ok {
+				r.log.Warn("message on an unexpected topic", attrTopic, m.Topic(), attrBytes, len(m.Payload()))
+				m.Ack()
+				continue
+			}
+			o, err := r.handle(ctx, g, site, dev, m.Payload())
+			if errors.Is(err, errFlush) {
+				flush()
+				o, err = r.handle(ctx, g, site, dev, m.Payload())
+			}
+			var ref *RefusedError
+			switch {
+			case errors.As(err, &ref):
+				m.Ack() // refused (and quarantined): no receipt
+			case err != nil:
+				lastErr = err
+				retry = append(retry, m)
+			default:
+				wait = append(wait, waiting{m: m, site: site, dev: dev, o: o})
+			}
+			if g.full() {
+				flush()
+			}
+		}
+		flush()
+		if len(retry) == 0 {
+			if bo.Failures() > 0 {
+				r.log.Info("batches handled after failures", attrFailures, bo.Failures(), attrDuration, time.Since(start))
+			}
+			return
 		}
 		if ok, suppressed := limit.Allow("handle", time.Now()); ok {
-			r.log.Error("handle batch, will retry", attrSite, site, attrDevice, dev, attrError, err, "suppressed", suppressed)
+			r.log.Error("handle batches, will retry", "batches", len(retry), attrError, lastErr, "suppressed", suppressed)
 		}
-		if bo.BackOff(ctx, err) != nil {
-			return "", "", outcome{}, false // shutting down: not acknowledged, the broker redelivers it
+		ms = retry
+		if errors.Is(lastErr, ErrHeadMoved) && moved < maxAttempts {
+			// Another receiver stored a batch of a device first: decide again at once,
+			// on the heads reread.
+			r.stats.headMoved.Add(1)
+			moved++
+			continue
+		}
+		if bo.BackOff(ctx, lastErr) != nil {
+			return // shutting down: not acknowledged, the broker redelivers them
 		}
 	}
-	m.Ack()
-	r.publishReceipt(ctx, client, site, dev, o.receipt, pubs)
-	return site, dev, o, true
 }
 
-// publishReceipt publishes rc (if any) to the device's ack topic, retained, and waits
-// for the broker's PUBACK in a goroutine that pubs tracks.
-func (r *Receiver) publishReceipt(ctx context.Context, client mqtt.Client, site, dev string, rc []byte, pubs *sync.WaitGroup) {
-	if rc == nil {
+// publisher is how Run publishes receipts: paho's client, the goroutines that wait for
+// PUBACKs, and (in a shared group) where they report a PUBACK, for the recheck that
+// follows it.
+type publisher struct {
+	client mqtt.Client
+	wg     sync.WaitGroup
+	acked  chan pubAck // nil: not in a shared group
+}
+
+// pubAck is the broker's PUBACK of a receipt of site/device up to seq.
+type pubAck struct {
+	site, dev string
+	seq       uint64
+}
+
+// publishReceipt publishes o's receipt (if any) to the device's ack topic, retained,
+// and waits for the broker's PUBACK in a goroutine that pub.wg tracks.
+func (r *Receiver) publishReceipt(ctx context.Context, pub *publisher, site, dev string, o outcome) {
+	if o.receipt == nil {
 		return
 	}
 	topic := AckTopic(r.cfg.Prefix, site, dev)
-	tok := client.Publish(topic, 1, true, rc)
+	tok := pub.client.Publish(topic, 1, true, o.receipt)
 	// Waiting here would stall Run's loop behind paho's router, which may be blocked
 	// delivering the next batch to it; the wait happens aside.
-	pubs.Add(1)
+	pub.wg.Add(1)
 	go func() {
-		defer pubs.Done()
+		defer pub.wg.Done()
 		select {
 		case <-tok.Done():
-			if err := tok.Error(); err != nil {
-				r.log.Warn("publish receipt", attrTopic, topic, attrError, err)
-			}
+		case <-ctx.Done():
+			return
+		}
+		if err := tok.Error(); err != nil {
+			r.log.Warn("publish receipt", attrTopic, topic, attrError, err)
+			return
+		}
+		if pub.acked == nil {
+			return
+		}
+		select {
+		case pub.acked <- pubAck{site: site, dev: dev, seq: o.seq}:
 		case <-ctx.Done():
 		}
 	}()
@@ -265,13 +378,9 @@ type settler struct {
 // settleState is one device's recheck.
 type settleState struct {
 	site, dev string
-	published uint64    // seq of the last receipt this receiver published
+	published uint64    // seq of the newest receipt this receiver published
 	due       time.Time // zero: no recheck scheduled
 	delay     time.Duration
-	// again asks for one more recheck after the due one: the device was active just
-	// before it, too close for the recheck to be sure to see what another receiver
-	// committed meanwhile.
-	again bool
 }
 
 func newSettler() *settler {
@@ -280,17 +389,23 @@ func newSettler() *settler {
 	return &settler{timer: t, devs: map[string]*settleState{}}
 }
 
-// touch records a handled batch of site/device and schedules a recheck, unless one is
-// due already.
-func (s *settler) touch(site, dev string, o outcome) {
+// state returns the recheck state of site/device, made if there is none.
+func (s *settler) state(site, dev string) *settleState {
 	k := site + "/" + dev
 	d := s.devs[k]
 	if d == nil {
 		d = &settleState{site: site, dev: dev}
 		s.devs[k] = d
 	}
+	return d
+}
+
+// touch records a handled batch of site/device and schedules a recheck, unless one is
+// due already (sooner while batches are held).
+func (s *settler) touch(site, dev string, o outcome) {
+	d := s.state(site, dev)
 	if o.receipt != nil {
-		d.published = o.seq
+		d.published = max(d.published, o.seq)
 	}
 	now := time.Now()
 	switch {
@@ -300,8 +415,17 @@ func (s *settler) touch(site, dev string, o outcome) {
 	case d.due.IsZero():
 		d.delay = settleDelay
 		s.schedule(d, now)
-	case d.due.Sub(now) < settleDelay/4:
-		d.again = true
+	}
+}
+
+// acked schedules a recheck after the broker's PUBACK of a receipt published here,
+// unless one is due already: a recheck due now comes after the PUBACK too.
+func (s *settler) acked(a pubAck) {
+	d := s.state(a.site, a.dev)
+	d.published = max(d.published, a.seq)
+	if d.due.IsZero() {
+		d.delay = settleDelay
+		s.schedule(d, time.Now())
 	}
 }
 
@@ -325,11 +449,11 @@ func (s *settler) reset(now time.Time) {
 }
 
 // settleDue rechecks the devices whose time has come: the stored head's receipt is
-// published when it is newer than the last one published here, and a device with
-// batches still held (or whose store read failed) is rechecked again later, less often.
-// A device with nothing left to do is forgotten, so the schedule holds only active
-// devices.
-func (r *Receiver) settleDue(ctx context.Context, client mqtt.Client, s *settler, pubs *sync.WaitGroup) {
+// published when it is newer than the last one published here (its PUBACK brings
+// another recheck), and a device with batches still held (or whose store read failed)
+// is rechecked again later, less often. A device with nothing left to do is forgotten,
+// so the schedule holds only active devices.
+func (r *Receiver) settleDue(ctx context.Context, pub *publisher, s *settler) {
 	now := time.Now()
 	for k, d := range s.devs {
 		if d.due.IsZero() || d.due.After(now) {
@@ -341,17 +465,11 @@ func (r *Receiver) settleDue(ctx context.Context, client mqtt.Client, s *settler
 			r.log.Warn("recheck device", attrSite, d.site, attrDevice, d.dev, attrError, err)
 		}
 		if err == nil && o.receipt != nil && o.seq > d.published {
-			r.publishReceipt(ctx, client, d.site, d.dev, o.receipt, pubs)
+			r.publishReceipt(ctx, pub, d.site, d.dev, o)
 			d.published = o.seq
 		}
 		if err != nil || o.held {
 			d.delay = min(2*d.delay, settleMax)
-			d.due = now.Add(d.delay)
-			continue
-		}
-		if d.again {
-			d.again = false
-			d.delay = settleDelay
 			d.due = now.Add(d.delay)
 			continue
 		}

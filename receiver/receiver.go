@@ -194,6 +194,9 @@ type device struct {
 	heldBytes int
 	// refused collects the refusals made under mu, for OnRefuse once mu is released.
 	refused []*RefusedError
+	// group is the uncommitted group that staged batches of the device (head is then
+	// ahead of the store), nil when none.
+	group *group
 }
 
 // maxAttempts bounds how often one batch is decided again after the store's head moved
@@ -275,7 +278,7 @@ func (r *Receiver) device(site, dev string) *device {
 // finds the head moved (ErrHeadMoved) is decided again on the new head, at most
 // maxAttempts times; a duplicate is answered from the head last read.
 func (r *Receiver) Handle(ctx context.Context, site, dev string, payload []byte) ([]byte, error) {
-	o, err := r.handle(ctx, site, dev, payload)
+	o, err := r.handle(ctx, nil, site, dev, payload)
 	return o.receipt, err
 }
 
@@ -286,7 +289,10 @@ type outcome struct {
 	held    bool   // batches of the device are held ahead of a gap
 }
 
-func (r *Receiver) handle(ctx context.Context, site, dev string, payload []byte) (outcome, error) {
+// handle decides one batch. With g nil, a batch to store is stored before handle
+// returns; with g, it is staged in g (the device's head moves on in memory) and stored
+// by g.commit, which the caller calls before it passes on any receipt of the group.
+func (r *Receiver) handle(ctx context.Context, g *group, site, dev string, payload []byte) (outcome, error) {
 	if !ledger.ValidName(site) || !ledger.ValidName(dev) {
 		// Not a path we can quarantine under: count and refuse only.
 		ref := &RefusedError{Site: site, Device: dev, Err: ErrMalformed, Detail: "site or device is not a valid name"}
@@ -307,7 +313,18 @@ func (r *Receiver) handle(ctx context.Context, site, dev string, payload []byte)
 	}
 	d := r.device(site, dev)
 	d.mu.Lock()
-	err := r.handleLocked(ctx, site, dev, d, b, h, hash, payload)
+	if d.group != nil && d.group != g {
+		// Staged by a group not yet committed: its head is not durable yet.
+		d.mu.Unlock()
+		return outcome{}, fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, errStaged)
+	}
+	if d.group != nil && !(h.Chain == d.head.Chain && h.Seq == d.head.Seq+1) {
+		// Anything but the next batch may need the store (a duplicate's stored header,
+		// a reload): the group is committed first.
+		d.mu.Unlock()
+		return outcome{}, errFlush
+	}
+	err := r.handleLocked(ctx, g, site, dev, d, b, h, hash, payload)
 	o := outcome{seq: d.head.Seq, held: len(d.held) > 0}
 	if err == nil {
 		o.receipt = d.head.Receipt
@@ -342,7 +359,7 @@ func (r *Receiver) refuseLocked(ctx context.Context, d *device, ref *RefusedErro
 // moved shows as ErrHeadMoved from Append (reload and decide again), and a batch that
 // seems ahead of a gap is decided again on a fresh head before it is held (the gap may
 // be stored already).
-func (r *Receiver) handleLocked(ctx context.Context, site, dev string, d *device, b *ledger.Batch, h ledger.Header, hash string, payload []byte) error {
+func (r *Receiver) handleLocked(ctx context.Context, g *group, site, dev string, d *device, b *ledger.Batch, h ledger.Header, hash string, payload []byte) error {
 	if !d.loaded {
 		if err := r.reload(ctx, site, dev, d); err != nil {
 			return err
@@ -383,7 +400,7 @@ func (r *Receiver) handleLocked(ctx context.Context, site, dev string, d *device
 				return refuse(ErrFork, "seq %d has header %s, the stored one is %s", h.Seq, short(hash), short(stored))
 			}
 			r.stats.duplicates.Add(1)
-			r.drainHeld(ctx, site, dev, d)
+			r.drainHeld(ctx, g, site, dev, d)
 			return nil
 		case h.Seq > next:
 			if !reloaded {
@@ -394,27 +411,27 @@ func (r *Receiver) handleLocked(ctx context.Context, site, dev string, d *device
 				}
 				// Held batches that follow the new head go first: this one may
 				// follow them.
-				r.drainHeld(ctx, site, dev, d)
+				r.drainHeld(ctx, g, site, dev, d)
 				continue
 			}
 			if old, ok := d.held[h.Seq]; ok {
 				if old.hash != hash {
 					return refuse(ErrFork, "seq %d has header %s, a held one has %s", h.Seq, short(hash), short(old.hash))
 				}
-				r.drainHeld(ctx, site, dev, d)
+				r.drainHeld(ctx, g, site, dev, d)
 				return nil
 			}
 			if len(d.held) >= r.cfg.MaxHeld || d.heldBytes+len(payload) > r.cfg.MaxHeldBytes {
 				r.stats.heldDropped.Add(1)
 				r.log.Warn("hold full, batch dropped until resent", attrSite, site, attrDevice, dev, attrSeq, h.Seq,
 					attrHeadSeq, head.Seq, "held", len(d.held))
-				r.drainHeld(ctx, site, dev, d)
+				r.drainHeld(ctx, g, site, dev, d)
 				return nil
 			}
 			d.held[h.Seq] = heldBatch{raw: payload, batch: b, header: h, hash: hash}
 			d.heldBytes += len(payload)
 			r.stats.held.Add(1)
-			r.drainHeld(ctx, site, dev, d)
+			r.drainHeld(ctx, g, site, dev, d)
 			return nil
 		}
 		// The next batch: it must link to the head. The head's hash never changes once
@@ -422,7 +439,7 @@ func (r *Receiver) handleLocked(ctx context.Context, site, dev string, d *device
 		if want := prevOf(head); h.Prev != want {
 			return refuse(ErrFork, "seq %d has prev %s, the stored seq %d is %s", h.Seq, short(h.Prev), head.Seq, short(want))
 		}
-		err := r.apply(ctx, site, dev, d, b, h, hash)
+		err := r.apply(ctx, g, site, dev, d, b, h, hash)
 		if errors.Is(err, ErrHeadMoved) {
 			r.stats.headMoved.Add(1)
 			reloaded = true
@@ -434,7 +451,7 @@ func (r *Receiver) handleLocked(ctx context.Context, site, dev string, d *device
 		if err != nil {
 			return err
 		}
-		r.drainHeld(ctx, site, dev, d)
+		r.drainHeld(ctx, g, site, dev, d)
 		return nil
 	}
 }
@@ -488,7 +505,7 @@ func (r *Receiver) settle(ctx context.Context, site, dev string) (outcome, error
 	d.mu.Lock()
 	err := r.reload(ctx, site, dev, d)
 	if err == nil {
-		r.drainHeld(ctx, site, dev, d)
+		r.drainHeld(ctx, nil, site, dev, d)
 	}
 	o := outcome{receipt: d.head.Receipt, seq: d.head.Seq, held: len(d.held) > 0}
 	refused := d.refused
@@ -501,7 +518,7 @@ func (r *Receiver) settle(ctx context.Context, site, dev string) (outcome, error
 // drainHeld applies held batches that now follow the head. One whose link is broken is
 // refused as a fork; a store error leaves it held for the next Handle; a head moved by
 // another receiver is reloaded (bounded).
-func (r *Receiver) drainHeld(ctx context.Context, site, dev string, d *device) {
+func (r *Receiver) drainHeld(ctx context.Context, g *group, site, dev string, d *device) {
 	for attempt := 0; attempt < maxAttempts; {
 		hb, ok := d.held[d.head.Seq+1]
 		if !ok {
@@ -515,7 +532,7 @@ func (r *Receiver) drainHeld(ctx context.Context, site, dev string, d *device) {
 			return
 		}
 		// apply takes it out of the hold once stored.
-		err := r.apply(ctx, site, dev, d, hb.batch, hb.header, hb.hash)
+		err := r.apply(ctx, g, site, dev, d, hb.batch, hb.header, hb.hash)
 		if errors.Is(err, ErrHeadMoved) {
 			r.stats.headMoved.Add(1)
 			attempt++
@@ -532,14 +549,33 @@ func (r *Receiver) drainHeld(ctx context.Context, site, dev string, d *device) {
 	}
 }
 
-// apply signs the receipt for b, stores b with it and moves the head.
-func (r *Receiver) apply(ctx context.Context, site, dev string, d *device, b *ledger.Batch, h ledger.Header, hash string) error {
+// apply signs the receipt for b, stores b with it (or stages it in g) and moves the head.
+func (r *Receiver) apply(ctx context.Context, g *group, site, dev string, d *device, b *ledger.Batch, h ledger.Header, hash string) error {
 	rc, err := ledger.SignReceipt(ledger.Receipt{Site: site, Device: dev, Chain: h.Chain, Seq: h.Seq, HeaderHash: hash, Time: r.now()},
 		func(digest []byte) ([]byte, error) { return r.signer.Sign(ctx, digest) }, r.cfg.KeyName, r.signer.Public())
 	if err != nil {
 		return fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
 	}
-	if err := r.store.Append(ctx, Entry{Site: site, Device: dev, Header: h, Hash: hash, Batch: b, Receipt: rc}); err != nil {
+	e := Entry{Site: site, Device: dev, Header: h, Hash: hash, Batch: b, Receipt: rc}
+	if g != nil {
+		g.stage(d, e)
+		d.head = Head{Chain: h.Chain, Seq: h.Seq, Hash: hash, Receipt: rc}
+		if old, ok := d.held[h.Seq]; ok {
+			delete(d.held, h.Seq)
+			d.heldBytes -= len(old.raw)
+			if old.hash == hash {
+				g.unheld = append(g.unheld, unheld{d: d, hb: old}) // back in the hold if the commit fails
+			} else {
+				r.refuseLocked(ctx, d, &RefusedError{Site: site, Device: dev, Seq: h.Seq, Err: ErrFork,
+					Detail: fmt.Sprintf("held seq %d has header %s, the stored one is %s", h.Seq, short(old.hash), short(hash))}, old.raw)
+			}
+		}
+		if next, err := ledger.FindRotation(b.Events); next != nil || err != nil {
+			g.closed = true // the device's next batch may be signed by the new key
+		}
+		return nil
+	}
+	if err := r.store.Append(ctx, e); err != nil {
 		return fmt.Errorf("handle %s/%s seq %d: %w", site, dev, h.Seq, err)
 	}
 	d.head = Head{Chain: h.Chain, Seq: h.Seq, Hash: hash, Receipt: rc}

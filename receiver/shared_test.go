@@ -234,8 +234,10 @@ func TestPGStoreConformance(t *testing.T) {
 // TestSharedGroupRecheck: a receiver in a shared group (Run, on an in-process broker)
 // and a second writer of the same store (Handle only, no MQTT). With no resend by the
 // device: a batch held by the first is stored and receipted once the second fills the
-// gap; and a stale receipt the first publishes for a duplicate (its cached head is
-// behind the store's) is followed by the stored head's, which ends up retained.
+// gap; batches the second stores (and receipts nowhere) are receipted by the first's
+// recheck after the PUBACK of its last receipt; and a stale receipt the first publishes
+// for a duplicate (its cached head is behind the store's) is followed by the stored
+// head's, which ends up retained.
 func TestSharedGroupRecheck(t *testing.T) {
 	s := openPG(t)
 	url, stopBroker := startBroker(t)
@@ -277,14 +279,23 @@ func TestSharedGroupRecheck(t *testing.T) {
 	if got := dev.waitSeq(t, 2); got.Seq != 3 {
 		t.Fatalf("after the gap was filled elsewhere: receipt seq %d, want 3 (the held batch stored by r1's recheck)", got.Seq)
 	}
-	for _, b := range chain[3:] {
+	// The second writer stores 4 and 5 and publishes nothing, as if its receipts had
+	// reached the broker before r1's 3: r1 rechecks after the PUBACK of its 3 and
+	// publishes the stored head's.
+	for _, b := range chain[3:5] {
 		if _, err := other.Handle(t.Context(), "s1", "d1", wire(b)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	dev.publish(t, batchTopic, wire(chain[1])) // a duplicate: r1 answers from its head, 3
-	if got := dev.waitSeq(t, 3); got.Seq != 3 {
-		t.Fatalf("duplicate: receipt seq %d, want 3 (r1's cached head)", got.Seq)
+	if got := dev.waitSeq(t, 4); got.Seq != 5 {
+		t.Fatalf("after r1's receipt 3 was acknowledged: receipt seq %d, want 5 (the stored head)", got.Seq)
+	}
+	if _, err := other.Handle(t.Context(), "s1", "d1", wire(chain[5])); err != nil {
+		t.Fatal(err)
+	}
+	dev.publish(t, batchTopic, wire(chain[1])) // a duplicate: r1 answers from its head, 5
+	if got := dev.waitSeq(t, 5); got.Seq != 5 {
+		t.Fatalf("duplicate: receipt seq %d, want 5 (r1's cached head)", got.Seq)
 	}
 	if got := dev.waitSeq(t, 6); got.Seq != 6 {
 		t.Fatalf("after the recheck: receipt seq %d, want 6 (the stored head)", got.Seq)

@@ -65,6 +65,51 @@ func testStore(t *testing.T, newStore func(t *testing.T) receiver.Store) {
 			t.Fatalf("other device head %+v err %v, want zero", h, err)
 		}
 	})
+	t.Run("append group", func(t *testing.T) {
+		s := newStore(t)
+		gs, ok := s.(receiver.GroupStore)
+		if !ok {
+			t.Skip("no AppendGroup: the receiver appends one entry at a time")
+		}
+		a2 := newAppliance(t, "s1", "d2")
+		chain2 := a2.extend(t, nil, 2, "b")
+		entry2 := func(i int) receiver.Entry {
+			h, err := ledger.ParseHeader(chain2[i].Header)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return receiver.Entry{Site: "s1", Device: "d2", Header: h, Hash: hashOf(chain2[i]), Batch: chain2[i], Receipt: []byte("receipt " + hashOf(chain2[i]))}
+		}
+		if err := s.Append(t.Context(), entry(0)); err != nil {
+			t.Fatal(err)
+		}
+		// Two devices interleaved, each in chain order, the first after its head.
+		if err := gs.AppendGroup(t.Context(), []receiver.Entry{entry2(0), entry(1), entry2(1), entry(2)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []struct {
+			dev   string
+			chain []*ledger.Batch
+		}{{"d1", chain}, {"d2", chain2}} {
+			h, err := s.Head(t.Context(), "s1", d.dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := d.chain[len(d.chain)-1]
+			if got, want := h.Seq, uint64(len(d.chain)); got != want || h.Hash != hashOf(last) || string(h.Receipt) != "receipt "+hashOf(last) {
+				t.Fatalf("%s head %+v, want seq %d hash %s", d.dev, h, want, hashOf(last))
+			}
+			for i, bt := range d.chain {
+				hb, err := s.Header(t.Context(), "s1", d.dev, h.Chain, uint64(i+1))
+				if err != nil || !bytes.Equal(hb, bt.Header) {
+					t.Fatalf("%s header of seq %d: err %v, differs %v", d.dev, i+1, err, !bytes.Equal(hb, bt.Header))
+				}
+			}
+		}
+		if err := gs.AppendGroup(t.Context(), nil); err != nil {
+			t.Fatalf("empty group: %v", err)
+		}
+	})
 	t.Run("append again after a failure", func(t *testing.T) {
 		s := newStore(t)
 		for _, i := range []int{0, 1, 1} { // the same seq twice, as after a failed head write

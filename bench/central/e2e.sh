@@ -10,6 +10,6 @@ bin=$(mktemp -d)/edgeaudit
 trap 'rm -rf "$(dirname "$bin")"' EXIT
 go build -o "$bin" ./cmd/edgeaudit
 echo "load before: $(cat /proc/loadavg)"
-E2E_BIN=$bin E2E_RATE=${E2E_RATE:-80000} E2E_SECONDS=${E2E_SECONDS:-30} \
+E2E_WINDOW=${E2E_WINDOW:-} E2E_BIN=$bin E2E_RATE=${E2E_RATE:-80000} E2E_SECONDS=${E2E_SECONDS:-30} \
 	go test -count=1 -timeout 240s -run '^TestEndToEnd$' -v ./bench/central | grep -E '^e2e|FAIL|--- '
 echo "load after: $(cat /proc/loadavg)"

@@ -127,6 +127,16 @@ func TestEndToEnd(t *testing.T) {
 	write(t, dcfg, fmt.Sprintf("site: %s\ndevice: %s\ndata_dir: %s\nsyslog:\n  tcp: %s\nadmin: %s\nkeys: {tpm: \"off\"}\n"+
 		"uplink:\n  broker: %s\n  ca: %s\n  cert: %s\n  key: %s\n  central_key: %s\n  username: %s\n  password: %s\n",
 		site, device, q(ddir), q(tcp), q(admin), q(b.URL), q(p.CAFile), q(p.ClientCertFile), q(p.ClientKeyFile), q(centralPub), device, devicePass))
+	if w := os.Getenv("E2E_WINDOW"); w != "" {
+		// The uplink's window (default uplink.DefaultWindow), for runs that look at
+		// what bounds the rate: a window of batches per receipt round trip.
+		f, err := os.OpenFile(dcfg, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(f, "  window: %s\n", w)
+		f.Close()
+	}
 	daemon := start(t, dir, "daemon", exec.Command(bin, "run", "--config", dcfg))
 	waitFor(t, 30*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", tcp, time.Second)

@@ -17,7 +17,7 @@ import (
 // Defaults for zero Config fields.
 const (
 	DefaultPrefix          = "edgeaudit"
-	DefaultWindow          = 8
+	DefaultWindow          = 16
 	DefaultAckTimeout      = 30 * time.Second
 	DefaultMaxMessageBytes = 256 << 10
 	DefaultConnectTimeout  = 10 * time.Second
@@ -51,7 +51,7 @@ type Config struct {
 	// Username and Password are optional MQTT credentials.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	// Window is how many batches may be published and not yet receipted (default 8).
+	// Window is how many batches may be published and not yet receipted (default 16).
 	Window int `yaml:"window"`
 	// AckTimeout: without a receipt for this long, resend from the first unreceipted
 	// seq (default 30s).

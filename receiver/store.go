@@ -130,31 +130,49 @@ func (f FolderStore) Header(_ context.Context, site, device, chain string, seq u
 	return hb, nil
 }
 
-// Append implements Store.
-func (f FolderStore) Append(_ context.Context, e Entry) error {
-	dir, err := f.deviceDir(e.Site, e.Device)
+// entryData is one file of an entry: its path and bytes.
+type entryData struct {
+	path string
+	data []byte
+}
+
+// entryFiles makes the chain's folders of e and returns its device folder and its two
+// files: the batch (.eab) and its events (.jsonl).
+func (f FolderStore) entryFiles(e Entry) (dir string, files [2]entryData, err error) {
+	dir, err = f.deviceDir(e.Site, e.Device)
 	if err != nil {
-		return err
+		return "", files, err
 	}
 	chainDir := filepath.Join(dir, e.Header.Chain)
 	name := SeqName(e.Header.Seq)
 	for _, sub := range []string{"batches", "events"} {
 		if err := os.MkdirAll(filepath.Join(chainDir, sub), 0o700); err != nil {
-			return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
+			return "", files, fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
 		}
+	}
+	var lines []byte
+	for _, ev := range e.Batch.Events {
+		lines = append(append(lines, ev...), '\n')
+	}
+	files[0] = entryData{filepath.Join(chainDir, "batches", name+".eab"), e.Batch.AppendWire(nil)}
+	files[1] = entryData{filepath.Join(chainDir, "events", name+".jsonl"), lines}
+	return dir, files, nil
+}
+
+// Append implements Store.
+func (f FolderStore) Append(_ context.Context, e Entry) error {
+	dir, files, err := f.entryFiles(e)
+	if err != nil {
+		return err
 	}
 	// The batch and its events are written at once: their fsyncs (file and folder
 	// each) overlap, and ext4 often commits them in one journal transaction. Both are
 	// durable before the head names them, as before.
-	var lines []byte
 	batchErr := make(chan error, 1)
 	go func() {
-		batchErr <- atomicfile.WriteFile(filepath.Join(chainDir, "batches", name+".eab"), e.Batch.AppendWire(nil), 0o600)
+		batchErr <- atomicfile.WriteFile(files[0].path, files[0].data, 0o600)
 	}()
-	for _, ev := range e.Batch.Events {
-		lines = append(append(lines, ev...), '\n')
-	}
-	evErr := atomicfile.WriteFile(filepath.Join(chainDir, "events", name+".jsonl"), lines, 0o600)
+	evErr := atomicfile.WriteFile(files[1].path, files[1].data, 0o600)
 	if err := <-batchErr; err != nil {
 		return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
 	}
@@ -204,28 +222,11 @@ func (f FolderStore) AppendGroup(_ context.Context, es []Entry) error {
 		}
 	}()
 	for i, e := range es {
-		dir, err := f.deviceDir(e.Site, e.Device)
+		dir, data, err := f.entryFiles(e)
 		if err != nil {
 			return err
 		}
-		chainDir := filepath.Join(dir, e.Header.Chain)
-		name := SeqName(e.Header.Seq)
-		for _, sub := range []string{"batches", "events"} {
-			if err := os.MkdirAll(filepath.Join(chainDir, sub), 0o700); err != nil {
-				return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)
-			}
-		}
-		var lines []byte
-		for _, ev := range e.Batch.Events {
-			lines = append(append(lines, ev...), '\n')
-		}
-		for _, w := range []struct {
-			path string
-			data []byte
-		}{
-			{filepath.Join(chainDir, "batches", name+".eab"), e.Batch.AppendWire(nil)},
-			{filepath.Join(chainDir, "events", name+".jsonl"), lines},
-		} {
+		for _, w := range data {
 			p, err := writeTemp(w.path, w.data)
 			if err != nil {
 				return fmt.Errorf("store seq %d: %w", e.Header.Seq, err)

@@ -201,6 +201,16 @@ type GroupStore interface {
 	AppendGroup(ctx context.Context, es []Entry) error
 }
 
+// discardTemps closes and removes the temp files of ps not yet renamed (f still set).
+func discardTemps(ps []pendingFile) {
+	for _, p := range ps {
+		if p.f != nil {
+			p.f.Close()
+			os.Remove(p.tmp)
+		}
+	}
+}
+
 // AppendGroup implements GroupStore: every entry's batch and events files are written,
 // and each device's head file once (naming its last entry), all as temp files; they are
 // fsynced at once; the batch and events files are renamed and their folders fsynced
@@ -213,14 +223,7 @@ func (f FolderStore) AppendGroup(_ context.Context, es []Entry) error {
 	var files []pendingFile
 	heads := map[string]int{} // device folder -> index in es of its last entry
 	var order []string
-	defer func() {
-		for _, p := range files {
-			if p.f != nil {
-				p.f.Close()
-				os.Remove(p.tmp)
-			}
-		}
-	}()
+	defer func() { discardTemps(files) }()
 	for i, e := range es {
 		dir, data, err := f.entryFiles(e)
 		if err != nil {
@@ -239,14 +242,7 @@ func (f FolderStore) AppendGroup(_ context.Context, es []Entry) error {
 		heads[dir] = i
 	}
 	var headFiles []pendingFile
-	defer func() {
-		for _, p := range headFiles {
-			if p.f != nil {
-				p.f.Close()
-				os.Remove(p.tmp)
-			}
-		}
-	}()
+	defer func() { discardTemps(headFiles) }()
 	for _, dir := range order {
 		e := es[heads[dir]]
 		hb, err := json.Marshal(headFile{Chain: e.Header.Chain, Seq: e.Header.Seq, Hash: e.Hash, Receipt: string(e.Receipt)})
